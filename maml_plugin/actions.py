@@ -1,0 +1,110 @@
+"""CLU periodic actions of maml_plugin, and the evaluation report they write.
+
+Usage (in any loop that calls its hooks after every step)::
+
+  evaluation = FewShotEvaluation(evaluator=evaluator, writer=writer,
+                                 state_fn=lambda: state, every_steps=1000)
+  checkpoint = Checkpoint(manager=manager, state_fn=lambda: state,
+                          rng=rng, every_steps=1000)
+  for step in range(1, num_steps + 1):
+    state, metrics = train_step(state, batch, rng)
+    for hook in (evaluation, checkpoint):
+      hook(step)
+
+To write a new action, subclass `clu.periodic_actions.PeriodicAction`,
+implement `_apply(step, t)`, and write through a CLU `MetricWriter`.
+`state_fn` returns the latest train state, so an action never holds a stale
+one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+from clu import metric_writers
+from clu import periodic_actions
+
+from maml_plugin import checkpointing
+from maml_plugin import evaluation
+
+
+def evaluation_scalars(metric: str, curves) -> dict[str, float]:
+  """``{'eval/mse_step0': m, 'eval/mse_step0_ci95': c, ...}`` for a writer."""
+  out = {}
+  for k, (mean, ci95) in evaluation.summarize(curves).items():
+    out[f'eval/{metric}_step{k}'] = mean
+    out[f'eval/{metric}_step{k}_ci95'] = ci95
+  return out
+
+
+class FewShotEvaluation(periodic_actions.PeriodicAction):
+  """Adapts on the held-out tasks for 0..N inner steps, writes mean and ci95."""
+
+  def __init__(self, *, evaluator: evaluation.FewShotEvaluator,
+               writer: metric_writers.MetricWriter,
+               state_fn: Callable[[], Any], **kwargs):
+    super().__init__(**kwargs)
+    self._evaluator = evaluator
+    self._writer = writer
+    self._state_fn = state_fn
+    self.last_curves = None
+
+  def _apply(self, step: int, t: float):
+    del t
+    self.last_curves = self._evaluator(self._state_fn().params)
+    self._writer.write_scalars(
+        step, evaluation_scalars(self._evaluator.metric, self.last_curves))
+    self._writer.flush()
+
+
+class Checkpoint(periodic_actions.PeriodicAction):
+  """Saves the train state (and the loop's base key) with orbax."""
+
+  def __init__(self, *, manager, state_fn: Callable[[], Any], rng, **kwargs):
+    super().__init__(**kwargs)
+    self._manager = manager
+    self._state_fn = state_fn
+    self._rng = rng
+
+  def _apply(self, step: int, t: float):
+    del step, t
+    checkpointing.save(self._manager, self._state_fn(), self._rng)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=directory)
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def evaluation_report(metric: str, curves, train_step: int) -> dict:
+  """The evaluation.json document (see README)."""
+  summary = evaluation.summarize(curves)
+  return {
+      'metric': metric,
+      'num_tasks': int(curves.shape[0]),
+      'train_step': int(train_step),
+      'inner_steps': {str(k): {'mean': m, 'ci95': c}
+                      for k, (m, c) in summary.items()},
+  }
+
+
+def format_table(report: dict) -> str:
+  metric = report['metric']
+  lines = [f'{report["num_tasks"]} held-out tasks, checkpoint step '
+           f'{report["train_step"]}',
+           f'{"inner steps":>11}  {metric + " mean":>12}  {"ci95":>8}']
+  for k, v in report['inner_steps'].items():
+    lines.append(f'{k:>11}  {v["mean"]:12.4f}  {v["ci95"]:8.4f}')
+  return '\n'.join(lines)
+
+
+def write_evaluation_report(workdir: str, report: dict) -> str:
+  path = os.path.join(workdir, 'evaluation.json')
+  _atomic_write_text(path, json.dumps(report, indent=2) + '\n')
+  return path

@@ -1,0 +1,3 @@
+"""Task sources: samplers that yield meta-batches in the DESIGN.md form."""
+
+from maml_plugin.tasks.sinusoid import SinusoidTasks
