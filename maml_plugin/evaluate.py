@@ -51,6 +51,7 @@ def evaluate(config, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  train.quiet_library_logs()
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
   except (config_validation.ConfigError, checkpointing.CheckpointError) as e:

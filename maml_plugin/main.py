@@ -27,6 +27,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  train.quiet_library_logs()
   try:
     config_validation.validate(FLAGS.config)
   except config_validation.ConfigError as e:

@@ -17,6 +17,7 @@ boundaries, which `config_validation` keeps aligned with their intervals.
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
 import os
 from typing import Any, Callable
 
@@ -151,6 +152,20 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
         os.path.join(workdir, 'adaptation.png'), panels,
         inner_steps=tuple(steps))
   return report
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+
+  def filter(self, record):
+    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Keeps the log readable: our lines and CLU's, not orbax's internals."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
 
 
 def _hparams_for_writer(config) -> dict:

@@ -1,0 +1,93 @@
+"""Bad config values stop before training with one line: field, value, rule."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import maml_sine
+from maml_plugin import config_validation
+from maml_plugin.config_validation import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BAD_VALUES = [
+    ('inner_lr', -0.1, 'config.inner_lr=-0.1: must be a finite number > 0'),
+    ('inner_lr', 0.0, 'config.inner_lr=0.0: must be a finite number > 0'),
+    ('meta_lr', 0.0, 'config.meta_lr=0.0: must be a finite number > 0'),
+    ('meta_lr', float('nan'), 'config.meta_lr=nan: must be a finite number'),
+    ('num_inner_steps', 0, 'config.num_inner_steps=0: must be an int > 0'),
+    ('num_inner_steps', -2, 'config.num_inner_steps=-2: must be an int > 0'),
+    ('num_train_steps', 0, 'config.num_train_steps=0: must be an int > 0'),
+    ('num_support', 0, 'config.num_support=0: must be an int > 0'),
+    ('num_query', -1, 'config.num_query=-1: must be an int > 0'),
+    ('meta_batch_size', 0, 'config.meta_batch_size=0: must be an int > 0'),
+    ('meta_batch_size', 2.5, 'config.meta_batch_size=2.5: must be an int > 0'),
+    ('num_eval_tasks', 1, 'config.num_eval_tasks=1: must be an int >= 2'),
+    ('first_order', 1, 'config.first_order=1: must be True or False'),
+    ('hidden_sizes', (40, 0),
+     'config.hidden_sizes=(40, 0): must be a non-empty tuple of ints > 0'),
+    ('train_step', 'mamll', "config.train_step='mamll': must be one of"),
+    ('task', 'sine', "config.task='sine': must be one of 'sinusoid'"),
+]
+
+
+@pytest.mark.parametrize('field,value,message', BAD_VALUES,
+                         ids=[f'{f}={v!r}' for f, v, _ in BAD_VALUES])
+def test_bad_value_names_field_value_and_rule(field, value, message):
+  # A plain dict: ConfigDict's own type check would stop a wrong type first.
+  config = maml_sine.get_config('quick').to_dict()
+  config[field] = value
+  with pytest.raises(ConfigError) as err:
+    config_validation.validate(config)
+  text = str(err.value)
+  assert text.startswith(message)
+  assert '\n' not in text
+
+
+def test_unknown_train_step_lists_the_registered_ones():
+  config = maml_sine.get_config('quick')
+  config.train_step = 'nope'
+  with pytest.raises(ConfigError, match="one of 'maml'"):
+    config_validation.validate(config)
+
+
+def test_misaligned_interval_is_refused():
+  config = maml_sine.get_config('quick')
+  config.eval_every_steps = 15
+  with pytest.raises(ConfigError, match=(
+      r'config.eval_every_steps=15: must be a multiple of '
+      r'config.steps_per_call=10')):
+    config_validation.validate(config)
+
+
+def test_unknown_field_is_refused():
+  config = maml_sine.get_config('quick')
+  config.inner_lrr = 0.1
+  with pytest.raises(ConfigError, match='config.inner_lrr: unknown field'):
+    config_validation.validate(config)
+
+
+def test_default_and_quick_configs_are_valid():
+  config_validation.validate(maml_sine.get_config())
+  config_validation.validate(maml_sine.get_config('quick'))
+
+
+@pytest.mark.parametrize('override,expected', [
+    ('--config.inner_lr=-0.1',
+     'maml_plugin: bad config: config.inner_lr=-0.1: must be a finite number > 0'),
+    ('--config.train_step=mamll',
+     "maml_plugin: bad config: config.train_step='mamll': must be one of 'maml'"),
+])
+def test_main_stops_before_training_with_one_line(tmp_path, override, expected):
+  workdir = tmp_path / 'work'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'maml_plugin.main',
+       '--config=configs/maml_sine.py:quick', f'--workdir={workdir}', override],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(expected), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert not (workdir / 'checkpoints').exists()

@@ -1,0 +1,103 @@
+"""The registry of train steps and the registered `maml` step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import maml_plugin
+from maml_plugin import core
+from maml_plugin import train_steps
+from maml_plugin.models import MLP
+from maml_plugin.registry import Registry
+from maml_plugin.tasks import SinusoidTasks
+
+
+def _setup(seed=0):
+  graphdef, params = nnx.split(MLP(1, (16, 16), 1, rngs=nnx.Rngs(seed)),
+                               nnx.Param)
+
+  def loss_fn(p, batch):
+    return jnp.mean((nnx.merge(graphdef, p)(batch['x']) - batch['y']) ** 2)
+
+  batch = SinusoidTasks(num_support=5, num_query=5).sample(
+      jax.random.key(seed), 4)
+  return loss_fn, params, batch
+
+
+def test_registering_a_name_twice_is_an_error():
+  registry = Registry('train_step')
+  registry.register('a')(lambda: None)
+  with pytest.raises(ValueError, match="train_step='a' is already registered"):
+    registry.register('a')(lambda: None)
+
+
+def test_maml_name_is_taken_in_the_global_registry():
+  with pytest.raises(ValueError, match='already registered'):
+    train_steps.TRAIN_STEPS.register('maml')(lambda: None)
+
+
+def test_unknown_name_lists_the_known_ones():
+  with pytest.raises(ValueError) as err:
+    train_steps.TRAIN_STEPS.lookup('mamll')
+  assert "train_step='mamll' is not registered" in str(err.value)
+  assert 'maml' in str(err.value).split('known:')[1]
+
+
+def test_maml_step_applies_adam_to_the_exact_meta_gradient():
+  loss_fn, params, batch = _setup()
+  tx = optax.adam(1e-3)
+  state = maml_plugin.MetaTrainState.create(params, tx)
+  step = maml_plugin.make_train_step('maml', loss_fn=loss_fn, tx=tx,
+                                     inner_lr=0.01, num_inner_steps=2)
+  new_state, metrics = jax.jit(step)(state, batch, jax.random.key(0))
+
+  grads = jax.grad(core.maml_loss, argnums=1)(
+      loss_fn, params, batch, inner_lr=0.01, num_steps=2)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  expected = optax.apply_updates(params, updates)
+  for a, b in zip(jax.tree.leaves(new_state.params),
+                  jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert int(new_state.step) == 1
+
+  values = metrics.compute()
+  assert set(values) == {'query_loss_before', 'query_loss_after',
+                         'meta_grad_norm'}
+  np.testing.assert_allclose(values['meta_grad_norm'],
+                             optax.global_norm(grads), rtol=1e-5)
+  np.testing.assert_allclose(
+      values['query_loss_after'],
+      core.maml_loss(loss_fn, params, batch, inner_lr=0.01, num_steps=2),
+      rtol=1e-5)
+
+
+def test_train_step_compiles_once_across_steps():
+  loss_fn, params, _ = _setup()
+  tx = optax.adam(1e-3)
+  state = maml_plugin.MetaTrainState.create(params, tx)
+  step = jax.jit(maml_plugin.make_train_step(
+      'maml', loss_fn=loss_fn, tx=tx, inner_lr=0.01), donate_argnums=0)
+  tasks = SinusoidTasks(num_support=5, num_query=5)
+  for i in range(3):
+    state, _ = step(state, tasks.sample(jax.random.key(i), 4),
+                    jax.random.key(i))
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_meta_training_lowers_the_query_loss_after_adaptation():
+  loss_fn, params, _ = _setup()
+  tx = optax.adam(3e-3)
+  state = maml_plugin.MetaTrainState.create(params, tx)
+  step = jax.jit(maml_plugin.make_train_step(
+      'maml', loss_fn=loss_fn, tx=tx, inner_lr=0.01))
+  tasks = SinusoidTasks(num_support=10, num_query=10)
+  held_out = tasks.sample(jax.random.key(999), 100)
+  before = core.maml_loss(loss_fn, state.params, held_out, inner_lr=0.01)
+  for i in range(300):
+    state, _ = step(state, tasks.sample(jax.random.key(i), 10),
+                    jax.random.key(i))
+  after = core.maml_loss(loss_fn, state.params, held_out, inner_lr=0.01)
+  assert float(after) < 0.7 * float(before)
