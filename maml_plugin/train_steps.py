@@ -113,18 +113,12 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
 
 def gradient_train_step(objective, tx: optax.GradientTransformation
                         ) -> TrainStep:
-  """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``.
-
-  `objective` may also take ``step`` (the state's step) as a keyword, for
-  schedules inside the objective (MAML++'s annealed loss weights).
-  """
-  wants_step = 'step' in inspect.signature(objective).parameters
+  """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``."""
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def train_step(state: MetaTrainState, batch, rng: jax.Array):
     del rng  # These inner loops are deterministic given the batch.
-    kwargs = {'step': state.step} if wants_step else {}
-    (_, aux), grads = grad_fn(state.params, batch, **kwargs)
+    (_, aux), grads = grad_fn(state.params, batch)
     metrics = TrainMetrics.single_from_model_output(
         query_loss_before=aux.query_loss_before,
         query_loss_after=aux.query_loss_after,
