@@ -94,9 +94,13 @@ def get_config(arg=None):
   elif algorithm == 'mamlpp':
     # Antoniou et al. (2019): MSL annealed over the first 10% of training,
     # first order for the first third, cosine-annealed meta learning rate.
+    # LSLR is off here: on sinusoids (rates ~0.01) learned per-step rates
+    # drove training to NaN at rate_meta_lr=1e-3 and 1e-4 and trained badly
+    # at 1e-5 in 10k-step runs; turn it on with learn_inner_lr=True and a
+    # rate_meta_lr to try.
     del config.first_order
     config.num_inner_steps = 5
-    config.learn_inner_lr = True
+    config.learn_inner_lr = False
     config.msl_anneal_steps = config.num_train_steps // 10
     config.first_order_steps = config.num_train_steps // 3
     config.meta_lr_schedule = 'cosine'

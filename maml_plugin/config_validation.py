@@ -110,15 +110,19 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'msl_anneal_steps': (non_negative_int, 'an int >= 0 (0: MSL off)'),
     'learn_inner_lr': (boolean, 'True or False'),
     'first_order_steps': (non_negative_int, 'an int >= 0'),
+    'rate_meta_lr': (positive_real, 'a finite number > 0'),
 }
 
 # Fields that may be absent: the trainer's or the train step's default applies.
 OPTIONAL = frozenset({
     'first_order', 'meta_optimizer', 'meta_lr_schedule', 'remat_inner_steps',
     'inner_optimizer', 'head_filter', 'msl_anneal_steps', 'learn_inner_lr',
-    'first_order_steps'})
+    'first_order_steps', 'rate_meta_lr'})
+# Optional trainer fields that only make sense for some train steps.
+_TRAINER_FIELDS_FOR = {'rate_meta_lr': ('mamlpp', 'metasgd')}
 # Optional fields read only by the train steps that take them.
-_ALGORITHM_FIELDS = OPTIONAL - {'meta_optimizer', 'meta_lr_schedule'}
+_ALGORITHM_FIELDS = OPTIONAL - {'meta_optimizer', 'meta_lr_schedule',
+                                 'rate_meta_lr'}
 
 # Fields whose value must divide by `steps_per_call`, so that periodic actions
 # see the state of exactly the step they fire on.
@@ -149,6 +153,12 @@ def validate(config) -> None:
     if name not in taken:
       users = [n for n in train_steps.TRAIN_STEPS.names()
                if name in train_steps.hparam_names(n)]
+      raise ConfigError(
+          f'config.{name}={values[name]!r}: not used by '
+          f'config.train_step={values["train_step"]!r}; remove it or pick '
+          f'one of {", ".join(repr(n) for n in users)}')
+  for name, users in _TRAINER_FIELDS_FOR.items():
+    if name in values and values['train_step'] not in users:
       raise ConfigError(
           f'config.{name}={values[name]!r}: not used by '
           f'config.train_step={values["train_step"]!r}; remove it or pick '

@@ -103,13 +103,36 @@ def meta_lr_schedule(config) -> optax.Schedule:
       "'linear', 'cosine'")
 
 
+def _rate_labels(params):
+  """'rates' for learned inner rates (``params['inner_lr']``), else 'model'."""
+  if isinstance(params, dict) and 'inner_lr' in params:
+    return {name: jax.tree.map(
+        lambda _, n=name: 'rates' if n == 'inner_lr' else 'model', sub)
+            for name, sub in params.items()}
+  return jax.tree.map(lambda _: 'model', params)
+
+
 def create_optimizer(config) -> optax.GradientTransformation:
-  """The outer optimizer: `config.meta_optimizer` ('adam' default, 'sgd')."""
+  """The outer optimizer: `config.meta_optimizer` ('adam' default, 'sgd').
+
+  Learned inner rates (Meta-SGD, MAML++'s LSLR) get their own step size
+  `config.rate_meta_lr` when it is set: Adam moves every entry by about its
+  learning rate per step, so rates of ~0.01 need a far smaller one than
+  weights do, or they drift and the inner loop diverges.
+  """
   name = config.get('meta_optimizer', 'adam')
   if name not in ('adam', 'sgd'):
     raise config_validation.ConfigError(
         f"config.meta_optimizer={name!r}: must be one of 'adam', 'sgd'")
-  return getattr(optax, name)(meta_lr_schedule(config))
+  make = getattr(optax, name)
+  if config.get('rate_meta_lr') is None:
+    return make(meta_lr_schedule(config))
+  rates = config.copy_and_resolve_references() if hasattr(
+      config, 'copy_and_resolve_references') else dict(config)
+  rates['meta_lr'] = config.rate_meta_lr
+  return optax.multi_transform(
+      {'model': make(meta_lr_schedule(config)),
+       'rates': make(meta_lr_schedule(rates))}, _rate_labels)
 
 
 def create_algorithm(config, problem: Problem,

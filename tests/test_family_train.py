@@ -90,6 +90,20 @@ def test_bad_optional_field_names_field_value_and_rule(field, value, message):
   assert '\n' not in str(err.value)
 
 
+def test_rate_meta_lr_steps_the_learned_rates_at_their_own_size():
+  config = maml_sine.get_config('metasgd,quick')
+  config.meta_optimizer = 'sgd'
+  config.meta_lr = 0.1
+  config.rate_meta_lr = 1e-3
+  config_validation.validate(config)
+  tx = train.create_optimizer(config)
+  params = {'model': {'w': np.ones(3)}, 'inner_lr': {'w': np.ones(3)}}
+  grads = {'model': {'w': np.ones(3)}, 'inner_lr': {'w': np.ones(3)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['model']['w'], -0.1)
+  np.testing.assert_allclose(updates['inner_lr']['w'], -1e-3)
+
+
 @pytest.mark.parametrize('name,field,value,message', [
     ('reptile', 'inner_optimizer', 'rmsprop',
      "config.inner_optimizer='rmsprop': must be one of 'sgd', 'adam'"),
@@ -100,6 +114,9 @@ def test_bad_optional_field_names_field_value_and_rule(field, value, message):
      'config.msl_anneal_steps=-1: must be an int >= 0'),
     ('maml', 'first_order', 'yes',
      "config.first_order='yes': must be True or False"),
+    ('maml', 'rate_meta_lr', 1e-4,
+     "config.rate_meta_lr=0.0001: not used by config.train_step='maml'; "
+     "remove it or pick one of 'mamlpp', 'metasgd'"),
     ('fomaml', 'first_order', True,
      "config.first_order=True: not used by config.train_step='fomaml'"),
 ])
