@@ -97,8 +97,8 @@ def test_rate_meta_lr_steps_the_learned_rates_at_their_own_size():
   config.rate_meta_lr = 1e-3
   config_validation.validate(config)
   tx = train.create_optimizer(config)
-  params = {'model': {'w': np.ones(3)}, 'inner_lr': {'w': np.ones(3)}}
-  grads = {'model': {'w': np.ones(3)}, 'inner_lr': {'w': np.ones(3)}}
+  params = {'model': {'w': np.ones(3, np.float32)}, 'inner_lr': {'w': np.ones(3, np.float32)}}
+  grads = {'model': {'w': np.ones(3, np.float32)}, 'inner_lr': {'w': np.ones(3, np.float32)}}
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['model']['w'], -0.1)
   np.testing.assert_allclose(updates['inner_lr']['w'], -1e-3)
