@@ -85,19 +85,20 @@ def create_problem(config: ml_collections.ConfigDict) -> Problem:
                  predict_fn=predict_fn, loss_fn=loss_fn, metric='mse')
 
 
-def meta_lr_schedule(config) -> optax.Schedule:
-  """`config.meta_lr`, annealed as `config.meta_lr_schedule` says.
+def meta_lr_schedule(config, lr: float | None = None) -> optax.Schedule:
+  """`lr` (default `config.meta_lr`) annealed as `config.meta_lr_schedule`.
 
   'constant' (default), 'linear' (to 0 at `num_train_steps`, Reptile's outer
   step size) or 'cosine' (to 0 at `num_train_steps`, MAML++).
   """
+  lr = config.meta_lr if lr is None else lr
   kind = config.get('meta_lr_schedule', 'constant')
   if kind == 'constant':
-    return optax.constant_schedule(config.meta_lr)
+    return optax.constant_schedule(lr)
   if kind == 'linear':
-    return optax.linear_schedule(config.meta_lr, 0.0, config.num_train_steps)
+    return optax.linear_schedule(lr, 0.0, config.num_train_steps)
   if kind == 'cosine':
-    return optax.cosine_decay_schedule(config.meta_lr, config.num_train_steps)
+    return optax.cosine_decay_schedule(lr, config.num_train_steps)
   raise config_validation.ConfigError(
       f"config.meta_lr_schedule={kind!r}: must be one of 'constant', "
       "'linear', 'cosine'")
@@ -115,10 +116,10 @@ def _rate_labels(params):
 def create_optimizer(config) -> optax.GradientTransformation:
   """The outer optimizer: `config.meta_optimizer` ('adam' default, 'sgd').
 
-  Learned inner rates (Meta-SGD, MAML++'s LSLR) get their own step size
-  `config.rate_meta_lr` when it is set: Adam moves every entry by about its
-  learning rate per step, so rates of ~0.01 need a far smaller one than
-  weights do, or they drift and the inner loop diverges.
+  Learned inner rates (Meta-SGD, MAML++'s LSLR: ``params['inner_lr']``) get
+  their own step size `config.rate_meta_lr` when it is set, on the same
+  schedule: Adam moves every entry by about its learning rate per step,
+  which is large for rates of ~0.01.
   """
   name = config.get('meta_optimizer', 'adam')
   if name not in ('adam', 'sgd'):
@@ -127,12 +128,10 @@ def create_optimizer(config) -> optax.GradientTransformation:
   make = getattr(optax, name)
   if config.get('rate_meta_lr') is None:
     return make(meta_lr_schedule(config))
-  rates = config.copy_and_resolve_references() if hasattr(
-      config, 'copy_and_resolve_references') else dict(config)
-  rates['meta_lr'] = config.rate_meta_lr
   return optax.multi_transform(
       {'model': make(meta_lr_schedule(config)),
-       'rates': make(meta_lr_schedule(rates))}, _rate_labels)
+       'rates': make(meta_lr_schedule(config, config.rate_meta_lr))},
+      _rate_labels)
 
 
 def create_algorithm(config, problem: Problem,

@@ -135,3 +135,17 @@ def test_head_filter_matching_nothing_stops_before_training(tmp_path):
       r"config.head_filter='\^head/': must select some but not all")):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints' / '40')
+
+
+@pytest.mark.parametrize('schedule,halfway', [
+    ('constant', 0.4), ('linear', 0.2), ('cosine', 0.2)])
+def test_meta_lr_schedule_anneals_to_zero_at_the_last_step(schedule, halfway):
+  config = maml_sine.get_config('quick')
+  config.meta_lr = 0.4
+  config.meta_lr_schedule = schedule
+  lr = train.meta_lr_schedule(config)
+  n = config.num_train_steps
+  np.testing.assert_allclose(lr(0), 0.4)
+  np.testing.assert_allclose(lr(n // 2), halfway, rtol=1e-6)
+  np.testing.assert_allclose(lr(n), 0.0 if schedule != 'constant' else 0.4,
+                             atol=1e-7)
