@@ -81,8 +81,10 @@ def adapt(loss_fn: LossFn, params: Params, support: Batch, *,
     first_order: if True, second-order terms are dropped (FOMAML).
     remat: rematerialize each inner step (`jax.checkpoint` around the step
       body): the backward pass recomputes a step's activations instead of
-      storing them, so peak memory of second-order MAML stays flat as
-      `num_steps` grows, for the same gradient and ~one more forward pass.
+      storing them, for the same gradient and ~one more forward pass. What
+      is still kept per step is the carry (one copy of the params), so
+      peak memory of second-order MAML stays flat in `num_steps` wherever
+      activations outweigh the params (benchmarks/remat_memory.py).
 
   Returns:
     The adapted params. Differentiable with respect to `params` (and a
