@@ -7,13 +7,33 @@ Run it (meta-train, then evaluate on 600 held-out tasks)::
 
 `--config=configs/maml_sine.py:quick` is a seconds-long variant for tests;
 any field can be overridden, e.g. `--config.first_order=True`.
+
+Another algorithm of the MAML family on the same tasks, model and
+evaluation: name it in the argument, alone or with `quick`::
+
+  --config=configs/maml_sine.py:reptile        # fomaml, reptile, metasgd,
+  --config=configs/maml_sine.py:anil,quick     # anil, mamlpp
 """
 
 import ml_collections
 
 
+ALGORITHMS = ('maml', 'fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp')
+
+
 def get_config(arg=None):
-  """Returns the config; `arg` is None (paper protocol) or 'quick'."""
+  """Returns the config.
+
+  Args:
+    arg: None (MAML, paper protocol) or a comma-separated list of 'quick'
+      and at most one of `ALGORITHMS`.
+  """
+  words = [] if arg is None else [w.strip() for w in arg.split(',')]
+  unknown = [w for w in words if w != 'quick' and w not in ALGORITHMS]
+  algorithms = [w for w in words if w in ALGORITHMS]
+  if unknown or len(algorithms) > 1:
+    raise ValueError(f"get_config arg={arg!r}: must be None or a comma-"
+                     f"separated list of 'quick' and one of {ALGORITHMS}")
   config = ml_collections.ConfigDict()
   # Tasks: y = A sin(x - phase), K support and K query points per task.
   config.task = 'sinusoid'
@@ -45,13 +65,43 @@ def get_config(arg=None):
   config.eval_num_inner_steps = 10
   config.num_plot_tasks = 3
 
-  if arg == 'quick':
+  if 'quick' in words:
     config.num_train_steps = 200
     config.steps_per_call = 10
     config.log_every_steps = 50
     config.eval_every_steps = 100
     config.checkpoint_every_steps = 100
     config.num_eval_tasks = 50
-  elif arg is not None:
-    raise ValueError(f"get_config arg={arg!r}: must be None or 'quick'")
+
+  algorithm = algorithms[0] if algorithms else 'maml'
+  config.train_step = algorithm
+  if algorithm == 'fomaml':
+    del config.first_order  # FOMAML is first order by definition.
+  elif algorithm == 'reptile':
+    # Nichol et al. (2018): Adam (beta1 = 0) in the inner loop on all of a
+    # task's examples; plain SGD outer steps, size annealed linearly to 0.
+    del config.first_order
+    config.inner_optimizer = 'adam'
+    config.num_inner_steps = 5
+    config.meta_optimizer = 'sgd'
+    config.meta_lr = 1.0
+    config.meta_lr_schedule = 'linear'
+  elif algorithm == 'metasgd':
+    del config.first_order  # Second order: the rates need it.
+  elif algorithm == 'anil':
+    # The head: the output layer of the MLP.
+    config.head_filter = f'^layers/{len(config.hidden_sizes)}/'
+  elif algorithm == 'mamlpp':
+    # Antoniou et al. (2019): MSL annealed over the first 10% of training,
+    # first order for the first third, cosine-annealed meta learning rate.
+    # LSLR is off here: on sinusoids (rates ~0.01) learned per-step rates
+    # drove training to NaN at rate_meta_lr=1e-3 and 1e-4 and trained badly
+    # at 1e-5 in 10k-step runs; turn it on with learn_inner_lr=True and a
+    # rate_meta_lr to try.
+    del config.first_order
+    config.num_inner_steps = 5
+    config.learn_inner_lr = False
+    config.msl_anneal_steps = config.num_train_steps // 10
+    config.first_order_steps = config.num_train_steps // 3
+    config.meta_lr_schedule = 'cosine'
   return config

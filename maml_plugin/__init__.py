@@ -7,22 +7,34 @@ The pure core::
   meta_grad = jax.grad(maml_plugin.maml_loss, argnums=1)(
       loss_fn, params, meta_batch, inner_lr=0.01)
 
-The registered train steps (``train_step(state, batch, rng)``)::
+The registered train steps (``train_step(state, batch, rng)``): 'maml',
+'fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp'::
 
   train_step = maml_plugin.make_train_step('maml', loss_fn=loss_fn, tx=tx,
                                            inner_lr=0.01)
+
+The whole algorithm (train step, its own inner loop for evaluation, and
+the params its train state holds)::
+
+  algorithm = maml_plugin.make_algorithm('metasgd', loss_fn=loss_fn, tx=tx,
+                                         inner_lr=0.01)
+  state = maml_plugin.MetaTrainState.create(algorithm.init_params(params), tx)
 """
 
+from maml_plugin.core import InnerLoop
 from maml_plugin.core import adapt
 from maml_plugin.core import maml_loss
 from maml_plugin.core import maml_loss_and_aux
 from maml_plugin.core import sgd_step
+from maml_plugin.train_steps import MetaAlgorithm
 from maml_plugin.train_steps import MetaTrainState
 from maml_plugin.train_steps import TRAIN_STEPS
+from maml_plugin.train_steps import make_algorithm
 from maml_plugin.train_steps import make_train_step
 
 __all__ = [
-    'adapt', 'maml_loss', 'maml_loss_and_aux', 'sgd_step', 'MetaTrainState',
-    'TRAIN_STEPS', 'make_train_step',
+    'adapt', 'maml_loss', 'maml_loss_and_aux', 'sgd_step', 'InnerLoop',
+    'MetaAlgorithm', 'MetaTrainState', 'TRAIN_STEPS', 'make_algorithm',
+    'make_train_step',
 ]
 __version__ = '0.1.0'

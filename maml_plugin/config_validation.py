@@ -6,11 +6,15 @@ Usage::
 
 Every field a config may hold is listed in `FIELDS` with what is allowed; a
 field not listed is an error too (a typo must not be silently ignored).
+Fields in `OPTIONAL` may be absent (the code's default applies); an optional
+hyper-parameter of one algorithm (e.g. `head_filter`) is an error on a
+config whose `train_step` does not take it, since it would be ignored.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 from maml_plugin import train_steps
@@ -57,6 +61,18 @@ def one_of(*choices) -> Check:
   return lambda v: v in choices
 
 
+def regex_or_none(v) -> bool:
+  if v is None:
+    return True
+  if not isinstance(v, str) or not v:
+    return False
+  try:
+    re.compile(v)
+  except re.error:
+    return False
+  return True
+
+
 # field -> (check, what is allowed)
 FIELDS: dict[str, tuple[Check, str]] = {
     'task': (one_of('sinusoid'), "one of 'sinusoid'"),
@@ -82,7 +98,31 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'eval_num_query': (positive_int, 'an int > 0'),
     'eval_num_inner_steps': (non_negative_int, 'an int >= 0'),
     'num_plot_tasks': (non_negative_int, 'an int >= 0'),
+    # Optional (see OPTIONAL).
+    'meta_optimizer': (one_of('adam', 'sgd'), "one of 'adam', 'sgd'"),
+    'meta_lr_schedule': (one_of('constant', 'linear', 'cosine'),
+                         "one of 'constant', 'linear', 'cosine'"),
+    'remat_inner_steps': (boolean, 'True or False'),
+    'inner_optimizer': (one_of('sgd', 'adam'), "one of 'sgd', 'adam'"),
+    'head_filter': (regex_or_none,
+                    'None (the last layer) or a non-empty regular expression '
+                    'searched in parameter paths like layers/2/kernel/value'),
+    'msl_anneal_steps': (non_negative_int, 'an int >= 0 (0: MSL off)'),
+    'learn_inner_lr': (boolean, 'True or False'),
+    'first_order_steps': (non_negative_int, 'an int >= 0'),
+    'rate_meta_lr': (positive_real, 'a finite number > 0'),
 }
+
+# Fields that may be absent: the trainer's or the train step's default applies.
+OPTIONAL = frozenset({
+    'first_order', 'meta_optimizer', 'meta_lr_schedule', 'remat_inner_steps',
+    'inner_optimizer', 'head_filter', 'msl_anneal_steps', 'learn_inner_lr',
+    'first_order_steps', 'rate_meta_lr'})
+# Optional trainer fields that only make sense for some train steps.
+_TRAINER_FIELDS_FOR = {'rate_meta_lr': ('mamlpp', 'metasgd')}
+# Optional fields read only by the train steps that take them.
+_ALGORITHM_FIELDS = OPTIONAL - {'meta_optimizer', 'meta_lr_schedule',
+                                 'rate_meta_lr'}
 
 # Fields whose value must divide by `steps_per_call`, so that periodic actions
 # see the state of exactly the step they fire on.
@@ -99,6 +139,8 @@ def validate(config) -> None:
                         f'{", ".join(sorted(FIELDS))}')
   for name, (check, allowed) in FIELDS.items():
     if name not in values:
+      if name in OPTIONAL:
+        continue
       raise ConfigError(f'config.{name} is missing: must be {allowed}')
     value = values[name]
     if not check(value):
@@ -106,6 +148,21 @@ def validate(config) -> None:
         allowed = 'one of ' + ', '.join(
             repr(n) for n in train_steps.TRAIN_STEPS.names())
       raise ConfigError(f'config.{name}={value!r}: must be {allowed}')
+  taken = train_steps.hparam_names(values['train_step'])
+  for name in sorted(_ALGORITHM_FIELDS & set(values)):
+    if name not in taken:
+      users = [n for n in train_steps.TRAIN_STEPS.names()
+               if name in train_steps.hparam_names(n)]
+      raise ConfigError(
+          f'config.{name}={values[name]!r}: not used by '
+          f'config.train_step={values["train_step"]!r}; remove it or pick '
+          f'one of {", ".join(repr(n) for n in users)}')
+  for name, users in _TRAINER_FIELDS_FOR.items():
+    if name in values and values['train_step'] not in users:
+      raise ConfigError(
+          f'config.{name}={values[name]!r}: not used by '
+          f'config.train_step={values["train_step"]!r}; remove it or pick '
+          f'one of {", ".join(repr(n) for n in users)}')
   every = values['steps_per_call']
   for name in _ALIGNED:
     if values[name] % every:

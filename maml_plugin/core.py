@@ -69,7 +69,7 @@ def sgd_step(loss_fn: LossFn, params: Params, batch: Batch, *,
 
 def adapt(loss_fn: LossFn, params: Params, support: Batch, *,
           inner_lr: InnerLR, num_steps: int = 1,
-          first_order: bool = False) -> Params:
+          first_order: bool = False, remat: bool = False) -> Params:
   """Adapts `params` to ONE task with `num_steps` SGD steps on `support`.
 
   Args:
@@ -79,6 +79,12 @@ def adapt(loss_fn: LossFn, params: Params, support: Batch, *,
     inner_lr: inner learning rate (scalar or pytree like params).
     num_steps: number of inner SGD steps (a Python int >= 0).
     first_order: if True, second-order terms are dropped (FOMAML).
+    remat: rematerialize each inner step (`jax.checkpoint` around the step
+      body): the backward pass recomputes a step's activations instead of
+      storing them, for the same gradient and ~one more forward pass. What
+      is still kept per step is the carry (one copy of the params), so
+      peak memory of second-order MAML stays flat in `num_steps` wherever
+      activations outweigh the params (benchmarks/remat_memory.py).
 
   Returns:
     The adapted params. Differentiable with respect to `params` (and a
@@ -93,23 +99,34 @@ def adapt(loss_fn: LossFn, params: Params, support: Batch, *,
     return sgd_step(loss_fn, p, support, inner_lr=inner_lr,
                     first_order=first_order), None
 
-  params, _ = jax.lax.scan(body, params, None, length=num_steps)
+  params, _ = jax.lax.scan(maybe_remat(body, remat), params, None,
+                           length=num_steps)
   return params
+
+
+def maybe_remat(step_body: Callable, remat: bool) -> Callable:
+  """`step_body` under `jax.checkpoint` when `remat`, else unchanged.
+
+  Only the carry crosses a step boundary, so the backward pass keeps one
+  carry per step and recomputes the step's inner activations.
+  """
+  return jax.checkpoint(step_body) if remat else step_body
 
 
 def task_losses(loss_fn: LossFn, params: Params, task: Batch, *,
                 inner_lr: InnerLR, num_steps: int = 1,
-                first_order: bool = False) -> tuple[jax.Array, jax.Array]:
+                first_order: bool = False, remat: bool = False
+                ) -> tuple[jax.Array, jax.Array]:
   """Query loss of ONE task before and after adaptation on its support."""
   before = loss_fn(params, task['query'])
   adapted = adapt(loss_fn, params, task['support'], inner_lr=inner_lr,
-                  num_steps=num_steps, first_order=first_order)
+                  num_steps=num_steps, first_order=first_order, remat=remat)
   return before, loss_fn(adapted, task['query'])
 
 
 def maml_loss_and_aux(loss_fn: LossFn, params: Params, meta_batch: Batch, *,
                       inner_lr: InnerLR, num_steps: int = 1,
-                      first_order: bool = False
+                      first_order: bool = False, remat: bool = False
                       ) -> tuple[jax.Array, MetaOutput]:
   """`maml_loss` plus the query loss before adaptation, for metrics.
 
@@ -117,7 +134,8 @@ def maml_loss_and_aux(loss_fn: LossFn, params: Params, meta_batch: Batch, *,
   """
   per_task = jax.vmap(
       lambda task: task_losses(loss_fn, params, task, inner_lr=inner_lr,
-                               num_steps=num_steps, first_order=first_order))
+                               num_steps=num_steps, first_order=first_order,
+                               remat=remat))
   before, after = per_task(meta_batch)
   before = jax.lax.stop_gradient(jnp.mean(before))
   after = jnp.mean(after)
@@ -126,7 +144,7 @@ def maml_loss_and_aux(loss_fn: LossFn, params: Params, meta_batch: Batch, *,
 
 def maml_loss(loss_fn: LossFn, params: Params, meta_batch: Batch, *,
               inner_lr: InnerLR, num_steps: int = 1,
-              first_order: bool = False) -> jax.Array:
+              first_order: bool = False, remat: bool = False) -> jax.Array:
   """Mean query loss after adaptation over the task axis of `meta_batch`.
 
   ``jax.grad(maml_loss, argnums=1)`` is the exact second-order MAML
@@ -139,10 +157,41 @@ def maml_loss(loss_fn: LossFn, params: Params, meta_batch: Batch, *,
     inner_lr: inner learning rate (scalar or pytree like params).
     num_steps: inner SGD steps per task.
     first_order: drop second-order terms.
+    remat: rematerialize each inner step (see `adapt`); same value and
+      gradient, flat memory in `num_steps`.
 
   Returns:
     A scalar: the meta-loss.
   """
   loss, _ = maml_loss_and_aux(loss_fn, params, meta_batch, inner_lr=inner_lr,
-                              num_steps=num_steps, first_order=first_order)
+                              num_steps=num_steps, first_order=first_order,
+                              remat=remat)
   return loss
+
+
+class InnerLoop(NamedTuple):
+  """How an algorithm adapts ONE task, step by step (used by evaluation).
+
+  The carry holds the adapted params and any inner state (an inner
+  optimizer's moments); `meta_params` are the train state's params, which
+  may hold more than the model (Meta-SGD's learned rates).
+
+  Attributes:
+    init: ``init(meta_params) -> carry`` before any inner step.
+    step: ``step(meta_params, carry, support, k) -> carry``: inner step `k`
+      (0-based, a traced int32 so one compiled loop serves every step).
+    params: ``params(carry) -> model params`` to predict with.
+  """
+
+  init: Callable[[Params], Any]
+  step: Callable[[Params, Any, Batch, jax.Array], Any]
+  params: Callable[[Any], Params]
+
+
+def sgd_inner_loop(loss_fn: LossFn, inner_lr: InnerLR) -> InnerLoop:
+  """Plain SGD at `inner_lr` on the model params (MAML, FOMAML)."""
+  return InnerLoop(
+      init=lambda meta_params: meta_params,
+      step=lambda meta_params, p, support, k: sgd_step(
+          loss_fn, p, support, inner_lr=inner_lr),
+      params=lambda p: p)

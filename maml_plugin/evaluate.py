@@ -19,7 +19,6 @@ from maml_plugin import actions
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import train
-from maml_plugin import train_steps
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +33,8 @@ def evaluate(config, workdir: str) -> dict:
   config_validation.validate(config)
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)
-  state = train_steps.MetaTrainState.create(problem.init_params, tx)
+  algorithm = train.create_algorithm(config, problem, tx)
+  state = train.create_train_state(problem, algorithm, tx)
   manager = checkpointing.create_manager(
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   if manager.latest_step() is None:
@@ -44,8 +44,9 @@ def evaluate(config, workdir: str) -> dict:
   state, _ = checkpointing.restore_latest(manager, state,
                                           jax.random.key(config.seed))
   manager.close()
-  return train.evaluate_and_report(config, problem, state.params,
-                                   int(state.step), workdir)
+  return train.evaluate_and_report(
+      config, problem, state.params, int(state.step), workdir,
+      evaluator=train.create_evaluator(config, problem, algorithm=algorithm))
 
 
 def main(argv):

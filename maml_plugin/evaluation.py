@@ -8,6 +8,11 @@ Usage::
   curves = adaptation_curves(loss_fn, params, eval_tasks, inner_lr=0.01,
                              max_steps=10)            # [tasks, max_steps + 1]
   summary = summarize(curves)   # {0: (mean, ci95), 1: (...), ...}
+
+Every algorithm is evaluated with its own inner loop: pass
+``inner_loop=algorithm.inner_loop`` (a `core.InnerLoop`, e.g. Meta-SGD's
+learned rates or ANIL's head-only step) and the train state's params;
+without it, the inner loop is plain SGD at `inner_lr` (MAML).
 """
 
 from __future__ import annotations
@@ -23,30 +28,43 @@ from maml_plugin import core
 Z_95 = 1.96  # two-sided 95% normal quantile
 
 
+def _inner_loop(loss_fn, inner_lr, inner_loop):
+  if inner_loop is not None:
+    return inner_loop
+  if inner_lr is None:
+    raise ValueError('inner_lr=None and inner_loop=None: give one of them')
+  return core.sgd_inner_loop(loss_fn, inner_lr)
+
+
 def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
-                     task, *, inner_lr, max_steps: int) -> jax.Array:
+                     task, *, inner_lr=None, max_steps: int,
+                     inner_loop: core.InnerLoop | None = None) -> jax.Array:
   """`metric_fn` on ONE task's query set after 0, 1, ..., max_steps steps.
 
-  The inner loop descends `loss_fn` on the support set, exactly as in
-  training; `metric_fn(params, batch)` may differ from it (e.g. accuracy).
+  The inner loop (`inner_loop`, or SGD at `inner_lr` on `loss_fn`) adapts
+  on the support set exactly as in training; `metric_fn(params, batch)`
+  may differ from the loss (e.g. accuracy).
   """
-  def body(p, _):
-    p = core.sgd_step(loss_fn, p, task['support'], inner_lr=inner_lr)
-    return p, metric_fn(p, task['query'])
+  loop = _inner_loop(loss_fn, inner_lr, inner_loop)
 
-  _, after = jax.lax.scan(body, params, None, length=max_steps)
-  before = metric_fn(params, task['query'])
+  def body(carry, k):
+    carry = loop.step(params, carry, task['support'], k)
+    return carry, metric_fn(loop.params(carry), task['query'])
+
+  carry = loop.init(params)
+  before = metric_fn(loop.params(carry), task['query'])
+  _, after = jax.lax.scan(body, carry, jnp.arange(max_steps, dtype=jnp.int32))
   return jnp.concatenate([before[None], after])
 
 
-def adaptation_curves(loss_fn: core.LossFn, params, tasks, *, inner_lr,
-                      max_steps: int, metric_fn: core.LossFn | None = None
-                      ) -> jax.Array:
+def adaptation_curves(loss_fn: core.LossFn, params, tasks, *, inner_lr=None,
+                      max_steps: int, metric_fn: core.LossFn | None = None,
+                      inner_loop: core.InnerLoop | None = None) -> jax.Array:
   """`adaptation_curve` for every task of `tasks`: ``[tasks, max_steps + 1]``."""
   metric_fn = loss_fn if metric_fn is None else metric_fn
   return jax.vmap(lambda t: adaptation_curve(
       metric_fn, loss_fn, params, t, inner_lr=inner_lr,
-      max_steps=max_steps))(tasks)
+      max_steps=max_steps, inner_loop=inner_loop))(tasks)
 
 
 def mean_and_ci95(values) -> tuple[float, float]:
@@ -68,15 +86,19 @@ def summarize(curves) -> dict[int, tuple[float, float]]:
   return {k: mean_and_ci95(curves[:, k]) for k in range(curves.shape[1])}
 
 
-def adapted_params_at(loss_fn: core.LossFn, params, support, *, inner_lr,
-                      steps: tuple[int, ...]):
-  """Params of ONE task after each of `steps` inner steps (for plots)."""
-  out, current, done = [], params, 0
-  for k in sorted(steps):
-    current = core.adapt(loss_fn, current, support, inner_lr=inner_lr,
-                         num_steps=k - done)
-    done = k
-    out.append(current)
+def adapted_params_at(loss_fn: core.LossFn, params, support, *,
+                      inner_lr=None, steps: tuple[int, ...],
+                      inner_loop: core.InnerLoop | None = None):
+  """Model params of ONE task after each of `steps` inner steps (for plots)."""
+  loop = _inner_loop(loss_fn, inner_lr, inner_loop)
+  out, carry = [], loop.init(params)
+  wanted = sorted(steps)
+  if wanted and wanted[0] == 0:
+    out.append(loop.params(carry))
+  for k in range(wanted[-1] if wanted else 0):
+    carry = loop.step(params, carry, support, jnp.int32(k))
+    if k + 1 in wanted:
+      out.append(loop.params(carry))
   return out
 
 
@@ -88,24 +110,27 @@ class FewShotEvaluator:
   reads params and never changes them (nor any other stored state).
   """
 
-  def __init__(self, loss_fn: core.LossFn, tasks, *, inner_lr,
+  def __init__(self, loss_fn: core.LossFn, tasks, *, inner_lr=None,
                max_steps: int, metric: str = 'mse',
-               metric_fn: core.LossFn | None = None):
+               metric_fn: core.LossFn | None = None,
+               inner_loop: core.InnerLoop | None = None):
     self.tasks = tasks
     self.metric = metric
     self.max_steps = max_steps
     self.num_tasks = int(jax.tree.leaves(tasks['query'])[0].shape[0])
     self._curves = jax.jit(lambda params, tasks: adaptation_curves(
         loss_fn, params, tasks, inner_lr=inner_lr, max_steps=max_steps,
-        metric_fn=metric_fn))
+        metric_fn=metric_fn, inner_loop=inner_loop))
+    self.inner_loop = _inner_loop(loss_fn, inner_lr, inner_loop)
 
   def __call__(self, params) -> np.ndarray:
     return np.asarray(jax.device_get(self._curves(params, self.tasks)))
 
 
 def sinusoid_fits(predict_fn, loss_fn: core.LossFn, params, tasks, *,
-                  inner_lr, inner_steps=(0, 1, 10), num_tasks: int = 3,
-                  grid_size: int = 200) -> list[dict]:
+                  inner_lr=None, inner_steps=(0, 1, 10), num_tasks: int = 3,
+                  grid_size: int = 200,
+                  inner_loop: core.InnerLoop | None = None) -> list[dict]:
   """Predictions on a grid for the first `num_tasks` sinusoid tasks.
 
   `predict_fn(params, x) -> y`. Returns the panels `plots` draws.
@@ -114,7 +139,8 @@ def sinusoid_fits(predict_fn, loss_fn: core.LossFn, params, tasks, *,
   x = jnp.linspace(*sine.INPUT_RANGE, grid_size)[:, None]
   fit = jax.jit(lambda p, support: [
       predict_fn(q, x) for q in adapted_params_at(
-          loss_fn, p, support, inner_lr=inner_lr, steps=tuple(inner_steps))])
+          loss_fn, p, support, inner_lr=inner_lr, steps=tuple(inner_steps),
+          inner_loop=inner_loop)])
   panels = []
   for i in range(num_tasks):
     support = jax.tree.map(lambda a: a[i], tasks['support'])

@@ -35,6 +35,9 @@ def main(argv):
   logging.info('workdir: %s', FLAGS.workdir)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except config_validation.ConfigError as e:  # e.g. a head_filter that
+    # matches no parameter of the model, known once the model exists.
+    raise SystemExit(f'maml_plugin: bad config: {e}') from None
   except checkpointing.CheckpointError as e:
     raise SystemExit(f'maml_plugin: {e}') from None
 

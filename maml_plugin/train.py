@@ -85,18 +85,81 @@ def create_problem(config: ml_collections.ConfigDict) -> Problem:
                  predict_fn=predict_fn, loss_fn=loss_fn, metric='mse')
 
 
+def meta_lr_schedule(config, lr: float | None = None) -> optax.Schedule:
+  """`lr` (default `config.meta_lr`) annealed as `config.meta_lr_schedule`.
+
+  'constant' (default), 'linear' (to 0 at `num_train_steps`, Reptile's outer
+  step size) or 'cosine' (to 0 at `num_train_steps`, MAML++).
+  """
+  lr = config.meta_lr if lr is None else lr
+  kind = config.get('meta_lr_schedule', 'constant')
+  if kind == 'constant':
+    return optax.constant_schedule(lr)
+  if kind == 'linear':
+    return optax.linear_schedule(lr, 0.0, config.num_train_steps)
+  if kind == 'cosine':
+    return optax.cosine_decay_schedule(lr, config.num_train_steps)
+  raise config_validation.ConfigError(
+      f"config.meta_lr_schedule={kind!r}: must be one of 'constant', "
+      "'linear', 'cosine'")
+
+
+def _rate_labels(params):
+  """'rates' for learned inner rates (``params['inner_lr']``), else 'model'."""
+  if isinstance(params, dict) and 'inner_lr' in params:
+    return {name: jax.tree.map(
+        lambda _, n=name: 'rates' if n == 'inner_lr' else 'model', sub)
+            for name, sub in params.items()}
+  return jax.tree.map(lambda _: 'model', params)
+
+
 def create_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.meta_lr)
+  """The outer optimizer: `config.meta_optimizer` ('adam' default, 'sgd').
+
+  Learned inner rates (Meta-SGD, MAML++'s LSLR: ``params['inner_lr']``) get
+  their own step size `config.rate_meta_lr` when it is set, on the same
+  schedule: Adam moves every entry by about its learning rate per step,
+  which is large for rates of ~0.01.
+  """
+  name = config.get('meta_optimizer', 'adam')
+  if name not in ('adam', 'sgd'):
+    raise config_validation.ConfigError(
+        f"config.meta_optimizer={name!r}: must be one of 'adam', 'sgd'")
+  make = getattr(optax, name)
+  if config.get('rate_meta_lr') is None:
+    return make(meta_lr_schedule(config))
+  return optax.multi_transform(
+      {'model': make(meta_lr_schedule(config)),
+       'rates': make(meta_lr_schedule(config, config.rate_meta_lr))},
+      _rate_labels)
+
+
+def create_algorithm(config, problem: Problem,
+                     tx: optax.GradientTransformation
+                     ) -> train_steps.MetaAlgorithm:
+  """The registered algorithm `config.train_step`, its hparams from config."""
+  hparams = {name: config[name]
+             for name in train_steps.hparam_names(config.train_step)
+             if name in config}
+  return train_steps.make_algorithm(config.train_step,
+                                    loss_fn=problem.loss_fn, tx=tx, **hparams)
 
 
 def create_train_step(config, problem: Problem,
                       tx: optax.GradientTransformation):
   """The registered train step `config.train_step`, its hparams from config."""
-  hparams = {name: config[name]
-             for name in train_steps.hparam_names(config.train_step)
-             if name in config}
-  return train_steps.make_train_step(config.train_step,
-                                     loss_fn=problem.loss_fn, tx=tx, **hparams)
+  return create_algorithm(config, problem, tx).train_step
+
+
+def create_train_state(problem: Problem, algorithm: train_steps.MetaAlgorithm,
+                       tx: optax.GradientTransformation
+                       ) -> train_steps.MetaTrainState:
+  """Step 0: the algorithm's params (model, and learned rates if any)."""
+  try:
+    params = algorithm.init_params(problem.init_params)
+  except ValueError as e:  # A config value that does not fit the model.
+    raise config_validation.ConfigError(str(e)) from None
+  return train_steps.MetaTrainState.create(params, tx)
 
 
 def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
@@ -123,15 +186,19 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
   return train_chunk
 
 
-def create_evaluator(config, problem: Problem, held_out=None
+def create_evaluator(config, problem: Problem, held_out=None,
+                     algorithm: train_steps.MetaAlgorithm | None = None
                      ) -> evaluation.FewShotEvaluator:
+  """Evaluation on the held-out tasks with the algorithm's own inner loop."""
   if held_out is None:
     held_out = problem.tasks.held_out(seed=config.eval_seed,
                                       num_tasks=config.num_eval_tasks,
                                       num_query=config.eval_num_query)
+  if algorithm is None:
+    algorithm = create_algorithm(config, problem, create_optimizer(config))
   return evaluation.FewShotEvaluator(
-      problem.loss_fn, held_out, inner_lr=config.inner_lr,
-      max_steps=config.eval_num_inner_steps, metric=problem.metric)
+      problem.loss_fn, held_out, max_steps=config.eval_num_inner_steps,
+      metric=problem.metric, inner_loop=algorithm.inner_loop)
 
 
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
@@ -146,7 +213,7 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
                     config.eval_num_inner_steps})
     panels = evaluation.sinusoid_fits(
         problem.predict_fn, problem.loss_fn, params, evaluator.tasks,
-        inner_lr=config.inner_lr, inner_steps=tuple(steps),
+        inner_loop=evaluator.inner_loop, inner_steps=tuple(steps),
         num_tasks=min(config.num_plot_tasks, evaluator.num_tasks))
     plots.save_sinusoid_adaptation(
         os.path.join(workdir, 'adaptation.png'), panels,
@@ -195,7 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # State.
   tx = create_optimizer(config)
-  state = train_steps.MetaTrainState.create(problem.init_params, tx)
+  algorithm = create_algorithm(config, problem, tx)
+  state = create_train_state(problem, algorithm, tx)
   rng = jax.random.key(config.seed)
 
   # Restore.
@@ -207,9 +275,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Resumed from checkpoint at step %d.', first_step)
 
   # Jit.
-  train_step = create_train_step(config, problem, tx)
   train_chunk = jax.jit(
-      make_train_chunk(train_step, problem.tasks,
+      make_train_chunk(algorithm.train_step, problem.tasks,
                        meta_batch_size=config.meta_batch_size,
                        steps_per_call=config.steps_per_call),
       donate_argnums=0)
@@ -218,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def state_fn():
     return state
 
-  evaluator = create_evaluator(config, problem)
+  evaluator = create_evaluator(config, problem, algorithm=algorithm)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer,
       every_steps=config.log_every_steps)

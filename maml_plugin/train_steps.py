@@ -10,16 +10,29 @@ Usage in any Flax-examples-style loop::
   for step in range(num_steps):
     state, metrics = train_step(state, meta_batch, jax.random.fold_in(key, step))
 
-A factory is registered with ``@TRAIN_STEPS.register(name)`` and takes its
+A factory is registered with ``@TRAIN_STEPS.register(name)``, takes its
 hyper-parameters as keyword arguments named like the config fields they come
-from (``inner_lr``, ``num_inner_steps``, ...); the trainer fills them from the
-config by name.
+from (``inner_lr``, ``num_inner_steps``, ...; the trainer fills them from the
+config by name) and returns a `MetaAlgorithm`: the train step plus the two
+things the rest of the plugin needs to know about the algorithm,
+
+* ``init_params(model_params) -> params``: what the train state holds
+  (Meta-SGD and MAML++ hold their learned inner rates beside the model, so
+  they are meta-trained, checkpointed and restored with it);
+* ``inner_loop``: how the algorithm adapts one task (a `core.InnerLoop`),
+  which evaluation runs for 0..N steps, so every algorithm is evaluated
+  with its own inner loop (learned rates, head only, its inner optimizer).
+
+Registered here: ``maml``, ``fomaml``, ``metasgd``, ``anil``; in
+`maml_plugin.reptile`: ``reptile``; in `maml_plugin.mamlpp`: ``mamlpp``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import re
 from typing import Any, Callable
 
 import flax
@@ -56,10 +69,32 @@ class MetaTrainState:
                opt_state=tx.init(params))
 
 
+@dataclasses.dataclass(frozen=True)
+class MetaAlgorithm:
+  """What a registered factory returns (see module docstring).
+
+  Attributes:
+    train_step: ``train_step(state, batch, rng) -> (state, metrics)``.
+    inner_loop: the algorithm's own adaptation of one task, for evaluation.
+    init_params: maps the model's params to the train state's params.
+  """
+
+  train_step: TrainStep
+  inner_loop: core.InnerLoop
+  init_params: Callable[[Any], Any] = lambda model_params: model_params
+
+
+def make_algorithm(name: str, *, loss_fn: core.LossFn,
+                   tx: optax.GradientTransformation, **hparams
+                   ) -> MetaAlgorithm:
+  """Builds the registered algorithm `name`: train step, inner loop, params."""
+  return TRAIN_STEPS.lookup(name)(loss_fn=loss_fn, tx=tx, **hparams)
+
+
 def make_train_step(name: str, *, loss_fn: core.LossFn,
                     tx: optax.GradientTransformation, **hparams) -> TrainStep:
-  """Builds the registered train step `name` (see module docstring)."""
-  return TRAIN_STEPS.lookup(name)(loss_fn=loss_fn, tx=tx, **hparams)
+  """Builds the train step of the registered algorithm `name`."""
+  return make_algorithm(name, loss_fn=loss_fn, tx=tx, **hparams).train_step
 
 
 def hparam_names(name: str) -> list[str]:
@@ -76,15 +111,13 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
                        opt_state=opt_state)
 
 
-def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order
-               ) -> TrainStep:
-  objective = functools.partial(core.maml_loss_and_aux, loss_fn,
-                                inner_lr=inner_lr, num_steps=num_inner_steps,
-                                first_order=first_order)
+def gradient_train_step(objective, tx: optax.GradientTransformation
+                        ) -> TrainStep:
+  """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``."""
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def train_step(state: MetaTrainState, batch, rng: jax.Array):
-    del rng  # The MAML inner loop is deterministic given the batch.
+    del rng  # These inner loops are deterministic given the batch.
     (_, aux), grads = grad_fn(state.params, batch)
     metrics = TrainMetrics.single_from_model_output(
         query_loss_before=aux.query_loss_before,
@@ -95,11 +128,191 @@ def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order
   return train_step
 
 
+def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order,
+               remat_inner_steps) -> MetaAlgorithm:
+  objective = functools.partial(core.maml_loss_and_aux, loss_fn,
+                                inner_lr=inner_lr, num_steps=num_inner_steps,
+                                first_order=first_order,
+                                remat=remat_inner_steps)
+  return MetaAlgorithm(train_step=gradient_train_step(objective, tx),
+                       inner_loop=core.sgd_inner_loop(loss_fn, inner_lr))
+
+
 @TRAIN_STEPS.register('maml')
 def make_maml_train_step(*, loss_fn: core.LossFn,
                          tx: optax.GradientTransformation, inner_lr: float,
                          num_inner_steps: int = 1,
-                         first_order: bool = False) -> TrainStep:
-  """MAML (Finn et al. 2017): exact second order unless `first_order`."""
+                         first_order: bool = False,
+                         remat_inner_steps: bool = False) -> MetaAlgorithm:
+  """MAML (Finn et al. 2017): exact second order unless `first_order`.
+
+  `remat_inner_steps` rematerializes each inner step in the backward pass
+  (same gradient, memory flat in `num_inner_steps`).
+  """
   return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
-                    num_inner_steps=num_inner_steps, first_order=first_order)
+                    num_inner_steps=num_inner_steps, first_order=first_order,
+                    remat_inner_steps=remat_inner_steps)
+
+
+@TRAIN_STEPS.register('fomaml')
+def make_fomaml_train_step(*, loss_fn: core.LossFn,
+                           tx: optax.GradientTransformation, inner_lr: float,
+                           num_inner_steps: int = 1) -> MetaAlgorithm:
+  """First-order MAML: the query gradient at the adapted params.
+
+  The inner gradient is a constant for the outer derivative, so each inner
+  step's Jacobian is the identity (Finn et al. 2017, sec. 5.2).
+  """
+  return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
+                    num_inner_steps=num_inner_steps, first_order=True,
+                    remat_inner_steps=False)
+
+
+# --- Meta-SGD ---------------------------------------------------------------
+
+
+def metasgd_params(model_params, inner_lr: float) -> dict:
+  """Meta-SGD's train-state params: the model and a rate for every entry."""
+  return {'model': model_params,
+          'inner_lr': jax.tree.map(lambda p: jnp.full_like(p, inner_lr),
+                                   model_params)}
+
+
+@TRAIN_STEPS.register('metasgd')
+def make_metasgd_train_step(*, loss_fn: core.LossFn,
+                            tx: optax.GradientTransformation, inner_lr: float,
+                            num_inner_steps: int = 1,
+                            remat_inner_steps: bool = False) -> MetaAlgorithm:
+  """Meta-SGD (Li et al. 2017): a learned inner rate for every parameter.
+
+  The state's params are ``{'model': ..., 'inner_lr': ...}`` (`inner_lr` has
+  the model's tree and shapes, initialised to the config's `inner_lr`);
+  both are meta-trained by the outer optimizer, checkpointed, and used by
+  evaluation (``p - inner_lr * grad``, elementwise). The rates are not
+  clipped: like the paper, a rate may turn negative if that helps.
+  """
+  def objective(params, batch):
+    return core.maml_loss_and_aux(
+        loss_fn, params['model'], batch, inner_lr=params['inner_lr'],
+        num_steps=num_inner_steps, remat=remat_inner_steps)
+
+  inner_loop = core.InnerLoop(
+      init=lambda params: params['model'],
+      step=lambda params, p, support, k: core.sgd_step(
+          loss_fn, p, support, inner_lr=params['inner_lr']),
+      params=lambda p: p)
+  return MetaAlgorithm(
+      train_step=gradient_train_step(objective, tx), inner_loop=inner_loop,
+      init_params=functools.partial(metasgd_params, inner_lr=inner_lr))
+
+
+# --- ANIL -------------------------------------------------------------------
+
+
+def param_path(path) -> str:
+  """``'layers/2/kernel/value'`` for a `jax.tree_util` key path."""
+  names = []
+  for key in path:
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+  return '/'.join(names)
+
+
+def head_mask(params, head_filter: str | None) -> list[bool]:
+  """Which leaves (in `jax.tree.leaves` order) the inner loop adapts.
+
+  `head_filter` is a regular expression searched in each leaf's path
+  (`param_path`); None means the last layer: the leaves whose path, without
+  its last two names (``kernel/value``), equals the last leaf's.
+
+  Raises:
+    ValueError: naming the filter and the paths, if it selects no leaf or
+      every leaf (then ANIL would be MAML).
+  """
+  paths = [param_path(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  if head_filter is None:
+    last = paths[-1].split('/')[:-2]
+    mask = [p.split('/')[:-2] == last for p in paths]
+  else:
+    pattern = re.compile(head_filter)
+    mask = [bool(pattern.search(p)) for p in paths]
+  if not any(mask) or all(mask):
+    raise ValueError(
+        f'config.head_filter={head_filter!r}: must select some but not all '
+        f'parameters; it selects {sum(mask)} of {len(mask)}; parameter '
+        f'paths: {", ".join(paths)}')
+  return mask
+
+
+def split_head(params, mask: list[bool]) -> tuple[list, list]:
+  leaves = jax.tree.leaves(params)
+  return ([l for l, m in zip(leaves, mask) if m],
+          [l for l, m in zip(leaves, mask) if not m])
+
+
+def merge_head(treedef_of, head: list, body: list, mask: list[bool]):
+  head, body = iter(head), iter(body)
+  return jax.tree.unflatten(jax.tree.structure(treedef_of),
+                            [next(head) if m else next(body) for m in mask])
+
+
+@TRAIN_STEPS.register('anil')
+def make_anil_train_step(*, loss_fn: core.LossFn,
+                         tx: optax.GradientTransformation, inner_lr: float,
+                         num_inner_steps: int = 1, first_order: bool = False,
+                         head_filter: str | None = None,
+                         remat_inner_steps: bool = False) -> MetaAlgorithm:
+  """ANIL (Raghu et al. 2020): the inner loop adapts the head only.
+
+  The head is chosen by `head_filter` (see `head_mask`; default: the last
+  layer). The body is a constant of the inner loop, so its inner
+  gradients are never computed; the outer loop trains body and head, the
+  body's meta-gradient flowing through the adapted head.
+  """
+  def head_loss(body, mask, params_like):
+    return lambda head, batch: loss_fn(
+        merge_head(params_like, head, body, mask), batch)
+
+  def adapt(params, support):
+    mask = head_mask(params, head_filter)
+    head, body = split_head(params, mask)
+    head = core.adapt(head_loss(body, mask, params), head, support,
+                      inner_lr=inner_lr, num_steps=num_inner_steps,
+                      first_order=first_order, remat=remat_inner_steps)
+    return merge_head(params, head, body, mask)
+
+  def objective(params, batch):
+    def per_task(task):
+      before = loss_fn(params, task['query'])
+      return before, loss_fn(adapt(params, task['support']), task['query'])
+    before, after = jax.vmap(per_task)(batch)
+    after = jnp.mean(after)
+    return after, core.MetaOutput(
+        query_loss_before=jax.lax.stop_gradient(jnp.mean(before)),
+        query_loss_after=after)
+
+  def eval_step(meta_params, p, support, k):
+    del meta_params, k
+    mask = head_mask(p, head_filter)
+    head, body = split_head(p, mask)
+    head = core.sgd_step(head_loss(body, mask, p), head, support,
+                         inner_lr=inner_lr)
+    return merge_head(p, head, body, mask)
+
+  def init_params(model_params):
+    head_mask(model_params, head_filter)  # Fail early on a bad filter.
+    return model_params
+
+  return MetaAlgorithm(
+      train_step=gradient_train_step(objective, tx),
+      inner_loop=core.InnerLoop(init=lambda params: params, step=eval_step,
+                                params=lambda p: p),
+      init_params=init_params)
+
+
+# Algorithms in their own modules register themselves on import.
+from maml_plugin import mamlpp  # pylint: disable=wrong-import-position,unused-import
+from maml_plugin import reptile  # pylint: disable=wrong-import-position,unused-import

@@ -49,7 +49,8 @@ def test_bad_value_names_field_value_and_rule(field, value, message):
 def test_unknown_train_step_lists_the_registered_ones():
   config = maml_sine.get_config('quick')
   config.train_step = 'nope'
-  with pytest.raises(ConfigError, match="one of 'maml'"):
+  with pytest.raises(ConfigError, match="one of 'anil', 'fomaml', 'maml', "
+                     "'mamlpp', 'metasgd', 'reptile'"):
     config_validation.validate(config)
 
 
@@ -78,7 +79,8 @@ def test_default_and_quick_configs_are_valid():
     ('--config.inner_lr=-0.1',
      'maml_plugin: bad config: config.inner_lr=-0.1: must be a finite number > 0'),
     ('--config.train_step=mamll',
-     "maml_plugin: bad config: config.train_step='mamll': must be one of 'maml'"),
+     "maml_plugin: bad config: config.train_step='mamll': must be one of "
+     "'anil', 'fomaml', 'maml', 'mamlpp', 'metasgd', 'reptile'"),
 ])
 def test_main_stops_before_training_with_one_line(tmp_path, override, expected):
   workdir = tmp_path / 'work'

@@ -1,0 +1,115 @@
+"""Reptile (Nichol et al. 2018) as a registered train step, ``'reptile'``.
+
+Usage::
+
+  tx = optax.sgd(optax.linear_schedule(1.0, 0.0, num_train_steps))
+  algorithm = make_algorithm('reptile', loss_fn=loss_fn, tx=tx,
+                             inner_lr=0.001, num_inner_steps=5,
+                             inner_optimizer='adam')
+
+Each task runs `num_inner_steps` steps of an optax inner optimizer from the
+meta-params on ALL of its examples (support and query: Reptile has no
+query split in meta-training); the meta-update moves the meta-params toward
+the adapted weights. It is written as the pseudo-gradient
+``g = theta - mean_i(theta_i)`` handed to the outer optimizer `tx`: with
+``optax.sgd(eps)`` that is exactly ``theta + eps * mean_i(theta_i - theta)``,
+the paper's batched update; the paper anneals ``eps`` linearly to 0, which
+the trainer does with ``config.meta_optimizer='sgd'`` and
+``config.meta_lr_schedule='linear'`` (configs/maml_sine.py:reptile).
+
+Evaluation adapts with the same inner optimizer and rate, on the support set.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from maml_plugin import core
+from maml_plugin import train_steps
+
+INNER_OPTIMIZERS = ('sgd', 'adam')
+
+
+def inner_optimizer_for(name: str, inner_lr: float
+                        ) -> optax.GradientTransformation:
+  """The inner optimizer by name; Adam has beta1 = 0 as in the paper."""
+  if name == 'sgd':
+    return optax.sgd(inner_lr)
+  if name == 'adam':
+    return optax.adam(inner_lr, b1=0.0)
+  raise ValueError(f'config.inner_optimizer={name!r}: must be one of '
+                   f'{", ".join(repr(n) for n in INNER_OPTIMIZERS)}')
+
+
+def adapt_with_optimizer(loss_fn: core.LossFn, params, batch, *,
+                         inner_tx: optax.GradientTransformation,
+                         num_steps: int):
+  """`num_steps` steps of `inner_tx` on ONE task's `batch` (pure, scanned)."""
+  def body(carry, _):
+    p, opt_state = carry
+    grads = jax.grad(loss_fn)(p, batch)
+    updates, opt_state = inner_tx.update(grads, opt_state, p)
+    return (optax.apply_updates(p, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(body, (params, inner_tx.init(params)), None,
+                                length=num_steps)
+  return params
+
+
+def all_examples(task):
+  """Support and query of ONE task, concatenated along the example axis."""
+  return jax.tree.map(lambda s, q: jnp.concatenate([s, q]),
+                      task['support'], task['query'])
+
+
+def reptile_update(loss_fn: core.LossFn, params, meta_batch, *,
+                   inner_tx: optax.GradientTransformation, num_steps: int):
+  """``(theta - mean_i theta_i, (loss before, loss after))`` over the tasks.
+
+  The losses are the mean over tasks of the loss on all of a task's
+  examples before and after its adaptation (for metrics only).
+  """
+  def per_task(task):
+    data = all_examples(task)
+    adapted = adapt_with_optimizer(loss_fn, params, data, inner_tx=inner_tx,
+                                   num_steps=num_steps)
+    return adapted, loss_fn(params, data), loss_fn(adapted, data)
+
+  adapted, before, after = jax.vmap(per_task)(meta_batch)
+  direction = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), params,
+                           adapted)
+  return direction, (jnp.mean(before), jnp.mean(after))
+
+
+@train_steps.TRAIN_STEPS.register('reptile')
+def make_reptile_train_step(*, loss_fn: core.LossFn,
+                            tx: optax.GradientTransformation, inner_lr: float,
+                            num_inner_steps: int = 1,
+                            inner_optimizer: str = 'adam'
+                            ) -> train_steps.MetaAlgorithm:
+  """Reptile: meta-update toward the task-adapted weights (module docstring)."""
+  inner_tx = inner_optimizer_for(inner_optimizer, inner_lr)
+
+  def train_step(state: train_steps.MetaTrainState, batch, rng):
+    del rng  # Full-batch inner steps: deterministic given the batch.
+    direction, (before, after) = reptile_update(
+        loss_fn, state.params, batch, inner_tx=inner_tx,
+        num_steps=num_inner_steps)
+    metrics = train_steps.TrainMetrics.single_from_model_output(
+        query_loss_before=before, query_loss_after=after,
+        meta_grad_norm=optax.global_norm(direction))
+    return train_steps.apply_meta_gradient(state, direction, tx), metrics
+
+  def eval_step(meta_params, carry, support, k):
+    del meta_params, k
+    p, opt_state = carry
+    updates, opt_state = inner_tx.update(jax.grad(loss_fn)(p, support),
+                                         opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  return train_steps.MetaAlgorithm(
+      train_step=train_step,
+      inner_loop=core.InnerLoop(init=lambda p: (p, inner_tx.init(p)),
+                                step=eval_step, params=lambda carry: carry[0]))
