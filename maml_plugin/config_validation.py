@@ -7,12 +7,14 @@ Usage::
 Every field a config may hold is listed in `FIELDS` with what is allowed; a
 field not listed is an error too (a typo must not be silently ignored).
 Fields in `OPTIONAL` may be absent (the code's default applies); an optional
-hyper-parameter of one algorithm (e.g. `head_filter`) is an error on a
-config whose `train_step` does not take it, since it would be ignored.
+hyper-parameter of one algorithm (e.g. `head_filter`) set to anything but its
+default is an error on a config whose `train_step` does not take it, since it
+would be ignored.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from typing import Any, Callable
@@ -130,6 +132,17 @@ _ALIGNED = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
             'num_train_steps')
 
 
+def _defaults(name: str, train_step_names) -> list:
+  """The default values of hyper-parameter `name` in those factories."""
+  out = []
+  for step in train_step_names:
+    parameter = inspect.signature(
+        train_steps.TRAIN_STEPS.lookup(step)).parameters.get(name)
+    if parameter is not None and parameter.default is not parameter.empty:
+      out.append(parameter.default)
+  return out
+
+
 def validate(config) -> None:
   """Raises `ConfigError` naming the first bad field, its value and the rule."""
   values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
@@ -153,6 +166,11 @@ def validate(config) -> None:
     if name not in taken:
       users = [n for n in train_steps.TRAIN_STEPS.names()
                if name in train_steps.hparam_names(n)]
+      # A field left at its default does nothing on any algorithm, so
+      # `--config.train_step=fomaml` works on a MAML config; a value
+      # somebody chose would be silently ignored, which is an error.
+      if values[name] in _defaults(name, users):
+        continue
       raise ConfigError(
           f'config.{name}={values[name]!r}: not used by '
           f'config.train_step={values["train_step"]!r}; remove it or pick '

@@ -149,3 +149,12 @@ def test_meta_lr_schedule_anneals_to_zero_at_the_last_step(schedule, halfway):
   np.testing.assert_allclose(lr(n // 2), halfway, rtol=1e-6)
   np.testing.assert_allclose(lr(n), 0.0 if schedule != 'constant' else 0.4,
                              atol=1e-7)
+
+
+@pytest.mark.parametrize('name', NEW_ALGORITHMS)
+def test_any_train_step_is_selectable_on_the_maml_config(name):
+  """`--config.train_step=NAME` on configs/maml_sine.py: fields left at
+  their defaults (first_order=False) do not stand in the way."""
+  config = maml_sine.get_config('quick')
+  config.train_step = name
+  config_validation.validate(config)
