@@ -13,6 +13,7 @@ Several hosts (one process each) train one run together::
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
 """
 
+import os
 import re
 import sys
 
@@ -45,8 +46,11 @@ _PARSE_ERROR = re.compile(r'flag --config\.([\w.]+)=(.*?): ')
 
 
 def _fail(message: str):
+  """One line on stderr, exit 1; skips teardown, whose library threads
+  (orbax's event loop after a failed restore) would print tracebacks."""
   sys.stderr.write(f'maml_plugin: {message}\n')
-  sys.exit(1)
+  sys.stderr.flush()
+  os._exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
