@@ -155,6 +155,8 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
   evaluator = evaluator or create_evaluator(config, problem)
   curves = evaluator(params)
   report = actions.evaluation_report(problem.metric, curves, train_step)
+  if jax.process_index() > 0:  # Every host computes; the first one writes.
+    return report
   actions.write_evaluation_report(workdir, report)
   if config.num_plot_tasks > 0:
     steps = sorted({0, min(1, config.eval_num_inner_steps),

@@ -85,7 +85,7 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path):
   workdir = str(tmp_path / 'killed')
   kills = []
   with open(tmp_path / 'killed.log', 'wb') as log:
-    for moment in ('step', 'save', 'step', 'save'):
+    for moment in ('save', 'step', 'save'):
       before = complete_steps(workdir)
       last = before[-1] if before else 0
       if last >= NUM_STEPS - EVERY:
