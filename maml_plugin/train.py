@@ -272,9 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # in a collective's rendezvous.
     report = jax.device_get(report)
     if int(report.first_bad_step) >= 0 and config.on_nonfinite == 'stop':
-      raise guards.NonFiniteError(
-          f'{guards.describe(report)}; stopped, the last good checkpoint '
-          f'(step {manager.latest_step()}) in {manager.directory} is kept')
+      last = manager.latest_step()
+      kept = (f'the last good checkpoint (step {last}) in '
+              f'{manager.directory} is kept' if last is not None
+              else 'no checkpoint had been written yet')
+      raise guards.NonFiniteError(f'{guards.describe(report)}; stopped, '
+                                  f'{kept}')
     skipped += report.skipped
     train_metrics = (chunk_metrics if train_metrics is None
                      else train_metrics.merge(chunk_metrics))

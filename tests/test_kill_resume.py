@@ -24,9 +24,9 @@ from tests import event_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_MARK = '.orbax-checkpoint-tmp'
-NUM_STEPS = 300
+NUM_STEPS = 200
 EVERY = 50
-SAVE_DELAY = 0.6
+SAVE_DELAY = 0.4
 
 
 def command(workdir):
@@ -35,7 +35,7 @@ def command(workdir):
           f'--config.num_train_steps={NUM_STEPS}',
           f'--config.checkpoint_every_steps={EVERY}',
           f'--config.log_every_steps={EVERY}',
-          '--config.eval_every_steps=150', '--config.num_eval_tasks=20',
+          '--config.eval_every_steps=100', '--config.num_eval_tasks=20',
           '--config.num_plot_tasks=0', '--config.max_checkpoints_to_keep=2']
 
 
