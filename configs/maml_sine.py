@@ -58,6 +58,9 @@ def get_config(arg=None):
   config.eval_every_steps = 10_000
   config.checkpoint_every_steps = 10_000
   config.max_checkpoints_to_keep = 3
+  # A NaN/Inf meta-loss or meta-gradient: 'stop' the run (the last good
+  # checkpoint stays) or 'skip' the update and count it in the metrics.
+  config.on_nonfinite = 'stop'
   # Held-out evaluation: fixed seeded tasks, 100 query points, 0..10 steps.
   config.eval_seed = 1_000_003
   config.num_eval_tasks = 600

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+# Orbax writes a step into `<step>.orbax-checkpoint-tmp-<n>` and renames it.
+_TMP_MARK = '.orbax-checkpoint-tmp'
 
 
 class CheckpointError(RuntimeError):
@@ -42,17 +46,56 @@ def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array):
   `state` and `rng` give the structure, shapes and dtypes expected; a
   checkpoint that does not match raises `CheckpointError` naming it.
   """
+  directory = str(manager.directory)
+  incomplete = sorted(n for n in os.listdir(directory) if _TMP_MARK in n)
+  if incomplete:
+    # A save that was killed before its rename; never the latest checkpoint.
+    # Left in place: only the user deletes things in a workdir.
+    logging.warning('Ignoring incomplete checkpoints (interrupted saves) in '
+                    '%s: %s', directory, ', '.join(incomplete))
   step = manager.latest_step()
   if step is None:
     return state, rng
   target = {'state': state, 'rng': jax.random.key_data(rng)}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  path = os.path.join(str(manager.directory), str(step))
+  path = os.path.join(directory, str(step))
+  _check_shapes(path, abstract)
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # orbax raises many types; name the checkpoint.
+    detail = str(e).splitlines()[0][:160] if str(e) else ''
     raise CheckpointError(
-        f'checkpoint {path} cannot be restored into this config\'s state '
-        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+        f'checkpoint {path} cannot be read (corrupt, truncated or written '
+        f'by another version?): {type(e).__name__}: {detail}; nothing in '
+        'the workdir was changed'
     ) from e
   return restored['state'], jax.random.wrap_key_data(restored['rng'])
+
+
+def _leaf_name(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return '.'.join(parts)
+
+
+def _check_shapes(path: str, abstract) -> None:
+  """Names the first array whose stored shape differs from `abstract`'s."""
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(os.path.join(path, 'default'))
+    metadata = getattr(metadata, 'item_metadata', metadata)
+    stored = {getattr(m, 'name', None): tuple(m.shape)
+              for m in jax.tree.leaves(metadata) if hasattr(m, 'shape')}
+  except Exception:  # Unreadable metadata: the restore names the problem.
+    return
+  for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    name = _leaf_name(leaf_path)
+    if name in stored and stored[name] != tuple(leaf.shape):
+      raise CheckpointError(
+          f'checkpoint {path} does not match this config\'s model: {name} '
+          f'has shape {stored[name]} there, {tuple(leaf.shape)} here '
+          '(another hidden_sizes or task?); use another --workdir')

@@ -14,6 +14,7 @@ would be ignored.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import re
@@ -113,6 +114,7 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'learn_inner_lr': (boolean, 'True or False'),
     'first_order_steps': (non_negative_int, 'an int >= 0'),
     'rate_meta_lr': (positive_real, 'a finite number > 0'),
+    'on_nonfinite': (one_of('stop', 'skip'), "one of 'stop', 'skip'"),
 }
 
 # Fields that may be absent: the trainer's or the train step's default applies.
@@ -143,8 +145,11 @@ def _defaults(name: str, train_step_names) -> list:
   return out
 
 
-def validate(config) -> None:
-  """Raises `ConfigError` naming the first bad field, its value and the rule."""
+def validate(config, *, num_devices: int = 1) -> None:
+  """Raises `ConfigError` naming the first bad field, its value and the rule.
+
+  `num_devices` is the number of devices the task axis is sharded over.
+  """
   values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
   for name in values:
     if name not in FIELDS:
@@ -187,3 +192,29 @@ def validate(config) -> None:
       raise ConfigError(
           f'config.{name}={values[name]!r}: must be a multiple of '
           f'config.steps_per_call={every}')
+  if values['meta_batch_size'] % num_devices:
+    raise ConfigError(
+        f'config.meta_batch_size={values["meta_batch_size"]!r}: must be a '
+        f'multiple of the device count {num_devices} (the task axis is '
+        f'sharded over the devices)')
+
+
+def check_override(name: str, value: str) -> None:
+  """Checks a command-line override ``--config.<name>=<value>`` by name.
+
+  Raises `ConfigError` for a field that does not exist, before ml_collections
+  would raise its own multi-line error.
+  """
+  field = name.split('.', 1)[0]
+  if field not in FIELDS:
+    close = difflib.get_close_matches(field, FIELDS, n=1)
+    hint = f'did you mean config.{close[0]}? ' if close else ''
+    raise ConfigError(f'config.{name}={value}: unknown field; {hint}known '
+                      f'fields: {", ".join(sorted(FIELDS))}')
+
+
+def describe_parse_error(name: str, value: str) -> str:
+  """The one line for an override whose value does not parse as its type."""
+  field = name.split('.', 1)[0]
+  allowed = FIELDS[field][1] if field in FIELDS else 'a known field'
+  return f'config.{name}={value!r}: must be {allowed}'

@@ -3,9 +3,19 @@
   python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/maml_sine
 
 Override any field with `--config.<field>=<value>`, e.g.
-`--config.num_inner_steps=5`. A bad config value stops before training with
-one line naming the field, the value and what is allowed.
+`--config.num_inner_steps=5`. A bad config value, an unknown field or a value
+of the wrong type stops before training with one line naming the field, the
+value and what is allowed.
+
+Several hosts (one process each) train one run together::
+
+  python -m maml_plugin.main ... --coordinator_address=10.0.0.1:1234 \
+      --num_processes=2 --process_id=0      # and --process_id=1 on the other
 """
+
+import os
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -14,6 +24,8 @@ from ml_collections import config_flags
 
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
+from maml_plugin import distributed
+from maml_plugin import guards
 from maml_plugin import train
 
 FLAGS = flags.FLAGS
@@ -21,7 +33,45 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for logs and checkpoints.')
 config_flags.DEFINE_config_file(
     'config', None, 'ml_collections config file.', lock_config=True)
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for a multi-process run.')
+flags.DEFINE_integer('num_processes', None,
+                     'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None,
+                     'This process\'s index in a multi-process run.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+_OVERRIDE = re.compile(r'^--config\.([\w.]+)=(.*)$')
+_PARSE_ERROR = re.compile(r'flag --config\.([\w.]+)=(.*?): ')
+
+
+def _fail(message: str):
+  """One line on stderr, exit 1; skips teardown, whose library threads
+  (orbax's event loop after a failed restore) would print tracebacks."""
+  sys.stderr.write(f'maml_plugin: {message}\n')
+  sys.stderr.flush()
+  os._exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config errors as one line (no traceback)."""
+  for arg in argv[1:]:
+    match = _OVERRIDE.match(arg)
+    if match:
+      try:
+        config_validation.check_override(*match.groups())
+      except config_validation.ConfigError as e:
+        _fail(f'bad config: {e}')
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    match = _PARSE_ERROR.search(str(e))
+    if match:
+      _fail('bad config: ' + config_validation.describe_parse_error(
+          *match.groups()))
+    _fail(f'bad flag: {" ".join(str(e).split())}')
+  except Exception as e:  # ml_collections raises many types while overriding.
+    _fail(f'bad config: {type(e).__name__}: {" ".join(str(e).split())}')
 
 
 def main(argv):
@@ -29,18 +79,22 @@ def main(argv):
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   train.quiet_library_logs()
   try:
-    config_validation.validate(FLAGS.config)
+    distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                           num_processes=FLAGS.num_processes,
+                           process_id=FLAGS.process_id)
+    config_validation.validate(FLAGS.config,
+                               num_devices=distributed.num_task_devices())
   except config_validation.ConfigError as e:
-    raise SystemExit(f'maml_plugin: bad config: {e}') from None
+    _fail(f'bad config: {e}')
   logging.info('workdir: %s', FLAGS.workdir)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except config_validation.ConfigError as e:  # e.g. a head_filter that
     # matches no parameter of the model, known once the model exists.
-    raise SystemExit(f'maml_plugin: bad config: {e}') from None
-  except checkpointing.CheckpointError as e:
-    raise SystemExit(f'maml_plugin: {e}') from None
+    _fail(f'bad config: {e}')
+  except (checkpointing.CheckpointError, guards.NonFiniteError) as e:
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -35,7 +35,9 @@ from maml_plugin import actions
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import core
+from maml_plugin import distributed
 from maml_plugin import evaluation
+from maml_plugin import guards
 from maml_plugin import plots
 from maml_plugin import train_steps
 from maml_plugin.metrics import TrainMetrics
@@ -163,25 +165,38 @@ def create_train_state(problem: Problem, algorithm: train_steps.MetaAlgorithm,
 
 
 def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
-                     steps_per_call: int):
+                     steps_per_call: int, skip_nonfinite: bool = False,
+                     batch_sharding=None):
   """`steps_per_call` meta-steps as one pure function (jit it).
 
-  ``train_chunk(state, rng) -> (state, metrics)``: step ``s`` uses the key
-  ``fold_in(rng, s)``, split into the meta-batch key and the step key, so the
-  tasks depend only on the seed and the step, never on the chunking.
+  ``train_chunk(state, rng) -> (state, metrics, nonfinite_report)``: step
+  ``s`` uses the key ``fold_in(rng, s)``, split into the meta-batch key and
+  the step key, so the tasks depend only on the seed and the step, never on
+  the chunking. Non-finite updates are counted (and dropped when
+  `skip_nonfinite`), see `maml_plugin.guards`; `batch_sharding` splits the
+  meta-batch's task axis over devices (`maml_plugin.distributed`).
   """
   def train_chunk(state, rng):
     def body(carry, _):
-      state, metrics = carry
+      state, metrics, report = carry
       step_rng = jax.random.fold_in(rng, state.step)
       batch_rng, step_rng = jax.random.split(step_rng)
       batch = tasks.train_batch(batch_rng, meta_batch_size)
-      state, step_metrics = train_step(state, batch, step_rng)
-      return (state, metrics.merge(step_metrics)), None
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      new_state, step_metrics = train_step(state, batch, step_rng)
+      new_state, ok, report = guards.guard_update(
+          state, new_state, step_metrics, report, skip=skip_nonfinite)
+      merged = metrics.merge(step_metrics)
+      if skip_nonfinite:  # A skipped step's NaNs must not poison the means.
+        merged = jax.tree.map(lambda m, o: jnp.where(ok, m, o), merged,
+                              metrics)
+      return (new_state, merged, report), None
 
-    (state, metrics), _ = jax.lax.scan(
-        body, (state, TrainMetrics.empty()), None, length=steps_per_call)
-    return state, metrics
+    (state, metrics, report), _ = jax.lax.scan(
+        body, (state, TrainMetrics.empty(), guards.NonFiniteReport.empty()),
+        None, length=steps_per_call)
+    return state, metrics, report
 
   return train_chunk
 
@@ -207,6 +222,8 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
   evaluator = evaluator or create_evaluator(config, problem)
   curves = evaluator(params)
   report = actions.evaluation_report(problem.metric, curves, train_step)
+  if jax.process_index() > 0:  # Every host computes; the first one writes.
+    return report
   actions.write_evaluation_report(workdir, report)
   if config.num_plot_tasks > 0:
     steps = sorted({0, min(1, config.eval_num_inner_steps),
@@ -249,7 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The final `MetaTrainState`.
   """
-  config_validation.validate(config)
+  config_validation.validate(config,
+                             num_devices=distributed.num_task_devices())
   os.makedirs(workdir, exist_ok=True)
 
   # Writer.
@@ -274,11 +292,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if first_step:
     logging.info('Resumed from checkpoint at step %d.', first_step)
 
+  # Devices: the task axis is split over all of them, the state replicated.
+  batch_sharding = None
+  if distributed.num_task_devices() > 1:
+    mesh = distributed.task_mesh()
+    batch_sharding = distributed.task_sharding(mesh)
+    state, rng = distributed.replicate((state, rng), mesh)
+
   # Jit.
   train_chunk = jax.jit(
       make_train_chunk(algorithm.train_step, problem.tasks,
                        meta_batch_size=config.meta_batch_size,
-                       steps_per_call=config.steps_per_call),
+                       steps_per_call=config.steps_per_call,
+                       skip_nonfinite=config.on_nonfinite == 'skip',
+                       batch_sharding=batch_sharding),
       donate_argnums=0)
 
   # Periodic actions.
@@ -304,15 +331,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                config.num_train_steps)
   step = first_step
   train_metrics = None
+  skipped = 0
   while step < config.num_train_steps:
-    state, chunk_metrics = train_chunk(state, rng)
+    state, chunk_metrics, report = train_chunk(state, rng)
+    # Reading the report waits for the chunk: the run stops at the first bad
+    # chunk, and sharded CPU steps are never queued deep enough to time out
+    # in a collective's rendezvous.
+    report = jax.device_get(report)
+    if int(report.first_bad_step) >= 0 and config.on_nonfinite == 'stop':
+      last = manager.latest_step()
+      kept = (f'the last good checkpoint (step {last}) in '
+              f'{manager.directory} is kept' if last is not None
+              else 'no checkpoint had been written yet')
+      raise guards.NonFiniteError(f'{guards.describe(report)}; stopped, '
+                                  f'{kept}')
+    skipped += report.skipped
     train_metrics = (chunk_metrics if train_metrics is None
                      else train_metrics.merge(chunk_metrics))
     previous, step = step, step + config.steps_per_call
     if step % config.log_every_steps == 0:
-      writer.write_scalars(step, {f'train/{k}': v for k, v in
-                                  train_metrics.compute().items()})
-      train_metrics = None
+      scalars = {f'train/{k}': v for k, v in train_metrics.compute().items()}
+      if config.on_nonfinite == 'skip':
+        scalars['train/skipped_updates'] = skipped
+      writer.write_scalars(step, scalars)
+      train_metrics, skipped = None, 0
     for s in range(previous + 1, step + 1):
       for hook in hooks:
         hook(s)

@@ -1,0 +1,91 @@
+"""The meta-batch's task axis over devices and hosts (JAX's own runtime).
+
+Usage::
+
+  initialize(coordinator_address='10.0.0.1:1234', num_processes=2,
+             process_id=0)               # multi-host only; no-op otherwise
+  mesh = task_mesh()                     # every device, one 'tasks' axis
+  state = replicate(state, mesh)         # params and optimizer state
+  batch = jax.lax.with_sharding_constraint(batch, task_sharding(mesh))
+
+Inside the jitted step the meta-batch is sampled from the global key and
+constrained to be split along its task axis, so each device (and so each host)
+computes only its own share of the tasks; the mean over tasks becomes an
+all-reduce, and the meta-gradient equals the one-device one up to float
+summation order.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from maml_plugin.config_validation import ConfigError
+
+TASK_AXIS = 'tasks'
+
+
+def initialize(*, coordinator_address: str | None = None,
+               num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """`jax.distributed.initialize` when a coordinator is given, else nothing."""
+  given = {'coordinator_address': coordinator_address,
+           'num_processes': num_processes, 'process_id': process_id}
+  if all(v is None for v in given.values()):
+    return
+  for name, value in given.items():
+    if value is None:
+      raise ConfigError(f'--{name}=None: must be set when any of '
+                        f'{", ".join("--" + n for n in given)} is set')
+  if not isinstance(num_processes, int) or num_processes < 1:
+    raise ConfigError(f'--num_processes={num_processes!r}: must be an int > 0')
+  if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+    raise ConfigError(f'--process_id={process_id!r}: must be an int in '
+                      f'[0, {num_processes})')
+  if ':' not in coordinator_address:
+    raise ConfigError(f'--coordinator_address={coordinator_address!r}: '
+                      'must be host:port')
+  # CPU devices of different processes talk through gloo; other platforms
+  # bring their own collectives and ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+
+
+def num_task_devices() -> int:
+  """How many devices the task axis is split over (all, on every host)."""
+  return jax.device_count()
+
+
+def task_mesh(devices=None) -> Mesh:
+  """A one-axis mesh named 'tasks' over `devices` (default: all of them)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (TASK_AXIS,))
+
+
+def task_sharding(mesh: Mesh) -> NamedSharding:
+  """Splits the leading (task) axis of every leaf over the mesh."""
+  return NamedSharding(mesh, P(TASK_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh: Mesh):
+  """Places every leaf, whole, on every device of `mesh` (any host count)."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      data = np.asarray(jax.random.key_data(x))
+      return jax.random.wrap_key_data(put(data), impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+  return jax.tree.map(put, tree)

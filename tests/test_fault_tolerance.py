@@ -1,0 +1,186 @@
+"""Non-finite guard, corrupt or mismatched checkpoints, determinism."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import maml_sine
+from maml_plugin import checkpointing
+from maml_plugin import guards
+from maml_plugin import train
+from maml_plugin import train_steps
+from tests import event_files
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POISONED = range(120, 140)  # Meta-steps (0-based) whose query targets are NaN.
+
+
+@train_steps.TRAIN_STEPS.register('maml_poisoned_for_tests')
+def make_poisoned_train_step(*, loss_fn, tx, inner_lr, num_inner_steps=1,
+                             first_order=False):
+  """MAML whose query targets are NaN on the meta-steps in `POISONED`."""
+  maml = train_steps.make_maml_train_step(
+      loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
+      num_inner_steps=num_inner_steps, first_order=first_order)
+
+  def train_step(state, batch, rng):
+    bad = (state.step >= POISONED.start) & (state.step < POISONED.stop)
+    query = dict(batch['query'],
+                 y=jnp.where(bad, jnp.nan, batch['query']['y']))
+    return maml.train_step(state, dict(batch, query=query), rng)
+
+  return dataclasses.replace(maml, train_step=train_step)
+
+
+def small_config(**overrides):
+  config = maml_sine.get_config('quick')
+  config.num_eval_tasks = 10
+  config.num_plot_tasks = 0
+  config.checkpoint_every_steps = 50
+  config.update(overrides)
+  return config
+
+
+def snapshot(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+def test_nan_meta_loss_stops_with_step_and_quantity_keeping_last_good(
+    tmp_path):
+  config = small_config(train_step='maml_poisoned_for_tests')
+  workdir = str(tmp_path)
+  with pytest.raises(guards.NonFiniteError) as err:
+    train.train_and_evaluate(config, workdir)
+  message = str(err.value)
+  assert message.startswith(
+      f'meta-step {POISONED.start + 1}: meta-loss (query_loss_after) is nan '
+      'and meta-gradient (meta_grad_norm) is nan'), message
+  assert 'last good checkpoint (step 100)' in message
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+      '100', '50']
+  # The kept checkpoint is good: it restores, finite, at step 100.
+  fresh = train_steps.MetaTrainState.create(
+      train.create_problem(config).init_params, train.create_optimizer(config))
+  manager = checkpointing.create_manager(workdir, max_to_keep=3)
+  state, _ = checkpointing.restore_latest(manager, fresh,
+                                          jax.random.key(config.seed))
+  manager.close()
+  assert int(state.step) == 100
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_skip_mode_drops_bad_updates_and_counts_them(tmp_path):
+  config = small_config(train_step='maml_poisoned_for_tests',
+                        on_nonfinite='skip')
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == config.num_train_steps
+  # Adam counts only the updates it applied.
+  applied = int(jax.tree.leaves(state.opt_state)[0])
+  assert applied == config.num_train_steps - len(POISONED)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  scalars = event_files.read_scalars(str(tmp_path))
+  skipped = {step: int(v[0]) for (tag, step), v in scalars.items()
+             if tag == 'train/skipped_updates'}
+  assert skipped == {50: 0, 100: 0, 150: len(POISONED), 200: 0}
+  assert np.isfinite(scalars[('train/query_loss_after', 150)][0])
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """Two runs with seed 0 and one with seed 1, 100 meta-steps each."""
+  out = {}
+  for name, seed in (('a', 0), ('b', 0), ('other_seed', 1)):
+    workdir = str(tmp_path_factory.mktemp(name))
+    config = small_config(num_train_steps=100, seed=seed)
+    state = train.train_and_evaluate(config, workdir)
+    out[name] = (workdir, state)
+  return out
+
+
+def train_scalars(workdir):
+  return {k: v for k, v in event_files.read_scalars(workdir).items()
+          if k[0].startswith(('train/', 'eval/'))}
+
+
+def test_same_seed_gives_bit_identical_metrics_and_state(runs):
+  (a_dir, a), (b_dir, b) = runs['a'], runs['b']
+  a_scalars, b_scalars = train_scalars(a_dir), train_scalars(b_dir)
+  assert a_scalars and a_scalars.keys() == b_scalars.keys()
+  for key in a_scalars:
+    np.testing.assert_array_equal(a_scalars[key], b_scalars[key])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_different_seed_gives_different_tasks(runs):
+  config = small_config()
+  problem = train.create_problem(config)
+  batches = [problem.tasks.train_batch(
+      jax.random.split(jax.random.fold_in(jax.random.key(seed), 0))[0], 5)
+             for seed in (0, 1)]
+  assert not np.array_equal(batches[0]['support']['x'],
+                            batches[1]['support']['x'])
+  a, other = train_scalars(runs['a'][0]), train_scalars(runs['other_seed'][0])
+  key = ('train/query_loss_before', 50)
+  assert a[key][0] != other[key][0]
+
+
+def copy_run(runs, tmp_path):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(runs['a'][0], workdir)
+  return workdir
+
+
+def test_truncated_checkpoint_is_named_and_nothing_changes(runs, tmp_path):
+  workdir = copy_run(runs, tmp_path)
+  data = os.path.join(workdir, 'checkpoints', '100', 'default')
+  biggest = max((os.path.join(r, n) for r, _, ns in os.walk(data)
+                 for n in ns), key=os.path.getsize)
+  with open(biggest, 'r+b') as f:
+    f.truncate(7)
+  before = snapshot(workdir)
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    train.train_and_evaluate(small_config(num_train_steps=150), workdir)
+  message = str(err.value)
+  assert message.startswith(
+      f'checkpoint {os.path.join(workdir, "checkpoints", "100")} cannot be '
+      'read'), message
+  assert '\n' not in message
+  after = snapshot(workdir)
+  assert {k: v for k, v in after.items() if 'events.out' not in k} == {
+      k: v for k, v in before.items() if 'events.out' not in k}
+
+
+def test_checkpoint_of_another_model_shape_is_named_one_line(runs, tmp_path):
+  workdir = copy_run(runs, tmp_path)
+  before = snapshot(os.path.join(workdir, 'checkpoints'))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'maml_plugin.main',
+       '--config=configs/maml_sine.py:quick', f'--workdir={workdir}',
+       '--config.hidden_sizes=20,20'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  ckpt = os.path.join(workdir, 'checkpoints', '100')
+  assert last == (
+      f"maml_plugin: checkpoint {ckpt} does not match this config's model: "
+      'state.params.layers.0.bias.value has shape (40,) there, (20,) here '
+      '(another hidden_sizes or task?); use another --workdir'), proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert snapshot(os.path.join(workdir, 'checkpoints')) == before
+  with open(os.path.join(workdir, 'evaluation.json')) as f:
+    assert json.load(f)['train_step'] == 100

@@ -1,0 +1,122 @@
+"""Our registered train step and periodic actions in loops that are not ours."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from clu import metric_writers
+from clu import periodic_actions
+
+import maml_plugin
+from configs import maml_sine
+from maml_plugin import actions
+from maml_plugin import adapters
+from maml_plugin import checkpointing
+from maml_plugin import train
+
+NUM_STEPS = 20
+
+
+class RecordingWriter(metric_writers.LoggingWriter):
+  """Logs like CLU's logging writer and keeps what was written."""
+
+  def __init__(self):
+    super().__init__()
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    super().write_scalars(step, scalars)
+    for k, v in scalars.items():
+      self.scalars[(k, int(step))] = float(v)
+
+
+@pytest.fixture(scope='module')
+def pieces():
+  config = maml_sine.get_config('quick')
+  config.num_eval_tasks = 10
+  problem = train.create_problem(config)
+  tx = train.create_optimizer(config)
+  train_step = maml_plugin.make_train_step(
+      'maml', loss_fn=problem.loss_fn, tx=tx, inner_lr=config.inner_lr)
+  evaluator = train.create_evaluator(config, problem)
+  return config, problem, tx, train_step, evaluator
+
+
+def flax_examples_loop(pieces, workdir):
+  """A Flax-examples-style loop with our step and actions as its hooks."""
+  config, problem, tx, train_step, evaluator = pieces
+  # A copy: the jitted step donates the state, and so its buffers.
+  params = jax.tree.map(jnp.copy, problem.init_params)
+  state = maml_plugin.MetaTrainState.create(params, tx)
+  key = jax.random.key(0)
+  writer = RecordingWriter()
+  manager = checkpointing.create_manager(workdir, max_to_keep=5)
+  hooks = [
+      periodic_actions.ReportProgress(num_train_steps=NUM_STEPS,
+                                      writer=writer, every_steps=10),
+      actions.FewShotEvaluation(evaluator=evaluator, writer=writer,
+                                state_fn=lambda: state, every_steps=10),
+      actions.Checkpoint(manager=manager, state_fn=lambda: state, rng=key,
+                         every_steps=10),
+  ]
+  step_fn = jax.jit(train_step, donate_argnums=0)
+  for step in range(NUM_STEPS):
+    batch_rng, step_rng = jax.random.split(jax.random.fold_in(key, step))
+    batch = problem.tasks.train_batch(batch_rng, config.meta_batch_size)
+    state, metrics = step_fn(state, batch, step_rng)
+    writer.write_scalars(step + 1, {f'train/{k}': v for k, v in
+                                    metrics.compute().items()})
+    for hook in hooks:
+      hook(step + 1)
+  return state, writer, manager
+
+
+def test_plain_loop_runs_our_step_and_actions(pieces, tmp_path):
+  config, problem, tx, _, _ = pieces
+  state, writer, manager = flax_examples_loop(pieces, str(tmp_path))
+  assert int(state.step) == NUM_STEPS
+  assert manager.all_steps() == [10, 20]
+  for step in (10, 20):
+    assert ('eval/mse_step0', step) in writer.scalars
+    assert writer.scalars[('eval/mse_step1_ci95', step)] > 0
+  assert ('steps_per_sec', 20) in writer.scalars  # ReportProgress's own.
+  fresh = maml_plugin.MetaTrainState.create(problem.init_params, tx)
+  restored, _ = checkpointing.restore_latest(manager, fresh,
+                                             jax.random.key(1))
+  manager.close()
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_jaxline_style_adapter_matches_the_plain_loop(pieces, tmp_path):
+  config, problem, tx, train_step, evaluator = pieces
+  expected, plain_writer, manager = flax_examples_loop(pieces,
+                                                       str(tmp_path))
+  manager.close()
+  experiment = adapters.JaxlineStep(
+      train_step=train_step,
+      sample_batch=lambda rng: problem.tasks.train_batch(
+          rng, config.meta_batch_size),
+      state=maml_plugin.MetaTrainState.create(problem.init_params, tx),
+      evaluator=evaluator)
+  writer = RecordingWriter()
+  key = jax.random.key(0)
+  for global_step in range(NUM_STEPS):
+    # jaxline hands raw key data and a per-device step array.
+    rng = jax.random.key_data(jax.random.fold_in(key, global_step))
+    scalars = experiment.step(global_step=np.array([global_step + 1]),
+                              rng=rng, writer=writer)
+    assert set(scalars) == {'train/query_loss_before',
+                            'train/query_loss_after', 'train/meta_grad_norm'}
+  # Same tasks, same updates; only float rounding differs (the adapter
+  # samples inside its jitted step, the plain loop outside).
+  for a, b in zip(jax.tree.leaves(experiment.state),
+                  jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-7)
+  assert writer.scalars[('train/query_loss_after', NUM_STEPS)] == (
+      pytest.approx(plain_writer.scalars[('train/query_loss_after',
+                                          NUM_STEPS)], rel=1e-5))
+  report = experiment.evaluate(global_step=NUM_STEPS, writer=writer)
+  assert report['eval/mse_step0'] == pytest.approx(
+      plain_writer.scalars[('eval/mse_step0', NUM_STEPS)], rel=1e-5)
