@@ -4,8 +4,10 @@ Usage::
 
   validate(config)   # raises ConfigError('config.inner_lr=-0.1: must be ...')
 
-Every field a config may hold is listed in `FIELDS` with what is allowed; a
-field not listed is an error too (a typo must not be silently ignored).
+Every field a config may hold is listed in `FIELDS` (all tasks) or
+`TASK_FIELDS[config.task]` with what is allowed; a field not listed is an
+error too (a typo must not be silently ignored), and so is a field of another
+task (it would be silently unused).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 from typing import Any, Callable
 
 from maml_plugin import train_steps
+from maml_plugin.tasks import omniglot
 
 
 class ConfigError(ValueError):
@@ -57,12 +60,17 @@ def one_of(*choices) -> Check:
   return lambda v: v in choices
 
 
-# field -> (check, what is allowed)
+def string(v) -> bool:
+  return isinstance(v, str)
+
+
+TASKS = ('sinusoid', 'omniglot')
+
+# field -> (check, what is allowed); fields of every task.
 FIELDS: dict[str, tuple[Check, str]] = {
-    'task': (one_of('sinusoid'), "one of 'sinusoid'"),
+    'task': (one_of(*TASKS), 'one of ' + ', '.join(repr(t) for t in TASKS)),
     'train_step': (lambda v: v in train_steps.TRAIN_STEPS,
                    'a registered train step'),
-    'hidden_sizes': (positive_int_tuple, 'a non-empty tuple of ints > 0'),
     'num_support': (positive_int, 'an int > 0'),
     'num_query': (positive_int, 'an int > 0'),
     'meta_batch_size': (positive_int, 'an int > 0'),
@@ -81,7 +89,27 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'num_eval_tasks': (lambda v: _is_int(v) and v >= 2, 'an int >= 2'),
     'eval_num_query': (positive_int, 'an int > 0'),
     'eval_num_inner_steps': (non_negative_int, 'an int >= 0'),
-    'num_plot_tasks': (non_negative_int, 'an int >= 0'),
+}
+
+_SPLITS = 'one of ' + ', '.join(repr(s) for s in omniglot.SPLITS)
+
+# Fields of one task only: task -> field -> (check, what is allowed).
+TASK_FIELDS: dict[str, dict[str, tuple[Check, str]]] = {
+    'sinusoid': {
+        'hidden_sizes': (positive_int_tuple, 'a non-empty tuple of ints > 0'),
+        'num_plot_tasks': (non_negative_int, 'an int >= 0'),
+    },
+    'omniglot': {
+        'data_dir': (string, "a folder path, or '' for $"
+                     f'{omniglot.DATA_DIR_ENV}'),
+        'train_split': (one_of(*omniglot.SPLITS), _SPLITS),
+        'eval_split': (one_of(*omniglot.SPLITS), _SPLITS),
+        'ways': (lambda v: _is_int(v) and v >= 2, 'an int >= 2'),
+        'num_filters': (positive_int, 'an int > 0'),
+        'conv_downsample': (one_of('stride', 'maxpool'),
+                            "'stride' or 'maxpool'"),
+        'eval_task_batch_size': (positive_int, 'an int > 0'),
+    },
 }
 
 # Fields whose value must divide by `steps_per_call`, so that periodic actions
@@ -93,11 +121,16 @@ _ALIGNED = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
 def validate(config) -> None:
   """Raises `ConfigError` naming the first bad field, its value and the rule."""
   values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  check, allowed = FIELDS['task']
+  if not check(values.get('task')):
+    raise ConfigError(f'config.task={values.get("task")!r}: must be {allowed}')
+  fields = {**FIELDS, **TASK_FIELDS[values['task']]}
   for name in values:
-    if name not in FIELDS:
-      raise ConfigError(f'config.{name}: unknown field; known fields: '
-                        f'{", ".join(sorted(FIELDS))}')
-  for name, (check, allowed) in FIELDS.items():
+    if name not in fields:
+      raise ConfigError(f'config.{name}: unknown field for task '
+                        f'{values["task"]!r}; known fields: '
+                        f'{", ".join(sorted(fields))}')
+  for name, (check, allowed) in fields.items():
     if name not in values:
       raise ConfigError(f'config.{name} is missing: must be {allowed}')
     value = values[name]

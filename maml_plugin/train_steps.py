@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from maml_plugin import core
+from maml_plugin.metrics import ClassificationTrainMetrics
 from maml_plugin.metrics import TrainMetrics
 from maml_plugin.registry import Registry
 
@@ -65,7 +66,16 @@ def make_train_step(name: str, *, loss_fn: core.LossFn,
 def hparam_names(name: str) -> list[str]:
   """The hyper-parameters (config fields) the factory `name` takes."""
   params = inspect.signature(TRAIN_STEPS.lookup(name)).parameters
-  return [p for p in params if p not in ('loss_fn', 'tx')]
+  return [p for p in params if p not in _NOT_HPARAMS]
+
+
+# Factory arguments the trainer supplies itself, not config fields.
+_NOT_HPARAMS = ('loss_fn', 'tx', 'metric_fn')
+
+
+def accepts_metric_fn(name: str) -> bool:
+  """Whether the factory `name` reports a metric (e.g. accuracy)."""
+  return 'metric_fn' in inspect.signature(TRAIN_STEPS.lookup(name)).parameters
 
 
 def apply_meta_gradient(state: MetaTrainState, grads: Any,
@@ -76,20 +86,25 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
                        opt_state=opt_state)
 
 
-def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order
-               ) -> TrainStep:
+def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order,
+               metric_fn=None) -> TrainStep:
   objective = functools.partial(core.maml_loss_and_aux, loss_fn,
                                 inner_lr=inner_lr, num_steps=num_inner_steps,
-                                first_order=first_order)
+                                first_order=first_order, metric_fn=metric_fn)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def train_step(state: MetaTrainState, batch, rng: jax.Array):
     del rng  # The MAML inner loop is deterministic given the batch.
     (_, aux), grads = grad_fn(state.params, batch)
-    metrics = TrainMetrics.single_from_model_output(
-        query_loss_before=aux.query_loss_before,
-        query_loss_after=aux.query_loss_after,
-        meta_grad_norm=optax.global_norm(grads))
+    outputs = dict(query_loss_before=aux.query_loss_before,
+                   query_loss_after=aux.query_loss_after,
+                   meta_grad_norm=optax.global_norm(grads))
+    if metric_fn is None:
+      metrics = TrainMetrics.single_from_model_output(**outputs)
+    else:
+      metrics = ClassificationTrainMetrics.single_from_model_output(
+          query_accuracy_before=aux.query_metric_before,
+          query_accuracy_after=aux.query_metric_after, **outputs)
     return apply_meta_gradient(state, grads, tx), metrics
 
   return train_step
@@ -99,7 +114,13 @@ def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order
 def make_maml_train_step(*, loss_fn: core.LossFn,
                          tx: optax.GradientTransformation, inner_lr: float,
                          num_inner_steps: int = 1,
-                         first_order: bool = False) -> TrainStep:
-  """MAML (Finn et al. 2017): exact second order unless `first_order`."""
+                         first_order: bool = False,
+                         metric_fn: core.LossFn | None = None) -> TrainStep:
+  """MAML (Finn et al. 2017): exact second order unless `first_order`.
+
+  With `metric_fn` (classification accuracy) the metrics also hold
+  ``query_accuracy_before`` and ``query_accuracy_after``.
+  """
   return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
-                    num_inner_steps=num_inner_steps, first_order=first_order)
+                    num_inner_steps=num_inner_steps, first_order=first_order,
+                    metric_fn=metric_fn)
