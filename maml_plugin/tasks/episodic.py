@@ -27,6 +27,7 @@ key gives the same tasks. Classes may hold different numbers of images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -138,8 +139,7 @@ class EpisodicTasks:
              num_query: int | None = None) -> dict:
     """`num_tasks` tasks from `rng` (jittable; see module docstring)."""
     num_query = self.num_query if num_query is None else num_query
-    return jax.vmap(lambda k: self._one_task(k, num_query))(
-        jax.random.split(rng, num_tasks))
+    return _sample(self, rng, num_tasks, num_query)
 
   def train_batch(self, rng: jax.Array, num_tasks: int) -> dict:
     """Training meta-batch for the key of one step (training stream)."""
@@ -149,9 +149,16 @@ class EpisodicTasks:
                num_query: int = 15) -> dict:
     """A fixed, seeded set of evaluation tasks, disjoint from training keys."""
     rng = jax.random.fold_in(jax.random.key(seed), _HELD_OUT_STREAM)
-    return jax.jit(self.sample, static_argnums=1,
-                   static_argnames='num_query')(rng, num_tasks,
-                                                num_query=num_query)
+    return self.sample(rng, num_tasks, num_query=num_query)
+
+
+# The sampler is static (hashed by identity): one compilation per sampler and
+# shape, also when called outside a jitted step.
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _sample(tasks: EpisodicTasks, rng: jax.Array, num_tasks: int,
+            num_query: int) -> dict:
+  return jax.vmap(lambda k: tasks._one_task(k, num_query))(  # pylint: disable=protected-access
+      jax.random.split(rng, num_tasks))
 
 
 def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',
