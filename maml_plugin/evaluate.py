@@ -19,6 +19,7 @@ from maml_plugin import actions
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import train
+from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
 from maml_plugin import train_steps
 
@@ -56,7 +57,8 @@ def main(argv):
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
   except (config_validation.ConfigError, checkpointing.CheckpointError,
-          omniglot.OmniglotError) as e:
+          omniglot.OmniglotError,
+          episodic.EpisodeError) as e:
     raise SystemExit(f'maml_plugin: {e}') from None
   print(actions.format_table(report))
   sys.stdout.flush()

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import train
+from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,8 @@ def main(argv):
   logging.info('workdir: %s', FLAGS.workdir)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (checkpointing.CheckpointError, omniglot.OmniglotError) as e:
+  except (checkpointing.CheckpointError, omniglot.OmniglotError,
+          episodic.EpisodeError) as e:
     raise SystemExit(f'maml_plugin: {e}') from None
 
 

@@ -1,6 +1,5 @@
 """TFDS builders: registered on import, prepared offline, same distribution."""
 
-import jax
 import numpy as np
 import pytest
 

@@ -36,7 +36,6 @@ import hashlib
 import io
 import os
 import zipfile
-import zlib
 
 import numpy as np
 
