@@ -45,3 +45,18 @@ def test_omniglot_tasks_with_a_wrong_manual_dir_is_one_line(tmp_path):
         manual_dir=str(tmp_path)))
   assert 'missing omniglot/images_background.zip' in str(err.value)
   assert '\n' not in str(err.value)
+
+
+def test_array_record_gives_random_access_with_data_source(tmp_path,
+                                                           monkeypatch):
+  pytest.importorskip('array_record')
+  monkeypatch.setattr(tfds_builders, 'SINUSOID_TRAIN_TASKS', 1_000)
+  data_dir = str(tmp_path)
+  tfds.builder('sinusoid_tasks/shots10', data_dir=data_dir
+               ).download_and_prepare(file_format='array_record')
+  source = tfds.data_source('sinusoid_tasks/shots10', split='test',
+                            data_dir=data_dir)
+  assert len(source) == 600
+  example = source[123]
+  assert example['support']['x'].shape == (10, 1)
+  assert 0.1 <= float(example['amplitude']) <= 5.0
