@@ -4,12 +4,13 @@ Usage::
 
   validate(config)   # raises ConfigError('config.inner_lr=-0.1: must be ...')
 
-Every field a config may hold is listed in `FIELDS` with what is allowed; a
-field not listed is an error too (a typo must not be silently ignored).
-Fields in `OPTIONAL` may be absent (the code's default applies); an optional
-hyper-parameter of one algorithm (e.g. `head_filter`) set to anything but its
-default is an error on a config whose `train_step` does not take it, since it
-would be ignored.
+Every field a config may hold is listed in `FIELDS` (all tasks) or
+`TASK_FIELDS[config.task]` with what is allowed; a field not listed is an
+error too (a typo must not be silently ignored), and so is a field of another
+task (it would be silently unused). Fields in `OPTIONAL` may be absent (the
+code's default applies); an optional hyper-parameter of one algorithm (e.g.
+`head_filter`) set to anything but its default is an error on a config whose
+`train_step` does not take it, since it would be ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 from typing import Any, Callable
 
 from maml_plugin import train_steps
+from maml_plugin.tasks import omniglot
 
 
 class ConfigError(ValueError):
@@ -76,12 +78,17 @@ def regex_or_none(v) -> bool:
   return True
 
 
-# field -> (check, what is allowed)
+def string(v) -> bool:
+  return isinstance(v, str)
+
+
+TASKS = ('sinusoid', 'omniglot')
+
+# field -> (check, what is allowed); fields of every task.
 FIELDS: dict[str, tuple[Check, str]] = {
-    'task': (one_of('sinusoid'), "one of 'sinusoid'"),
+    'task': (one_of(*TASKS), 'one of ' + ', '.join(repr(t) for t in TASKS)),
     'train_step': (lambda v: v in train_steps.TRAIN_STEPS,
                    'a registered train step'),
-    'hidden_sizes': (positive_int_tuple, 'a non-empty tuple of ints > 0'),
     'num_support': (positive_int, 'an int > 0'),
     'num_query': (positive_int, 'an int > 0'),
     'meta_batch_size': (positive_int, 'an int > 0'),
@@ -100,7 +107,6 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'num_eval_tasks': (lambda v: _is_int(v) and v >= 2, 'an int >= 2'),
     'eval_num_query': (positive_int, 'an int > 0'),
     'eval_num_inner_steps': (non_negative_int, 'an int >= 0'),
-    'num_plot_tasks': (non_negative_int, 'an int >= 0'),
     # Optional (see OPTIONAL).
     'meta_optimizer': (one_of('adam', 'sgd'), "one of 'adam', 'sgd'"),
     'meta_lr_schedule': (one_of('constant', 'linear', 'cosine'),
@@ -115,6 +121,27 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'first_order_steps': (non_negative_int, 'an int >= 0'),
     'rate_meta_lr': (positive_real, 'a finite number > 0'),
     'on_nonfinite': (one_of('stop', 'skip'), "one of 'stop', 'skip'"),
+}
+
+_SPLITS = 'one of ' + ', '.join(repr(s) for s in omniglot.SPLITS)
+
+# Fields of one task only: task -> field -> (check, what is allowed).
+TASK_FIELDS: dict[str, dict[str, tuple[Check, str]]] = {
+    'sinusoid': {
+        'hidden_sizes': (positive_int_tuple, 'a non-empty tuple of ints > 0'),
+        'num_plot_tasks': (non_negative_int, 'an int >= 0'),
+    },
+    'omniglot': {
+        'data_dir': (string, "a folder path, or '' for $"
+                     f'{omniglot.DATA_DIR_ENV}'),
+        'train_split': (one_of(*omniglot.SPLITS), _SPLITS),
+        'eval_split': (one_of(*omniglot.SPLITS), _SPLITS),
+        'ways': (lambda v: _is_int(v) and v >= 2, 'an int >= 2'),
+        'num_filters': (positive_int, 'an int > 0'),
+        'conv_downsample': (one_of('stride', 'maxpool'),
+                            "'stride' or 'maxpool'"),
+        'eval_task_batch_size': (positive_int, 'an int > 0'),
+    },
 }
 
 # Fields that may be absent: the trainer's or the train step's default applies.
@@ -151,11 +178,16 @@ def validate(config, *, num_devices: int = 1) -> None:
   `num_devices` is the number of devices the task axis is sharded over.
   """
   values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  check, allowed = FIELDS['task']
+  if not check(values.get('task')):
+    raise ConfigError(f'config.task={values.get("task")!r}: must be {allowed}')
+  fields = {**FIELDS, **TASK_FIELDS[values['task']]}
   for name in values:
-    if name not in FIELDS:
-      raise ConfigError(f'config.{name}: unknown field; known fields: '
-                        f'{", ".join(sorted(FIELDS))}')
-  for name, (check, allowed) in FIELDS.items():
+    if name not in fields:
+      raise ConfigError(f'config.{name}: unknown field for task '
+                        f'{values["task"]!r}; known fields: '
+                        f'{", ".join(sorted(fields))}')
+  for name, (check, allowed) in fields.items():
     if name not in values:
       if name in OPTIONAL:
         continue
@@ -199,6 +231,15 @@ def validate(config, *, num_devices: int = 1) -> None:
         f'sharded over the devices)')
 
 
+def _all_fields() -> dict[str, tuple[Check, str]]:
+  """The fields of every task (for command-line overrides, before the task
+  of the config is known to be valid)."""
+  out = dict(FIELDS)
+  for fields in TASK_FIELDS.values():
+    out.update(fields)
+  return out
+
+
 def check_override(name: str, value: str) -> None:
   """Checks a command-line override ``--config.<name>=<value>`` by name.
 
@@ -206,15 +247,17 @@ def check_override(name: str, value: str) -> None:
   would raise its own multi-line error.
   """
   field = name.split('.', 1)[0]
-  if field not in FIELDS:
-    close = difflib.get_close_matches(field, FIELDS, n=1)
+  known = _all_fields()
+  if field not in known:
+    close = difflib.get_close_matches(field, known, n=1)
     hint = f'did you mean config.{close[0]}? ' if close else ''
     raise ConfigError(f'config.{name}={value}: unknown field; {hint}known '
-                      f'fields: {", ".join(sorted(FIELDS))}')
+                      f'fields: {", ".join(sorted(known))}')
 
 
 def describe_parse_error(name: str, value: str) -> str:
   """The one line for an override whose value does not parse as its type."""
   field = name.split('.', 1)[0]
-  allowed = FIELDS[field][1] if field in FIELDS else 'a known field'
+  known = _all_fields()
+  allowed = known[field][1] if field in known else 'a known field'
   return f'config.{name}={value!r}: must be {allowed}'

@@ -37,10 +37,15 @@ class MetaOutput(NamedTuple):
   Attributes:
     query_loss_before: mean query loss of the unadapted params.
     query_loss_after: mean query loss after adaptation (the meta-loss).
+    query_metric_before: mean ``metric_fn`` on the query set before
+      adaptation (e.g. accuracy); None when no `metric_fn` is given.
+    query_metric_after: the same after adaptation.
   """
 
   query_loss_before: jax.Array
   query_loss_after: jax.Array
+  query_metric_before: jax.Array | None = None
+  query_metric_after: jax.Array | None = None
 
 
 def sgd_step(loss_fn: LossFn, params: Params, batch: Batch, *,
@@ -113,33 +118,32 @@ def maybe_remat(step_body: Callable, remat: bool) -> Callable:
   return jax.checkpoint(step_body) if remat else step_body
 
 
-def task_losses(loss_fn: LossFn, params: Params, task: Batch, *,
-                inner_lr: InnerLR, num_steps: int = 1,
-                first_order: bool = False, remat: bool = False
-                ) -> tuple[jax.Array, jax.Array]:
-  """Query loss of ONE task before and after adaptation on its support."""
-  before = loss_fn(params, task['query'])
-  adapted = adapt(loss_fn, params, task['support'], inner_lr=inner_lr,
-                  num_steps=num_steps, first_order=first_order, remat=remat)
-  return before, loss_fn(adapted, task['query'])
-
-
 def maml_loss_and_aux(loss_fn: LossFn, params: Params, meta_batch: Batch, *,
                       inner_lr: InnerLR, num_steps: int = 1,
-                      first_order: bool = False, remat: bool = False
+                      first_order: bool = False, remat: bool = False,
+                      metric_fn: LossFn | None = None
                       ) -> tuple[jax.Array, MetaOutput]:
   """`maml_loss` plus the query loss before adaptation, for metrics.
 
-  Use as ``jax.value_and_grad(maml_loss_and_aux, has_aux=True)``.
+  Use as ``jax.value_and_grad(maml_loss_and_aux, has_aux=True)``. With
+  `metric_fn` (``metric_fn(params, batch) -> scalar``, e.g. accuracy) the
+  output also holds its query mean before and after adaptation; it does not
+  change the meta-loss or its gradient.
   """
-  per_task = jax.vmap(
-      lambda task: task_losses(loss_fn, params, task, inner_lr=inner_lr,
-                               num_steps=num_steps, first_order=first_order,
-                               remat=remat))
-  before, after = per_task(meta_batch)
-  before = jax.lax.stop_gradient(jnp.mean(before))
-  after = jnp.mean(after)
-  return after, MetaOutput(query_loss_before=before, query_loss_after=after)
+  def per_task(task):
+    adapted = adapt(loss_fn, params, task['support'], inner_lr=inner_lr,
+                    num_steps=num_steps, first_order=first_order, remat=remat)
+    out = (loss_fn(params, task['query']), loss_fn(adapted, task['query']))
+    if metric_fn is not None:
+      out += (metric_fn(params, task['query']),
+              metric_fn(adapted, task['query']))
+    return out
+
+  values = jax.vmap(per_task)(meta_batch)
+  after = jnp.mean(values[1])
+  means = [jax.lax.stop_gradient(jnp.mean(v)) for v in values]
+  metrics = (means[2], means[3]) if metric_fn is not None else (None, None)
+  return after, MetaOutput(means[0], after, *metrics)
 
 
 def maml_loss(loss_fn: LossFn, params: Params, meta_batch: Batch, *,

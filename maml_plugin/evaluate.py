@@ -19,6 +19,8 @@ from maml_plugin import actions
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import train
+from maml_plugin.tasks import episodic
+from maml_plugin.tasks import omniglot
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +57,9 @@ def main(argv):
   train.quiet_library_logs()
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_validation.ConfigError, checkpointing.CheckpointError) as e:
+  except (config_validation.ConfigError, checkpointing.CheckpointError,
+          omniglot.OmniglotError,
+          episodic.EpisodeError) as e:
     raise SystemExit(f'maml_plugin: {e}') from None
   print(actions.format_table(report))
   sys.stdout.flush()

@@ -59,12 +59,22 @@ def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
 
 def adaptation_curves(loss_fn: core.LossFn, params, tasks, *, inner_lr=None,
                       max_steps: int, metric_fn: core.LossFn | None = None,
-                      inner_loop: core.InnerLoop | None = None) -> jax.Array:
-  """`adaptation_curve` for every task of `tasks`: ``[tasks, max_steps + 1]``."""
+                      inner_loop: core.InnerLoop | None = None,
+                      task_batch_size: int | None = None) -> jax.Array:
+  """`adaptation_curve` for every task of `tasks`: ``[tasks, max_steps + 1]``.
+
+  `task_batch_size` bounds memory: tasks are vmapped that many at a time
+  (`jax.lax.map`); None vmaps all of them at once. The values are the same.
+  """
   metric_fn = loss_fn if metric_fn is None else metric_fn
-  return jax.vmap(lambda t: adaptation_curve(
-      metric_fn, loss_fn, params, t, inner_lr=inner_lr,
-      max_steps=max_steps, inner_loop=inner_loop))(tasks)
+
+  def curve(t):
+    return adaptation_curve(metric_fn, loss_fn, params, t, inner_lr=inner_lr,
+                            max_steps=max_steps, inner_loop=inner_loop)
+
+  if task_batch_size is None:
+    return jax.vmap(curve)(tasks)
+  return jax.lax.map(curve, tasks, batch_size=task_batch_size)
 
 
 def mean_and_ci95(values) -> tuple[float, float]:
@@ -113,14 +123,16 @@ class FewShotEvaluator:
   def __init__(self, loss_fn: core.LossFn, tasks, *, inner_lr=None,
                max_steps: int, metric: str = 'mse',
                metric_fn: core.LossFn | None = None,
-               inner_loop: core.InnerLoop | None = None):
+               inner_loop: core.InnerLoop | None = None,
+               task_batch_size: int | None = None):
     self.tasks = tasks
     self.metric = metric
     self.max_steps = max_steps
     self.num_tasks = int(jax.tree.leaves(tasks['query'])[0].shape[0])
     self._curves = jax.jit(lambda params, tasks: adaptation_curves(
         loss_fn, params, tasks, inner_lr=inner_lr, max_steps=max_steps,
-        metric_fn=metric_fn, inner_loop=inner_loop))
+        metric_fn=metric_fn, inner_loop=inner_loop,
+        task_batch_size=task_batch_size))
     self.inner_loop = _inner_loop(loss_fn, inner_lr, inner_loop)
 
   def __call__(self, params) -> np.ndarray:

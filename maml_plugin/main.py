@@ -27,6 +27,8 @@ from maml_plugin import config_validation
 from maml_plugin import distributed
 from maml_plugin import guards
 from maml_plugin import train
+from maml_plugin.tasks import episodic
+from maml_plugin.tasks import omniglot
 
 FLAGS = flags.FLAGS
 
@@ -92,7 +94,8 @@ def main(argv):
   except config_validation.ConfigError as e:  # e.g. a head_filter that
     # matches no parameter of the model, known once the model exists.
     _fail(f'bad config: {e}')
-  except (checkpointing.CheckpointError, guards.NonFiniteError) as e:
+  except (checkpointing.CheckpointError, guards.NonFiniteError,
+          omniglot.OmniglotError, episodic.EpisodeError) as e:
     _fail(str(e))
 
 

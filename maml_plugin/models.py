@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -28,3 +29,110 @@ class MLP(nnx.Module):
     for layer in self.layers[:-1]:
       x = nnx.relu(layer(x))
     return self.layers[-1](x)
+
+
+def conv3x3_as_matmul(x: jax.Array, kernel: jax.Array, stride: int
+                      ) -> jax.Array:
+  """A 'SAME' 3x3 convolution as patches times a matrix (im2col).
+
+  `x` is ``[batch, H, W, C_in]``, `kernel` ``[3, 3, C_in, C_out]``. Under
+  `jax.vmap` with a per-task kernel (the MAML inner loop) this stays a
+  batched matmul, where `lax.conv` would become a grouped convolution that
+  XLA's CPU backend runs several times slower.
+  """
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ho, wo = -(-h // stride), -(-w // stride)
+  # Crop so that the strided windows match 'SAME' padding of lax.conv.
+  pad_h = max((ho - 1) * stride + 3 - h, 0)
+  pad_w = max((wo - 1) * stride + 3 - w, 0)
+  top, left = 1 - pad_h // 2, 1 - pad_w // 2
+  patches = [xp[:, top + i: top + i + (ho - 1) * stride + 1: stride,
+                left + j: left + j + (wo - 1) * stride + 1: stride]
+             for i in range(3) for j in range(3)]
+  patches = jnp.concatenate(patches, axis=-1)  # [B, ho, wo, 9 * C_in]
+  return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def batch_norm_transductive(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                            eps: float = 1e-5) -> jax.Array:
+  """Normalizes by the statistics of the batch it sees (no running stats)."""
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+class ConvBlock(nnx.Module):
+  """3x3 conv (stride 2, or stride 1 then 2x2 max-pool), batch norm, ReLU."""
+
+  def __init__(self, in_features: int, out_features: int, *,
+               downsample: str, conv_impl: str, rngs: nnx.Rngs):
+    init = nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(),
+                                 (3, 3, in_features, out_features)))
+    self.bias = nnx.Param(jnp.zeros((out_features,)))
+    self.scale = nnx.Param(jnp.ones((out_features,)))
+    self.shift = nnx.Param(jnp.zeros((out_features,)))
+    self.downsample = downsample
+    self.conv_impl = conv_impl
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    stride = 2 if self.downsample == 'stride' else 1
+    if self.conv_impl == 'matmul':
+      y = conv3x3_as_matmul(x, self.kernel.value, stride)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, self.kernel.value, (stride, stride), 'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + self.bias.value
+    y = nnx.relu(batch_norm_transductive(y, self.scale.value,
+                                         self.shift.value))
+    if self.downsample == 'maxpool':
+      y = nnx.max_pool(y, (2, 2), (2, 2), 'VALID')
+    return y
+
+
+class Conv4(nnx.Module):
+  """The Conv-4 of the MAML paper: 4 x [3x3 conv 64, BN, ReLU] + linear head.
+
+  `downsample='stride'` (MAML's Omniglot network: stride-2 convolutions, then
+  the mean over space) or `'maxpool'` (the MAML++ variant: 2x2 max-pooling,
+  then flatten). Batch norm is transductive: it uses the statistics of the
+  batch it is called on and stores none, so evaluating never changes state.
+  `conv_impl='matmul'` (im2col, fast under vmap on CPU) or `'lax'`.
+
+  Usage::
+
+    model = Conv4(num_classes=5, rngs=nnx.Rngs(0))
+    logits = model(images)          # [batch, 28, 28, 1] -> [batch, 5]
+  """
+
+  def __init__(self, num_classes: int, *, in_features: int = 1,
+               num_filters: int = 64, image_size: int = 28,
+               downsample: str = 'stride', conv_impl: str = 'matmul',
+               rngs: nnx.Rngs):
+    if downsample not in ('stride', 'maxpool'):
+      raise ValueError(f"downsample={downsample!r}: must be 'stride' or "
+                       "'maxpool'")
+    if conv_impl not in ('matmul', 'lax'):
+      raise ValueError(f"conv_impl={conv_impl!r}: must be 'matmul' or 'lax'")
+    sizes = [in_features] + [num_filters] * 4
+    self.blocks = nnx.List([
+        ConvBlock(a, b, downsample=downsample, conv_impl=conv_impl, rngs=rngs)
+        for a, b in zip(sizes[:-1], sizes[1:])])
+    self.downsample = downsample
+    size = image_size
+    for _ in range(4):
+      size = -(-size // 2) if downsample == 'stride' else size // 2
+    features = num_filters if downsample == 'stride' else (
+        num_filters * size * size)
+    self.head = nnx.Linear(features, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for block in self.blocks:
+      x = block(x)
+    if self.downsample == 'stride':
+      x = jnp.mean(x, axis=(1, 2))
+    else:
+      x = x.reshape(x.shape[0], -1)
+    return self.head(x)

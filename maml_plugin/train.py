@@ -40,9 +40,11 @@ from maml_plugin import evaluation
 from maml_plugin import guards
 from maml_plugin import plots
 from maml_plugin import train_steps
-from maml_plugin.metrics import TrainMetrics
+from maml_plugin.models import Conv4
 from maml_plugin.models import MLP
+from maml_plugin.tasks import EpisodicTasks
 from maml_plugin.tasks import SinusoidTasks
+from maml_plugin.tasks import omniglot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,11 @@ class Problem:
     init_params: the model's parameters at initialization.
     predict_fn: ``predict_fn(params, x) -> y``.
     loss_fn: the task loss ``loss_fn(params, batch) -> scalar``.
-    metric: name of the evaluation metric ('mse').
+    metric: name of the evaluation metric ('mse' or 'accuracy').
+    metric_fn: ``metric_fn(params, batch) -> scalar`` reported beside the
+      loss in training and used by evaluation; None means the loss itself.
+    eval_tasks: sampler of the held-out tasks; None means `tasks`.
+    eval_task_batch_size: tasks evaluated at once (None: all of them).
   """
 
   tasks: Any
@@ -64,13 +70,19 @@ class Problem:
   predict_fn: Callable
   loss_fn: core.LossFn
   metric: str
+  metric_fn: core.LossFn | None = None
+  eval_tasks: Any = None
+  eval_task_batch_size: int | None = None
 
 
 def create_problem(config: ml_collections.ConfigDict) -> Problem:
   """Tasks, model (split once into graphdef + params) and loss."""
+  if config.task == 'omniglot':
+    return create_omniglot_problem(config)
   if config.task != 'sinusoid':
     raise config_validation.ConfigError(
-        f"config.task={config.task!r}: must be one of 'sinusoid'")
+        f'config.task={config.task!r}: must be one of '
+        + ', '.join(repr(t) for t in config_validation.TASKS))
   tasks = SinusoidTasks(num_support=config.num_support,
                         num_query=config.num_query)
   model = MLP(1, tuple(config.hidden_sizes), 1,
@@ -115,6 +127,39 @@ def _rate_labels(params):
   return jax.tree.map(lambda _: 'model', params)
 
 
+def create_omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
+  """N-way K-shot Omniglot: episodic tasks, Conv-4, cross-entropy, accuracy."""
+  def sampler(split, num_query):
+    data = omniglot.load_split(split, data_dir=config.data_dir)
+    return EpisodicTasks.from_arrays(
+        data.images, data.labels, ways=config.ways,
+        num_support=config.num_support, num_query=num_query)
+
+  tasks = sampler(config.train_split, config.num_query)
+  eval_tasks = (tasks if config.eval_split == config.train_split
+                else sampler(config.eval_split, config.eval_num_query))
+  model = Conv4(config.ways, num_filters=config.num_filters,
+                downsample=config.conv_downsample,
+                rngs=nnx.Rngs(params=config.seed))
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def predict_fn(params, x):
+    return nnx.merge(graphdef, params)(x)
+
+  def loss_fn(params, batch):
+    return optax.softmax_cross_entropy_with_integer_labels(
+        predict_fn(params, batch['x']), batch['y']).mean()
+
+  def accuracy_fn(params, batch):
+    logits = predict_fn(params, batch['x'])
+    return jnp.mean(jnp.argmax(logits, -1) == batch['y'])
+
+  return Problem(tasks=tasks, graphdef=graphdef, init_params=params,
+                 predict_fn=predict_fn, loss_fn=loss_fn, metric='accuracy',
+                 metric_fn=accuracy_fn, eval_tasks=eval_tasks,
+                 eval_task_batch_size=config.eval_task_batch_size)
+
+
 def create_optimizer(config) -> optax.GradientTransformation:
   """The outer optimizer: `config.meta_optimizer` ('adam' default, 'sgd').
 
@@ -143,6 +188,9 @@ def create_algorithm(config, problem: Problem,
   hparams = {name: config[name]
              for name in train_steps.hparam_names(config.train_step)
              if name in config}
+  if (problem.metric_fn is not None
+      and train_steps.accepts_metric_fn(config.train_step)):
+    hparams['metric_fn'] = problem.metric_fn
   return train_steps.make_algorithm(config.train_step,
                                     loss_fn=problem.loss_fn, tx=tx, **hparams)
 
@@ -177,6 +225,12 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
   meta-batch's task axis over devices (`maml_plugin.distributed`).
   """
   def train_chunk(state, rng):
+    # The metrics' type (regression or classification) from the step itself.
+    _, metrics_shape = jax.eval_shape(
+        lambda s, r: train_step(s, tasks.train_batch(r, meta_batch_size), r),
+        state, rng)
+    metrics_cls = type(metrics_shape)
+
     def body(carry, _):
       state, metrics, report = carry
       step_rng = jax.random.fold_in(rng, state.step)
@@ -194,7 +248,7 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
       return (new_state, merged, report), None
 
     (state, metrics, report), _ = jax.lax.scan(
-        body, (state, TrainMetrics.empty(), guards.NonFiniteReport.empty()),
+        body, (state, metrics_cls.empty(), guards.NonFiniteReport.empty()),
         None, length=steps_per_call)
     return state, metrics, report
 
@@ -206,14 +260,18 @@ def create_evaluator(config, problem: Problem, held_out=None,
                      ) -> evaluation.FewShotEvaluator:
   """Evaluation on the held-out tasks with the algorithm's own inner loop."""
   if held_out is None:
-    held_out = problem.tasks.held_out(seed=config.eval_seed,
+    source = (problem.tasks if problem.eval_tasks is None
+              else problem.eval_tasks)
+    held_out = source.held_out(seed=config.eval_seed,
                                       num_tasks=config.num_eval_tasks,
                                       num_query=config.eval_num_query)
   if algorithm is None:
     algorithm = create_algorithm(config, problem, create_optimizer(config))
   return evaluation.FewShotEvaluator(
       problem.loss_fn, held_out, max_steps=config.eval_num_inner_steps,
-      metric=problem.metric, inner_loop=algorithm.inner_loop)
+      metric=problem.metric, metric_fn=problem.metric_fn,
+      inner_loop=algorithm.inner_loop,
+      task_batch_size=problem.eval_task_batch_size)
 
 
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
@@ -225,7 +283,7 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
   if jax.process_index() > 0:  # Every host computes; the first one writes.
     return report
   actions.write_evaluation_report(workdir, report)
-  if config.num_plot_tasks > 0:
+  if config.task == 'sinusoid' and config.num_plot_tasks > 0:
     steps = sorted({0, min(1, config.eval_num_inner_steps),
                     config.eval_num_inner_steps})
     panels = evaluation.sinusoid_fits(

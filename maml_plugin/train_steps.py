@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from maml_plugin import core
+from maml_plugin.metrics import ClassificationTrainMetrics
 from maml_plugin.metrics import TrainMetrics
 from maml_plugin.registry import Registry
 
@@ -100,7 +101,16 @@ def make_train_step(name: str, *, loss_fn: core.LossFn,
 def hparam_names(name: str) -> list[str]:
   """The hyper-parameters (config fields) the factory `name` takes."""
   params = inspect.signature(TRAIN_STEPS.lookup(name)).parameters
-  return [p for p in params if p not in ('loss_fn', 'tx')]
+  return [p for p in params if p not in _NOT_HPARAMS]
+
+
+# Factory arguments the trainer supplies itself, not config fields.
+_NOT_HPARAMS = ('loss_fn', 'tx', 'metric_fn')
+
+
+def accepts_metric_fn(name: str) -> bool:
+  """Whether the factory `name` reports a metric (e.g. accuracy)."""
+  return 'metric_fn' in inspect.signature(TRAIN_STEPS.lookup(name)).parameters
 
 
 def apply_meta_gradient(state: MetaTrainState, grads: Any,
@@ -113,27 +123,37 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
 
 def gradient_train_step(objective, tx: optax.GradientTransformation
                         ) -> TrainStep:
-  """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``."""
+  """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``.
+
+  When the objective reports a query metric (classification accuracy), the
+  metrics are a `ClassificationTrainMetrics` with ``query_accuracy_before``
+  and ``query_accuracy_after``; otherwise a `TrainMetrics`.
+  """
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def train_step(state: MetaTrainState, batch, rng: jax.Array):
     del rng  # These inner loops are deterministic given the batch.
     (_, aux), grads = grad_fn(state.params, batch)
-    metrics = TrainMetrics.single_from_model_output(
-        query_loss_before=aux.query_loss_before,
-        query_loss_after=aux.query_loss_after,
-        meta_grad_norm=optax.global_norm(grads))
+    outputs = dict(query_loss_before=aux.query_loss_before,
+                   query_loss_after=aux.query_loss_after,
+                   meta_grad_norm=optax.global_norm(grads))
+    if aux.query_metric_before is None:
+      metrics = TrainMetrics.single_from_model_output(**outputs)
+    else:
+      metrics = ClassificationTrainMetrics.single_from_model_output(
+          query_accuracy_before=aux.query_metric_before,
+          query_accuracy_after=aux.query_metric_after, **outputs)
     return apply_meta_gradient(state, grads, tx), metrics
 
   return train_step
 
 
 def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order,
-               remat_inner_steps) -> MetaAlgorithm:
+               remat_inner_steps, metric_fn=None) -> MetaAlgorithm:
   objective = functools.partial(core.maml_loss_and_aux, loss_fn,
                                 inner_lr=inner_lr, num_steps=num_inner_steps,
                                 first_order=first_order,
-                                remat=remat_inner_steps)
+                                remat=remat_inner_steps, metric_fn=metric_fn)
   return MetaAlgorithm(train_step=gradient_train_step(objective, tx),
                        inner_loop=core.sgd_inner_loop(loss_fn, inner_lr))
 
@@ -143,21 +163,27 @@ def make_maml_train_step(*, loss_fn: core.LossFn,
                          tx: optax.GradientTransformation, inner_lr: float,
                          num_inner_steps: int = 1,
                          first_order: bool = False,
-                         remat_inner_steps: bool = False) -> MetaAlgorithm:
+                         remat_inner_steps: bool = False,
+                         metric_fn: core.LossFn | None = None
+                         ) -> MetaAlgorithm:
   """MAML (Finn et al. 2017): exact second order unless `first_order`.
 
   `remat_inner_steps` rematerializes each inner step in the backward pass
-  (same gradient, memory flat in `num_inner_steps`).
+  (same gradient, memory flat in `num_inner_steps`). With `metric_fn`
+  (classification accuracy) the metrics also hold ``query_accuracy_before``
+  and ``query_accuracy_after``.
   """
   return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
                     num_inner_steps=num_inner_steps, first_order=first_order,
-                    remat_inner_steps=remat_inner_steps)
+                    remat_inner_steps=remat_inner_steps, metric_fn=metric_fn)
 
 
 @TRAIN_STEPS.register('fomaml')
 def make_fomaml_train_step(*, loss_fn: core.LossFn,
                            tx: optax.GradientTransformation, inner_lr: float,
-                           num_inner_steps: int = 1) -> MetaAlgorithm:
+                           num_inner_steps: int = 1,
+                           metric_fn: core.LossFn | None = None
+                           ) -> MetaAlgorithm:
   """First-order MAML: the query gradient at the adapted params.
 
   The inner gradient is a constant for the outer derivative, so each inner
@@ -165,7 +191,7 @@ def make_fomaml_train_step(*, loss_fn: core.LossFn,
   """
   return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
                     num_inner_steps=num_inner_steps, first_order=True,
-                    remat_inner_steps=False)
+                    remat_inner_steps=False, metric_fn=metric_fn)
 
 
 # --- Meta-SGD ---------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""N-way K-shot classification tasks gathered from one in-memory image array.
+
+Usage::
+
+  split = omniglot.load_split('vinyals_train')          # or from_tfds(...)
+  tasks = EpisodicTasks.from_arrays(split.images, split.labels, ways=5,
+                                    num_support=1, num_query=15)
+  meta_batch = tasks.train_batch(rng, num_tasks=32)     # jittable
+  eval_tasks = tasks.held_out(seed=0, num_tasks=600, num_query=15)
+
+A meta-batch is the DESIGN.md form with a leading task axis::
+
+  {'support': {'x': float32 [T, ways * num_support, H, W, C],
+               'y': int32 [T, ways * num_support],         # 0..ways-1
+               'class_id': int32 [T, ways * num_support]},  # source class
+   'query':   {... ways * num_query ...}}
+
+Each task draws `ways` distinct classes; their order is random, so the
+labels 0..ways-1 are a fresh permutation of the chosen classes in every
+task. Per class, `num_support + num_query` distinct images are drawn, the
+first for the support set and the rest for the query set, so the two never
+share an image. Sampling is pure `jax.random` over arrays kept on device,
+so it runs inside a jitted train step (`train.make_train_chunk`); the same
+key gives the same tasks. Classes may hold different numbers of images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Training tasks come from `fold_in(key, _TRAIN_STREAM)`, held-out ones from
+# `fold_in(key(seed), _HELD_OUT_STREAM)`.
+_TRAIN_STREAM = 0
+_HELD_OUT_STREAM = 1
+
+
+class EpisodeError(ValueError):
+  """The source cannot supply the requested tasks (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EpisodicTasks:
+  """Sampler of N-way K-shot meta-batches (build with `from_arrays`).
+
+  Attributes:
+    images: ``[num_images, H, W, C]`` (uint8 scaled by 1/255, or float),
+      sorted by class, on device.
+    class_start: int32 ``[num_classes]``, index of each class's first image.
+    class_count: int32 ``[num_classes]``, images per class.
+    ways: classes per task (N).
+    num_support: support images per class (K).
+    num_query: query images per class for training tasks.
+    max_count: the largest class's number of images.
+  """
+
+  images: jax.Array
+  class_start: jax.Array
+  class_count: jax.Array
+  ways: int
+  num_support: int
+  num_query: int
+  max_count: int
+
+  @classmethod
+  def from_arrays(cls, images, labels, *, ways: int, num_support: int,
+                  num_query: int) -> 'EpisodicTasks':
+    """From images ``[n, H, W(, C)]`` and int labels ``[n]`` (any classes)."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.ndim != 4 or labels.shape != images.shape[:1]:
+      raise EpisodeError(
+          f'images shape {images.shape} and labels shape {labels.shape}: '
+          'need [n, H, W(, C)] and [n]')
+    order = np.argsort(labels, kind='stable')
+    classes, start, count = np.unique(labels[order], return_index=True,
+                                      return_counts=True)
+    need = num_support + num_query
+    if ways > len(classes):
+      raise EpisodeError(f'ways={ways}: the source has only {len(classes)} '
+                         'classes')
+    if count.min() < need:
+      raise EpisodeError(
+          f'num_support + num_query = {need}: class {classes[count.argmin()]} '
+          f'has only {count.min()} images')
+    return cls(images=jnp.asarray(images[order]),
+               class_start=jnp.asarray(start, jnp.int32),
+               class_count=jnp.asarray(count, jnp.int32),
+               ways=ways, num_support=num_support, num_query=num_query,
+               max_count=int(count.max()))
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.class_start.shape[0])
+
+  def _one_task(self, rng: jax.Array, num_query: int):
+    k_class, k_image = jax.random.split(rng)
+    classes = jax.random.choice(k_class, self.num_classes, (self.ways,),
+                                replace=False)
+    need = self.num_support + num_query
+    max_count = self.max_count
+    # Random distinct images per class: sort random keys, slots past the
+    # class's size last.
+    keys = jax.random.uniform(k_image, (self.ways, max_count))
+    slot = jnp.arange(max_count)
+    keys = jnp.where(slot[None] < self.class_count[classes][:, None], keys,
+                     2.0)
+    picks = jnp.argsort(keys, axis=1)[:, :need]  # [ways, need]
+    index = self.class_start[classes][:, None] + picks
+    x = self.images[index]  # [ways, need, H, W, C]
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      x = x.astype(jnp.float32) / 255.0
+    else:
+      x = x.astype(jnp.float32)
+    y = jnp.broadcast_to(jnp.arange(self.ways, dtype=jnp.int32)[:, None],
+                         (self.ways, need))
+    cid = jnp.broadcast_to(classes.astype(jnp.int32)[:, None],
+                           (self.ways, need))
+
+    def part(a, lo, hi):
+      a = a[:, lo:hi]
+      return a.reshape((self.ways * (hi - lo),) + a.shape[2:])
+
+    k = self.num_support
+    return {
+        'support': {'x': part(x, 0, k), 'y': part(y, 0, k),
+                    'class_id': part(cid, 0, k)},
+        'query': {'x': part(x, k, need), 'y': part(y, k, need),
+                  'class_id': part(cid, k, need)},
+    }
+
+  def sample(self, rng: jax.Array, num_tasks: int, *,
+             num_query: int | None = None) -> dict:
+    """`num_tasks` tasks from `rng` (jittable; see module docstring)."""
+    num_query = self.num_query if num_query is None else num_query
+    return _sample(self, rng, num_tasks, num_query)
+
+  def train_batch(self, rng: jax.Array, num_tasks: int) -> dict:
+    """Training meta-batch for the key of one step (training stream)."""
+    return self.sample(jax.random.fold_in(rng, _TRAIN_STREAM), num_tasks)
+
+  def held_out(self, seed: int, num_tasks: int = 600,
+               num_query: int = 15) -> dict:
+    """A fixed, seeded set of evaluation tasks, disjoint from training keys."""
+    rng = jax.random.fold_in(jax.random.key(seed), _HELD_OUT_STREAM)
+    return self.sample(rng, num_tasks, num_query=num_query)
+
+
+# The sampler is static (hashed by identity): one compilation per sampler and
+# shape, also when called outside a jitted step.
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _sample(tasks: EpisodicTasks, rng: jax.Array, num_tasks: int,
+            num_query: int) -> dict:
+  return jax.vmap(lambda k: tasks._one_task(k, num_query))(  # pylint: disable=protected-access
+      jax.random.split(rng, num_tasks))
+
+
+def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',
+                     label_key: str = 'label', data_dir: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """``(images, labels)`` of a prepared TFDS image-classification split.
+
+  Works with any dataset that has an image and an int label feature
+  (``'omniglot'``, ``'mnist'``, ``'omniglot_tasks/...'``, your own); the
+  dataset must already be prepared under `data_dir` (nothing downloads).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir)
+  ds = builder.as_dataset(split=split, batch_size=-1)
+  data = tfds.as_numpy(ds)
+  return np.asarray(data[image_key]), np.asarray(data[label_key])

@@ -1,0 +1,236 @@
+"""Real Omniglot from the two official zips: 28x28 images, standard splits.
+
+Usage::
+
+  split = load_split('vinyals_test', data_dir='/data')   # or $MAML_PLUGIN_DATA_DIR
+  split.images   # uint8 [num_images, 28, 28, 1], ink = 255, paper = 0
+  split.labels   # int32 [num_images], class index into split.class_names
+  split.class_names[0]   # 'Gurmukhi/character42/rot000'
+
+`data_dir` is a folder holding ``omniglot/images_background.zip``,
+``omniglot/images_evaluation.zip`` and ``omniglot/splits/vinyals/*.txt``
+(TFDS's manual-download convention: nothing is ever downloaded).
+
+Images are converted to greyscale ('L') and resized to 28x28 with LANCZOS,
+as in the MAML paper's code (Pillow would silently use NEAREST on the 1-bit
+originals, so the conversion comes first), then inverted so strokes are
+bright. Rotations by 90, 180 and 270 degrees (counter-clockwise, `np.rot90`)
+are classes of their own in the Vinyals split.
+
+Splits (`SPLITS`):
+  * ``vinyals_train`` / ``vinyals_val`` / ``vinyals_trainval`` /
+    ``vinyals_test``: 1,028 / 172 / 1,200 / 423 characters, each in 4
+    rotations (4,112 / 688 / 4,800 / 1,692 classes), 20 images per class.
+  * ``lake_background`` / ``lake_evaluation``: the 30 / 20 alphabets of the
+    two zips (964 / 659 characters, unrotated).
+
+Decoding the 32,460 PNGs takes seconds, so the decoded characters are cached
+as one ``.npz`` under `cache_dir` (default ``$MAML_PLUGIN_CACHE_DIR`` or
+``~/.cache/maml_plugin``), keyed by the zips' sizes and modification times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import zipfile
+
+import numpy as np
+
+DATA_DIR_ENV = 'MAML_PLUGIN_DATA_DIR'
+CACHE_DIR_ENV = 'MAML_PLUGIN_CACHE_DIR'
+IMAGE_SIZE = 28
+IMAGES_PER_CHARACTER = 20
+ZIPS = ('images_background.zip', 'images_evaluation.zip')
+VINYALS_SPLITS = ('train', 'val', 'trainval', 'test')
+SPLITS = tuple(f'vinyals_{s}' for s in VINYALS_SPLITS) + (
+    'lake_background', 'lake_evaluation')
+ROTATIONS = (0, 90, 180, 270)
+_CACHE_VERSION = 1
+
+
+class OmniglotError(ValueError):
+  """The Omniglot files are missing, misplaced or corrupt (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+  """Images of one split with int class labels (any image source fits).
+
+  Attributes:
+    images: uint8 ``[num_images, height, width, channels]``.
+    labels: int32 ``[num_images]``, indices into `class_names`.
+    class_names: one name per class, e.g. ``'Angelic/character01/rot090'``.
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def expected_files(data_dir: str) -> list[str]:
+  root = os.path.join(data_dir, 'omniglot')
+  return ([os.path.join(root, z) for z in ZIPS] +
+          [os.path.join(root, 'splits', 'vinyals', f'{s}.txt')
+           for s in VINYALS_SPLITS])
+
+
+def _layout(data_dir: str) -> str:
+  return (f'{data_dir}/omniglot/{{{",".join(ZIPS)}}} and '
+          f'{data_dir}/omniglot/splits/vinyals/'
+          f'{{{",".join(s + ".txt" for s in VINYALS_SPLITS)}}}')
+
+
+def resolve_data_dir(data_dir: str | None = None) -> str:
+  """`data_dir`, else ``$MAML_PLUGIN_DATA_DIR``; checks the files are there."""
+  if not data_dir:
+    data_dir = os.environ.get(DATA_DIR_ENV, '')
+  if not data_dir:
+    raise OmniglotError(
+        f'omniglot data_dir is not set: set config.data_dir or ${DATA_DIR_ENV}'
+        f' to a folder holding omniglot/{{{",".join(ZIPS)}}} and '
+        'omniglot/splits/vinyals/*.txt')
+  missing = [f for f in expected_files(data_dir) if not os.path.isfile(f)]
+  if missing:
+    names = ', '.join(os.path.relpath(f, data_dir) for f in missing)
+    raise OmniglotError(
+        f'omniglot data_dir={data_dir!r}: missing {names}; expected '
+        f'{_layout(data_dir)}')
+  return data_dir
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(data)) as im:
+    im = im.convert('L').resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return 255 - np.asarray(im, np.uint8)
+
+
+def _read_zip(path: str) -> dict[str, np.ndarray]:
+  """``{'Alphabet/characterNN': uint8 [20, 28, 28]}`` from one zip."""
+  try:
+    zf = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as e:
+    raise OmniglotError(f'{path}: not a readable zip file ({e})') from None
+  per_char: dict[str, list[tuple[str, np.ndarray]]] = {}
+  with zf:
+    for info in zf.infolist():
+      name = info.filename
+      if info.is_dir() or not name.endswith('.png'):
+        continue
+      parts = name.split('/')
+      if len(parts) != 4:
+        raise OmniglotError(
+            f'{path}: member {name!r} is not <top>/<Alphabet>/characterNN/'
+            '<file>.png')
+      try:
+        image = _decode_png(zf.read(info))
+      except Exception as e:  # pylint: disable=broad-except
+        # Bad CRC, bad deflate stream or an undecodable PNG: name the member.
+        kind = type(e).__name__
+        raise OmniglotError(
+            f'{path}: member {name!r} is corrupt ({kind}: {e})') from None
+      per_char.setdefault(f'{parts[1]}/{parts[2]}', []).append(
+          (parts[3], image))
+  out = {}
+  for char, items in per_char.items():
+    if len(items) != IMAGES_PER_CHARACTER:
+      raise OmniglotError(
+          f'{path}: {char} has {len(items)} images, expected '
+          f'{IMAGES_PER_CHARACTER}')
+    out[char] = np.stack([im for _, im in sorted(items)])
+  return out
+
+
+def _default_cache_dir() -> str:
+  return os.environ.get(CACHE_DIR_ENV) or os.path.join(
+      os.path.expanduser('~'), '.cache', 'maml_plugin')
+
+
+def _cache_path(data_dir: str, cache_dir: str) -> str:
+  key = hashlib.sha256(str(_CACHE_VERSION).encode())
+  for z in ZIPS:
+    st = os.stat(os.path.join(data_dir, 'omniglot', z))
+    key.update(f'{z}:{st.st_size}:{st.st_mtime_ns}'.encode())
+  return os.path.join(cache_dir, f'omniglot28_{key.hexdigest()[:16]}.npz')
+
+
+def load_characters(data_dir: str | None = None, cache_dir: str | None = None
+                    ) -> dict[str, tuple[str, np.ndarray]]:
+  """Every character: ``{'Alphabet/characterNN': (zip_name, uint8 [20,28,28])}``.
+
+  Reads the cache if present, else decodes the zips and writes the cache.
+  """
+  data_dir = resolve_data_dir(data_dir)
+  cache_dir = cache_dir or _default_cache_dir()
+  cache = _cache_path(data_dir, cache_dir)
+  if os.path.isfile(cache):
+    with np.load(cache) as f:
+      names, sources, images = f['names'], f['sources'], f['images']
+    return {str(n): (str(s), im) for n, s, im in zip(names, sources, images)}
+  chars = {}
+  for z in ZIPS:
+    for name, images in _read_zip(os.path.join(data_dir, 'omniglot', z)).items():
+      chars[name] = (z, images)
+  names = sorted(chars)
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = f'{cache}.{os.getpid()}.tmp.npz'
+  np.savez(tmp, names=np.array(names), sources=np.array(
+      [chars[n][0] for n in names]), images=np.stack(
+          [chars[n][1] for n in names]))
+  os.replace(tmp, cache)
+  return chars
+
+
+def _read_split_file(path: str) -> list[tuple[str, int]]:
+  out = []
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      parts = line.split('/')
+      if (len(parts) != 3 or not parts[2].startswith('rot')
+          or not parts[2][3:].isdigit() or int(parts[2][3:]) not in ROTATIONS):
+        raise OmniglotError(
+            f'{path}:{lineno}: {line!r} is not <Alphabet>/characterNN/rotDDD '
+            f'with DDD in {ROTATIONS}')
+      out.append((f'{parts[0]}/{parts[1]}', int(parts[2][3:])))
+  return out
+
+
+def load_split(split: str, data_dir: str | None = None,
+               cache_dir: str | None = None) -> ImageSet:
+  """The images and labels of one of `SPLITS` (see module docstring)."""
+  if split not in SPLITS:
+    raise OmniglotError(
+        f'omniglot split={split!r}: must be one of '
+        + ', '.join(repr(s) for s in SPLITS))
+  data_dir = resolve_data_dir(data_dir)
+  chars = load_characters(data_dir, cache_dir)
+  if split.startswith('lake_'):
+    zip_name = f'images_{split[len("lake_"):]}.zip'
+    classes = [(c, 0) for c in sorted(chars) if chars[c][0] == zip_name]
+  else:
+    path = os.path.join(data_dir, 'omniglot', 'splits', 'vinyals',
+                        f'{split[len("vinyals_"):]}.txt')
+    classes = _read_split_file(path)
+    unknown = [c for c, _ in classes if c not in chars]
+    if unknown:
+      raise OmniglotError(
+          f'{path}: character {unknown[0]!r} is in neither zip '
+          f'({len(unknown)} unknown)')
+  images = np.stack([np.rot90(chars[c][1], k=deg // 90, axes=(1, 2))
+                     for c, deg in classes])  # [classes, 20, 28, 28]
+  num_classes, per_class = images.shape[:2]
+  return ImageSet(
+      images=images.reshape(num_classes * per_class, IMAGE_SIZE, IMAGE_SIZE,
+                            1),
+      labels=np.repeat(np.arange(num_classes, dtype=np.int32), per_class),
+      class_names=tuple(f'{c}/rot{deg:03d}' for c, deg in classes))
