@@ -11,10 +11,13 @@ batch norm) in the same process, on the same inputs shape:
     'matmul')` (convolution as patches + batched matmul);
   * jax_lax_conv: the same step with `Conv4(conv_impl='lax')` (the plain
     `jax.vmap` + `lax.conv` version: grouped convolutions under vmap);
-  * learn2learn: `l2l.algorithms.MAML` if it imports; otherwise
-    torch_loop: the same algorithm in plain PyTorch, written the way
-    learn2learn runs it (a Python loop over tasks, `autograd.grad(...,
-    create_graph=True)` for the inner step).
+  * torch_loop: the same algorithm in plain PyTorch (a Python loop over
+    tasks, `autograd.grad(..., create_graph=True)` for the inner step);
+  * learn2learn: `l2l.algorithms.MAML` (clone, adapt, query loss per task),
+    if learn2learn imports. learn2learn 0.2.0's sdist ships C files that do
+    not compile on Python 3.11; it builds after regenerating them with a
+    current Cython (`python setup.py build_ext` in the unpacked sdist, then
+    `pip install --no-deps --no-build-isolation .`, plus `pip install gym`).
 
 Inputs are random images of the Omniglot shape (speed does not depend on the
 pixels). Prints one line per implementation: seconds per meta-step and
@@ -79,7 +82,42 @@ def time_jax(conv_impl, args, batch):
   return statistics.median(times)
 
 
-def time_torch(args, batch):
+def import_learn2learn():
+  """learn2learn 0.2.0, with `torchvision` stubbed if it is missing.
+
+  learn2learn imports torchvision (and gym) at the top level for its vision
+  datasets; `l2l.algorithms.MAML` uses neither. This machine kind has no CPU
+  build of torchvision, so a stand-in module lets the import through.
+  """
+  import importlib.abc  # pylint: disable=g-import-not-at-top
+  import importlib.machinery  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+
+  class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+
+    def find_spec(self, name, path, target=None):
+      del path, target
+      if name.split('.')[0] == 'torchvision':
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+      return None
+
+    def create_module(self, spec):
+      module = types.ModuleType(spec.name)
+      module.__path__ = []
+      module.__getattr__ = lambda attr: type(attr, (), {})
+      return module
+
+    def exec_module(self, module):
+      pass
+
+  if importlib.util.find_spec('torchvision') is None:
+    sys.meta_path.insert(0, _Stub())
+  import learn2learn as l2l  # pylint: disable=g-import-not-at-top
+  return l2l
+
+
+def time_torch(args, batch, use_learn2learn: bool):
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -106,12 +144,12 @@ def time_torch(args, batch):
   qx = torch.from_numpy(batch['query']['x']).permute(0, 1, 4, 2, 3)
   qy = torch.from_numpy(batch['query']['y']).long()
   loss_fn = nn.CrossEntropyLoss()
-  try:
-    import learn2learn as l2l  # pylint: disable=g-import-not-at-top
+  if use_learn2learn:
+    l2l = import_learn2learn()
     maml = l2l.algorithms.MAML(net, lr=0.4, first_order=False)
-    name = 'learn2learn'
-  except ImportError:
-    maml, name = None, 'torch_loop'
+    name = f'learn2learn {l2l.__version__}'
+  else:
+    maml, name = None, 'torch_loop (plain PyTorch)'
   names = [n for n, _ in net.named_parameters()]
 
   def meta_step():
@@ -149,7 +187,8 @@ def main():
   parser.add_argument('--num_query', type=int, default=1,
                       help='query images per class')
   parser.add_argument('--skip', default='',
-                      help="comma list of: ours, jax_lax_conv, torch")
+                      help='comma list of: ours, jax_lax_conv, torch, '
+                      'learn2learn')
   args = parser.parse_args()
   skip = set(filter(None, args.skip.split(',')))
   batch = make_batch(args, np.random.default_rng(0))
@@ -163,11 +202,19 @@ def main():
     rows.append(('jax_lax_conv (vmap+lax.conv)', time_jax('lax', args, batch)))
   if 'torch' not in skip:
     try:
-      rows.append(time_torch(args, batch))
+      rows.append(time_torch(args, batch, use_learn2learn=False))
     except ImportError:
       print('torch is not installed: no PyTorch baseline')
+  if 'learn2learn' not in skip:
+    try:
+      rows.append(time_torch(args, batch, use_learn2learn=True))
+    except ImportError as e:
+      print(f'learn2learn does not import ({e}): no learn2learn baseline')
+  ours = rows[0][1] if rows and rows[0][0].startswith('ours') else None
   for name, sec in rows:
-    print(f'{name:32s} {sec:8.3f} s/meta-step  {1 / sec:7.2f} meta-steps/s')
+    ratio = f'  {sec / ours:6.2f}x ours' if ours else ''
+    print(f'{name:32s} {sec:8.3f} s/meta-step  {1 / sec:7.2f} meta-steps/s'
+          + ratio)
 
 
 if __name__ == '__main__':

@@ -129,15 +129,27 @@ def _rate_labels(params):
 
 def create_omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
   """N-way K-shot Omniglot: episodic tasks, Conv-4, cross-entropy, accuracy."""
-  def sampler(split, num_query):
+  def sampler(split_field, query_field):
+    split, num_query = config[split_field], config[query_field]
     data = omniglot.load_split(split, data_dir=config.data_dir)
+    # Inconsistent sizes are config errors: say which fields, and the limit.
+    _, per_class = np.unique(data.labels, return_counts=True)
+    if config.ways > len(per_class):
+      raise config_validation.ConfigError(
+          f'config.ways={config.ways}: must be at most {len(per_class)}, the '
+          f'classes of config.{split_field}={split!r}')
+    need = config.num_support + num_query
+    if need > per_class.min():
+      raise config_validation.ConfigError(
+          f'config.num_support + config.{query_field} = {need}: must be at '
+          f'most {per_class.min()}, the images per class of '
+          f'config.{split_field}={split!r}')
     return EpisodicTasks.from_arrays(
         data.images, data.labels, ways=config.ways,
         num_support=config.num_support, num_query=num_query)
 
-  tasks = sampler(config.train_split, config.num_query)
-  eval_tasks = (tasks if config.eval_split == config.train_split
-                else sampler(config.eval_split, config.eval_num_query))
+  tasks = sampler('train_split', 'num_query')
+  eval_tasks = sampler('eval_split', 'eval_num_query')
   model = Conv4(config.ways, num_filters=config.num_filters,
                 downsample=config.conv_downsample,
                 rngs=nnx.Rngs(params=config.seed))
@@ -326,15 +338,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_validation.validate(config,
                              num_devices=distributed.num_task_devices())
-  os.makedirs(workdir, exist_ok=True)
+  # Tasks and model first: bad data stops the run before the workdir is
+  # touched.
+  problem = create_problem(config)
 
   # Writer.
+  os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_hparams_for_writer(config))
-
-  # Tasks and model.
-  problem = create_problem(config)
 
   # State.
   tx = create_optimizer(config)

@@ -134,3 +134,22 @@ def test_main_with_a_wrong_data_dir_stops_with_one_line(tmp_path):
   assert last.startswith(f'maml_plugin: omniglot data_dir={str(tmp_path)!r}: '
                          'missing omniglot/images_background.zip'), last
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(ways=2000),
+     "config.ways=2000: must be at most 1692, the classes of "
+     "config.eval_split='vinyals_test'"),
+    (dict(num_support=15, num_query=10),
+     "config.num_support + config.num_query = 25: must be at most 20, the "
+     "images per class of config.train_split='vinyals_train'"),
+])
+def test_sizes_the_split_cannot_supply_are_config_errors(
+    omniglot_env, tmp_path, overrides, message):
+  config = maml_omniglot.get_config('quick')
+  config.update(overrides)
+  workdir = tmp_path / 'work'
+  with pytest.raises(config_validation.ConfigError) as err:
+    train.train_and_evaluate(config, str(workdir))
+  assert str(err.value) == message
+  assert not workdir.exists()  # Stopped before touching the workdir.
