@@ -36,6 +36,10 @@ def get_config(arg=None):
   # Model: Conv-4, 64 filters, stride-2 convolutions (MAML's Omniglot net).
   config.num_filters = 64
   config.conv_downsample = 'stride'
+  # Batch norm with the statistics of the batch it sees (the reference code's
+  # transductive setting); False: query examples are normalised with their
+  # task's support statistics and never see each other.
+  config.transductive = True
   # Meta-learning algorithm (a registered train step) and its inner loop.
   config.train_step = 'maml'
   config.inner_lr = 0.4

@@ -141,6 +141,7 @@ TASK_FIELDS: dict[str, dict[str, tuple[Check, str]]] = {
         'conv_downsample': (one_of('stride', 'maxpool'),
                             "'stride' or 'maxpool'"),
         'eval_task_batch_size': (positive_int, 'an int > 0'),
+        'transductive': (boolean, 'True or False'),
     },
 }
 

@@ -55,10 +55,18 @@ def conv3x3_as_matmul(x: jax.Array, kernel: jax.Array, stride: int
 
 
 def batch_norm_transductive(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                            eps: float = 1e-5) -> jax.Array:
-  """Normalizes by the statistics of the batch it sees (no running stats)."""
-  mean = jnp.mean(x, axis=(0, 1, 2))
-  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+                            eps: float = 1e-5, num_context: int = 0
+                            ) -> jax.Array:
+  """Batch norm without running statistics (nothing is stored).
+
+  With ``num_context=0`` the statistics are those of the whole batch it sees
+  (transductive: the examples influence each other). With ``num_context=n``
+  they are those of the first `n` rows only (e.g. a task's support set) and
+  are applied to every row, so no other row changes the output of a row.
+  """
+  stats = x[:num_context] if num_context else x
+  mean = jnp.mean(stats, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(stats - mean), axis=(0, 1, 2))
   return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
@@ -76,7 +84,7 @@ class ConvBlock(nnx.Module):
     self.downsample = downsample
     self.conv_impl = conv_impl
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, num_context: int = 0) -> jax.Array:
     stride = 2 if self.downsample == 'stride' else 1
     if self.conv_impl == 'matmul':
       y = conv3x3_as_matmul(x, self.kernel.value, stride)
@@ -86,7 +94,8 @@ class ConvBlock(nnx.Module):
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     y = y + self.bias.value
     y = nnx.relu(batch_norm_transductive(y, self.scale.value,
-                                         self.shift.value))
+                                         self.shift.value,
+                                         num_context=num_context))
     if self.downsample == 'maxpool':
       y = nnx.max_pool(y, (2, 2), (2, 2), 'VALID')
     return y
@@ -97,8 +106,9 @@ class Conv4(nnx.Module):
 
   `downsample='stride'` (MAML's Omniglot network: stride-2 convolutions, then
   the mean over space) or `'maxpool'` (the MAML++ variant: 2x2 max-pooling,
-  then flatten). Batch norm is transductive: it uses the statistics of the
-  batch it is called on and stores none, so evaluating never changes state.
+  then flatten). Batch norm stores no statistics, so evaluating never
+  changes state; it is transductive (the statistics of the batch it is
+  called on) unless a `context` is given (see `__call__`).
   `conv_impl='matmul'` (im2col, fast under vmap on CPU) or `'lax'`.
 
   Usage::
@@ -128,9 +138,23 @@ class Conv4(nnx.Module):
         num_filters * size * size)
     self.head = nnx.Linear(features, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array | None = None
+               ) -> jax.Array:
+    """Logits of `x`; with `context`, batch norm uses only its statistics.
+
+    ``model(query_x, context=support_x)`` is the non-transductive mode: the
+    statistics come from the context (a task's support set, forwarded with
+    the same params), so a query example's logits do not depend on the other
+    query examples. Without `context` (the reference behaviour) batch norm
+    uses the statistics of `x` itself.
+    """
+    num_context = 0
+    if context is not None:
+      num_context = context.shape[0]
+      x = jnp.concatenate([context, x])
     for block in self.blocks:
-      x = block(x)
+      x = block(x, num_context)
+    x = x[num_context:]
     if self.downsample == 'stride':
       x = jnp.mean(x, axis=(1, 2))
     else:

@@ -127,6 +127,29 @@ def _rate_labels(params):
   return jax.tree.map(lambda _: 'model', params)
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchNormContextTasks:
+  """Task source whose query sets carry their support images as 'context'.
+
+  Used when `config.transductive` is False: batch norm then normalises the
+  query examples with the support set's statistics, so they never see each
+  other (`models.Conv4.__call__`).
+  """
+
+  tasks: Any
+
+  @staticmethod
+  def _add(batch):
+    return dict(batch, query=dict(batch['query'],
+                                  context=batch['support']['x']))
+
+  def train_batch(self, rng, num_tasks):
+    return self._add(self.tasks.train_batch(rng, num_tasks))
+
+  def held_out(self, *args, **kwargs):
+    return self._add(self.tasks.held_out(*args, **kwargs))
+
+
 def create_omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
   """N-way K-shot Omniglot: episodic tasks, Conv-4, cross-entropy, accuracy."""
   def sampler(split_field, query_field):
@@ -155,16 +178,25 @@ def create_omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
                 rngs=nnx.Rngs(params=config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
 
-  def predict_fn(params, x):
-    return nnx.merge(graphdef, params)(x)
+  def predict_fn(params, x, context=None):
+    return nnx.merge(graphdef, params)(x, context=context)
+
+  def logits_fn(params, batch):
+    # Non-transductive: query batches carry their task's support images as
+    # 'context' for batch norm (see `BatchNormContextTasks`); support batches
+    # normalise by their own statistics either way.
+    return predict_fn(params, batch['x'], batch.get('context'))
 
   def loss_fn(params, batch):
     return optax.softmax_cross_entropy_with_integer_labels(
-        predict_fn(params, batch['x']), batch['y']).mean()
+        logits_fn(params, batch), batch['y']).mean()
 
   def accuracy_fn(params, batch):
-    logits = predict_fn(params, batch['x'])
-    return jnp.mean(jnp.argmax(logits, -1) == batch['y'])
+    return jnp.mean(jnp.argmax(logits_fn(params, batch), -1) == batch['y'])
+
+  if not config.transductive:
+    tasks, eval_tasks = (BatchNormContextTasks(tasks),
+                         BatchNormContextTasks(eval_tasks))
 
   return Problem(tasks=tasks, graphdef=graphdef, init_params=params,
                  predict_fn=predict_fn, loss_fn=loss_fn, metric='accuracy',

@@ -81,3 +81,39 @@ def test_batch_norm_uses_the_batch_and_stores_nothing():
 def test_bad_variant_is_refused():
   with pytest.raises(ValueError, match="downsample='avg': must be 'stride'"):
     Conv4(5, downsample='avg', rngs=nnx.Rngs(0))
+
+
+def _query_logits(model, query, support, context):
+  return model(query, context=support if context else None)
+
+
+@pytest.mark.parametrize('downsample', ['stride', 'maxpool'])
+def test_non_transductive_query_does_not_see_other_query_examples(downsample):
+  model = Conv4(5, num_filters=8, downsample=downsample, rngs=nnx.Rngs(0))
+  ks = jax.random.split(jax.random.key(1), 2)
+  support = jax.random.uniform(ks[0], (5, 28, 28, 1))
+  query = jax.random.uniform(ks[1], (12, 28, 28, 1))
+  full = model(query, context=support)
+  perm = np.random.default_rng(0).permutation(12)
+  permuted = model(query[perm], context=support)
+  np.testing.assert_allclose(permuted, full[perm], rtol=1e-5, atol=1e-5)
+  for i in (0, 7):  # Alone, or with a few others removed.
+    np.testing.assert_allclose(model(query[i:i + 1], context=support)[0],
+                               full[i], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(model(query[3:6], context=support),
+                             full[3:6], rtol=1e-5, atol=1e-5)
+
+
+def test_transductive_query_depends_on_the_other_query_examples():
+  """The reference behaviour: the switch above really changes something."""
+  model = Conv4(5, num_filters=8, rngs=nnx.Rngs(0))
+  query = jax.random.uniform(jax.random.key(2), (12, 28, 28, 1))
+  full = model(query)
+  assert not np.allclose(model(query[:3])[0], full[0], atol=1e-4)
+
+
+def test_support_as_its_own_context_is_the_transductive_support_pass():
+  model = Conv4(5, num_filters=8, rngs=nnx.Rngs(0))
+  support = jax.random.uniform(jax.random.key(3), (5, 28, 28, 1))
+  np.testing.assert_allclose(model(support, context=support), model(support),
+                             rtol=1e-5, atol=1e-5)

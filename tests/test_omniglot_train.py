@@ -153,3 +153,15 @@ def test_sizes_the_split_cannot_supply_are_config_errors(
     train.train_and_evaluate(config, str(workdir))
   assert str(err.value) == message
   assert not workdir.exists()  # Stopped before touching the workdir.
+
+
+def test_non_transductive_quick_run_trains_and_evaluates(omniglot_env,
+                                                         tmp_path):
+  config = maml_omniglot.get_config('quick')
+  config.transductive = False
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == config.num_train_steps
+  with open(os.path.join(tmp_path, 'evaluation.json')) as f:
+    report = json.load(f)
+  assert report['metric'] == 'accuracy'
+  assert 0.0 <= report['inner_steps']['1']['mean'] <= 1.0
