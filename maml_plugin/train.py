@@ -415,9 +415,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return state
 
   evaluator = create_evaluator(config, problem, algorithm=algorithm)
+  # Only on log steps (chunk boundaries): the hooks see the steps of a chunk
+  # in one burst, so a time-triggered report mid-chunk would divide a burst
+  # of steps by microseconds and log a meaningless steps_per_sec.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer,
-      every_steps=config.log_every_steps)
+      every_steps=config.log_every_steps, every_secs=None)
   hooks = [
       report_progress,
       actions.FewShotEvaluation(evaluator=evaluator, writer=writer,
