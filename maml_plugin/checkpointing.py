@@ -16,6 +16,8 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from maml_plugin import core
+
 # Orbax writes a step into `<step>.orbax-checkpoint-tmp-<n>` and renames it.
 _TMP_MARK = '.orbax-checkpoint-tmp'
 
@@ -73,13 +75,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array):
 
 
 def _leaf_name(path) -> str:
-  parts = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return '.'.join(parts)
+  return '.'.join(core.key_path_names(path))
 
 
 def _check_shapes(path: str, abstract) -> None:

@@ -31,6 +31,21 @@ LossFn = Callable[[Params, Batch], jax.Array]
 InnerLR = Any
 
 
+def key_path_names(path) -> list[str]:
+  """The names along a `jax.tree_util` key path: ``['layers', '2', 'kernel']``.
+
+  Dict keys, sequence indices and attribute names alike, so parameters can
+  be named and matched by path (ANIL's head filter, checkpoint messages).
+  """
+  names = []
+  for key in path:
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+  return names
+
+
 class MetaOutput(NamedTuple):
   """What `maml_loss_and_aux` reports besides the meta-loss (per meta-batch).
 

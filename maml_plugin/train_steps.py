@@ -237,13 +237,7 @@ def make_metasgd_train_step(*, loss_fn: core.LossFn,
 
 def param_path(path) -> str:
   """``'layers/2/kernel/value'`` for a `jax.tree_util` key path."""
-  names = []
-  for key in path:
-    for attr in ('key', 'idx', 'name'):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-  return '/'.join(names)
+  return '/'.join(core.key_path_names(path))
 
 
 def head_mask(params, head_filter: str | None) -> list[bool]:
