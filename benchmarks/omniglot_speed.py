@@ -8,7 +8,10 @@ Adam update) of the MAML Omniglot Conv-4 (stride-2, 64 filters, transductive
 batch norm) in the same process, on the same inputs shape:
 
   * ours: `maml_plugin`'s registered `maml` step with `Conv4(conv_impl=
-    'matmul')` (convolution as patches + batched matmul);
+    'matmul')` (convolution as patches + matmul) and `task_batch_size=1`
+    (the meta-gradient one task at a time, as configs/maml_omniglot.py);
+  * ours_vmap: the same with all 32 tasks in one `jax.vmap` (every matmul
+    a batched one);
   * jax_lax_conv: the same step with `Conv4(conv_impl='lax')` (the plain
     `jax.vmap` + `lax.conv` version: grouped convolutions under vmap);
   * torch_loop: the same algorithm in plain PyTorch (a Python loop over
@@ -43,7 +46,7 @@ from maml_plugin import train_steps
 from maml_plugin.models import Conv4
 
 
-def jax_meta_step(conv_impl: str, args):
+def jax_meta_step(conv_impl: str, args, task_batch_size=None):
   model = Conv4(args.ways, conv_impl=conv_impl, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
 
@@ -54,7 +57,8 @@ def jax_meta_step(conv_impl: str, args):
 
   tx = optax.adam(1e-3)
   step = jax.jit(train_steps.make_train_step(
-      'maml', loss_fn=loss_fn, tx=tx, inner_lr=0.4, num_inner_steps=1))
+      'maml', loss_fn=loss_fn, tx=tx, inner_lr=0.4, num_inner_steps=1,
+      task_batch_size=task_batch_size))
   state = train_steps.MetaTrainState.create(params, tx)
   return step, state
 
@@ -68,8 +72,8 @@ def make_batch(args, rng):
           'query': {'x': x[:, s:], 'y': y[:, s:]}}
 
 
-def time_jax(conv_impl, args, batch):
-  step, state = jax_meta_step(conv_impl, args)
+def time_jax(conv_impl, args, batch, task_batch_size=None):
+  step, state = jax_meta_step(conv_impl, args, task_batch_size)
   batch = jax.device_put(batch)
   rng = jax.random.key(0)
   times = []
@@ -187,8 +191,8 @@ def main():
   parser.add_argument('--num_query', type=int, default=1,
                       help='query images per class')
   parser.add_argument('--skip', default='',
-                      help='comma list of: ours, jax_lax_conv, torch, '
-                      'learn2learn')
+                      help='comma list of: ours, ours_vmap, jax_lax_conv, '
+                      'torch, learn2learn')
   args = parser.parse_args()
   skip = set(filter(None, args.skip.split(',')))
   batch = make_batch(args, np.random.default_rng(0))
@@ -197,7 +201,11 @@ def main():
         f'{jax.devices()[0].platform}, {os.cpu_count()} cpus')
   rows = []
   if 'ours' not in skip:
-    rows.append(('ours (im2col matmul)', time_jax('matmul', args, batch)))
+    # The shipped setting (configs/maml_omniglot.py: task_batch_size=1).
+    rows.append(('ours (1 task at a time)',
+                 time_jax('matmul', args, batch, task_batch_size=1)))
+  if 'ours_vmap' not in skip:
+    rows.append(('ours, all tasks in one vmap', time_jax('matmul', args, batch)))
   if 'jax_lax_conv' not in skip:
     rows.append(('jax_lax_conv (vmap+lax.conv)', time_jax('lax', args, batch)))
   if 'torch' not in skip:

@@ -112,6 +112,8 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'meta_lr_schedule': (one_of('constant', 'linear', 'cosine'),
                          "one of 'constant', 'linear', 'cosine'"),
     'remat_inner_steps': (boolean, 'True or False'),
+    'task_batch_size': (positive_int, 'an int > 0 that divides '
+                        'config.meta_batch_size'),
     'inner_optimizer': (one_of('sgd', 'adam'), "one of 'sgd', 'adam'"),
     'head_filter': (regex_or_none,
                     'None (the last layer) or a non-empty regular expression '
@@ -148,6 +150,7 @@ TASK_FIELDS: dict[str, dict[str, tuple[Check, str]]] = {
 # Fields that may be absent: the trainer's or the train step's default applies.
 OPTIONAL = frozenset({
     'first_order', 'meta_optimizer', 'meta_lr_schedule', 'remat_inner_steps',
+    'task_batch_size',
     'inner_optimizer', 'head_filter', 'msl_anneal_steps', 'learn_inner_lr',
     'first_order_steps', 'rate_meta_lr'})
 # Optional trainer fields that only make sense for some train steps.
@@ -230,6 +233,16 @@ def validate(config, *, num_devices: int = 1) -> None:
         f'config.meta_batch_size={values["meta_batch_size"]!r}: must be a '
         f'multiple of the device count {num_devices} (the task axis is '
         f'sharded over the devices)')
+  task_batch = values.get('task_batch_size')
+  if task_batch is not None and values['meta_batch_size'] % task_batch:
+    raise ConfigError(
+        f'config.task_batch_size={task_batch!r}: must divide '
+        f'config.meta_batch_size={values["meta_batch_size"]}')
+  if task_batch is not None and task_batch % num_devices:
+    raise ConfigError(
+        f'config.task_batch_size={task_batch!r}: must be a multiple of the '
+        f'device count {num_devices} (each task batch is sharded over the '
+        f'devices)')
 
 
 def _all_fields() -> dict[str, tuple[Check, str]]:

@@ -116,16 +116,22 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
                            msl_anneal_steps: int = 0,
                            learn_inner_lr: bool = True,
                            first_order_steps: int = 0,
-                           remat_inner_steps: bool = False
+                           remat_inner_steps: bool = False,
+                           task_batch_size: int | None = None
                            ) -> train_steps.MetaAlgorithm:
-  """MAML++ on any model without batch norm (see module docstring)."""
+  """MAML++ on any model without batch norm (see module docstring).
+
+  `task_batch_size`: meta-gradient that many tasks at a time
+  (`core.over_task_batches`); the same gradient.
+  """
   def grad_fn(first_order):
     def objective(params, batch, step):
       return mamlpp_loss_and_aux(
           loss_fn, params, batch, step=step, num_inner_steps=num_inner_steps,
           msl_anneal_steps=msl_anneal_steps, learn_inner_lr=learn_inner_lr,
           first_order=first_order, remat=remat_inner_steps)
-    return jax.value_and_grad(objective, has_aux=True)
+    return core.over_task_batches(
+        jax.value_and_grad(objective, has_aux=True), task_batch_size)
 
   first, second = grad_fn(True), grad_fn(False)
 

@@ -87,16 +87,24 @@ def reptile_update(loss_fn: core.LossFn, params, meta_batch, *,
 def make_reptile_train_step(*, loss_fn: core.LossFn,
                             tx: optax.GradientTransformation, inner_lr: float,
                             num_inner_steps: int = 1,
-                            inner_optimizer: str = 'adam'
+                            inner_optimizer: str = 'adam',
+                            task_batch_size: int | None = None
                             ) -> train_steps.MetaAlgorithm:
-  """Reptile: meta-update toward the task-adapted weights (module docstring)."""
+  """Reptile: meta-update toward the task-adapted weights (module docstring).
+
+  `task_batch_size`: adapt that many tasks at a time
+  (`core.over_task_batches`); the same update.
+  """
   inner_tx = inner_optimizer_for(inner_optimizer, inner_lr)
+  update_fn = core.over_task_batches(
+      lambda params, batch: reptile_update(loss_fn, params, batch,
+                                           inner_tx=inner_tx,
+                                           num_steps=num_inner_steps),
+      task_batch_size)
 
   def train_step(state: train_steps.MetaTrainState, batch, rng):
     del rng  # Full-batch inner steps: deterministic given the batch.
-    direction, (before, after) = reptile_update(
-        loss_fn, state.params, batch, inner_tx=inner_tx,
-        num_steps=num_inner_steps)
+    direction, (before, after) = update_fn(state.params, batch)
     metrics = train_steps.TrainMetrics.single_from_model_output(
         query_loss_before=before, query_loss_after=after,
         meta_grad_norm=optax.global_norm(direction))

@@ -121,15 +121,19 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
                        opt_state=opt_state)
 
 
-def gradient_train_step(objective, tx: optax.GradientTransformation
-                        ) -> TrainStep:
+def gradient_train_step(objective, tx: optax.GradientTransformation,
+                        task_batch_size: int | None = None) -> TrainStep:
   """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``.
+
+  With `task_batch_size` the gradient is computed that many tasks at a time
+  (`core.over_task_batches`): the same meta-gradient, faster on CPU.
 
   When the objective reports a query metric (classification accuracy), the
   metrics are a `ClassificationTrainMetrics` with ``query_accuracy_before``
   and ``query_accuracy_after``; otherwise a `TrainMetrics`.
   """
-  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  grad_fn = core.over_task_batches(
+      jax.value_and_grad(objective, has_aux=True), task_batch_size)
 
   def train_step(state: MetaTrainState, batch, rng: jax.Array):
     del rng  # These inner loops are deterministic given the batch.
@@ -149,13 +153,15 @@ def gradient_train_step(objective, tx: optax.GradientTransformation
 
 
 def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order,
-               remat_inner_steps, metric_fn=None) -> MetaAlgorithm:
+               remat_inner_steps, task_batch_size, metric_fn=None
+               ) -> MetaAlgorithm:
   objective = functools.partial(core.maml_loss_and_aux, loss_fn,
                                 inner_lr=inner_lr, num_steps=num_inner_steps,
                                 first_order=first_order,
                                 remat=remat_inner_steps, metric_fn=metric_fn)
-  return MetaAlgorithm(train_step=gradient_train_step(objective, tx),
-                       inner_loop=core.sgd_inner_loop(loss_fn, inner_lr))
+  return MetaAlgorithm(
+      train_step=gradient_train_step(objective, tx, task_batch_size),
+      inner_loop=core.sgd_inner_loop(loss_fn, inner_lr))
 
 
 @TRAIN_STEPS.register('maml')
@@ -164,24 +170,29 @@ def make_maml_train_step(*, loss_fn: core.LossFn,
                          num_inner_steps: int = 1,
                          first_order: bool = False,
                          remat_inner_steps: bool = False,
+                         task_batch_size: int | None = None,
                          metric_fn: core.LossFn | None = None
                          ) -> MetaAlgorithm:
   """MAML (Finn et al. 2017): exact second order unless `first_order`.
 
   `remat_inner_steps` rematerializes each inner step in the backward pass
-  (same gradient, memory flat in `num_inner_steps`). With `metric_fn`
+  (same gradient, memory flat in `num_inner_steps`). `task_batch_size`
+  computes the meta-gradient that many tasks at a time
+  (`core.over_task_batches`: same gradient, faster on CPU). With `metric_fn`
   (classification accuracy) the metrics also hold ``query_accuracy_before``
   and ``query_accuracy_after``.
   """
   return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
                     num_inner_steps=num_inner_steps, first_order=first_order,
-                    remat_inner_steps=remat_inner_steps, metric_fn=metric_fn)
+                    remat_inner_steps=remat_inner_steps,
+                    task_batch_size=task_batch_size, metric_fn=metric_fn)
 
 
 @TRAIN_STEPS.register('fomaml')
 def make_fomaml_train_step(*, loss_fn: core.LossFn,
                            tx: optax.GradientTransformation, inner_lr: float,
                            num_inner_steps: int = 1,
+                           task_batch_size: int | None = None,
                            metric_fn: core.LossFn | None = None
                            ) -> MetaAlgorithm:
   """First-order MAML: the query gradient at the adapted params.
@@ -191,7 +202,8 @@ def make_fomaml_train_step(*, loss_fn: core.LossFn,
   """
   return _maml_like(loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
                     num_inner_steps=num_inner_steps, first_order=True,
-                    remat_inner_steps=False, metric_fn=metric_fn)
+                    remat_inner_steps=False, task_batch_size=task_batch_size,
+                    metric_fn=metric_fn)
 
 
 # --- Meta-SGD ---------------------------------------------------------------
@@ -208,7 +220,9 @@ def metasgd_params(model_params, inner_lr: float) -> dict:
 def make_metasgd_train_step(*, loss_fn: core.LossFn,
                             tx: optax.GradientTransformation, inner_lr: float,
                             num_inner_steps: int = 1,
-                            remat_inner_steps: bool = False) -> MetaAlgorithm:
+                            remat_inner_steps: bool = False,
+                            task_batch_size: int | None = None
+                            ) -> MetaAlgorithm:
   """Meta-SGD (Li et al. 2017): a learned inner rate for every parameter.
 
   The state's params are ``{'model': ..., 'inner_lr': ...}`` (`inner_lr` has
@@ -228,7 +242,8 @@ def make_metasgd_train_step(*, loss_fn: core.LossFn,
           loss_fn, p, support, inner_lr=params['inner_lr']),
       params=lambda p: p)
   return MetaAlgorithm(
-      train_step=gradient_train_step(objective, tx), inner_loop=inner_loop,
+      train_step=gradient_train_step(objective, tx, task_batch_size),
+      inner_loop=inner_loop,
       init_params=functools.partial(metasgd_params, inner_lr=inner_lr))
 
 
@@ -284,7 +299,9 @@ def make_anil_train_step(*, loss_fn: core.LossFn,
                          tx: optax.GradientTransformation, inner_lr: float,
                          num_inner_steps: int = 1, first_order: bool = False,
                          head_filter: str | None = None,
-                         remat_inner_steps: bool = False) -> MetaAlgorithm:
+                         remat_inner_steps: bool = False,
+                         task_batch_size: int | None = None
+                         ) -> MetaAlgorithm:
   """ANIL (Raghu et al. 2020): the inner loop adapts the head only.
 
   The head is chosen by `head_filter` (see `head_mask`; default: the last
@@ -327,7 +344,7 @@ def make_anil_train_step(*, loss_fn: core.LossFn,
     return model_params
 
   return MetaAlgorithm(
-      train_step=gradient_train_step(objective, tx),
+      train_step=gradient_train_step(objective, tx, task_batch_size),
       inner_loop=core.InnerLoop(init=lambda params: params, step=eval_step,
                                 params=lambda p: p),
       init_params=init_params)

@@ -152,3 +152,22 @@ def test_meta_batch_must_divide_by_the_device_count():
     config_validation.validate(config, num_devices=4)
   config.meta_batch_size = 24
   config_validation.validate(config, num_devices=4)
+
+
+def test_task_batch_size_must_divide_the_meta_batch_and_the_devices():
+  config = maml_sine.get_config('quick')  # meta-batch 25
+  config.task_batch_size = 4
+  with pytest.raises(ConfigError, match=(
+      r'^config.task_batch_size=4: must divide config.meta_batch_size=25$')):
+    config_validation.validate(config)
+  config.meta_batch_size = 24
+  config_validation.validate(config)
+  config.task_batch_size = 2
+  with pytest.raises(ConfigError, match=(
+      r'^config.task_batch_size=2: must be a multiple of the device count '
+      r'4 ')):
+    config_validation.validate(config, num_devices=4)
+  config.task_batch_size = 0
+  with pytest.raises(ConfigError, match=(
+      r'^config.task_batch_size=0: must be an int > 0 that divides')):
+    config_validation.validate(config)
