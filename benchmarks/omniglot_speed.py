@@ -23,8 +23,11 @@ batch norm) in the same process, on the same inputs shape:
     `pip install --no-deps --no-build-isolation .`, plus `pip install gym`).
 
 Inputs are random images of the Omniglot shape (speed does not depend on the
-pixels). Prints one line per implementation: seconds per meta-step and
-meta-steps per second (median over `--steps` timed steps after warm-up).
+pixels). Every implementation is compiled and warmed up first; then
+`--steps` rounds each time one meta-step of every implementation in turn, so
+that a busy moment of a shared machine slows all of them alike. Prints one
+line per implementation: the median seconds per meta-step, meta-steps per
+second, and the median over rounds of its time divided by ours.
 """
 
 from __future__ import annotations
@@ -72,18 +75,19 @@ def make_batch(args, rng):
           'query': {'x': x[:, s:], 'y': y[:, s:]}}
 
 
-def time_jax(conv_impl, args, batch, task_batch_size=None):
+def jax_stepper(conv_impl, args, batch, task_batch_size=None):
+  """A closure running one meta-step (and waiting for it), compiled."""
   step, state = jax_meta_step(conv_impl, args, task_batch_size)
   batch = jax.device_put(batch)
   rng = jax.random.key(0)
-  times = []
-  for i in range(args.steps + 1):
-    t0 = time.perf_counter()
-    state, metrics = step(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    if i:  # the first call compiles
-      times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  holder = [state]
+
+  def run():
+    holder[0], metrics = step(holder[0], batch, rng)
+    jax.block_until_ready((holder[0], metrics))
+
+  run()  # compiles
+  return run
 
 
 def import_learn2learn():
@@ -121,7 +125,7 @@ def import_learn2learn():
   return l2l
 
 
-def time_torch(args, batch, use_learn2learn: bool):
+def torch_stepper(args, batch, use_learn2learn: bool):
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -173,13 +177,8 @@ def time_torch(args, batch, use_learn2learn: bool):
       (loss / args.meta_batch).backward()
     opt.step()
 
-  times = []
-  for i in range(args.steps + 1):
-    t0 = time.perf_counter()
-    meta_step()
-    if i:
-      times.append(time.perf_counter() - t0)
-  return name, statistics.median(times)
+  meta_step()  # warm-up
+  return name, meta_step
 
 
 def main():
@@ -199,31 +198,46 @@ def main():
   print(f'{args.ways}-way {args.shots}-shot, {args.num_query} query/class, '
         f'meta-batch {args.meta_batch}, 1 inner step, second order; '
         f'{jax.devices()[0].platform}, {os.cpu_count()} cpus')
-  rows = []
+  steppers = []  # (name, run one meta-step), each compiled / warmed up
   if 'ours' not in skip:
     # The shipped setting (configs/maml_omniglot.py: task_batch_size=1).
-    rows.append(('ours (1 task at a time)',
-                 time_jax('matmul', args, batch, task_batch_size=1)))
+    steppers.append(('ours (1 task at a time)',
+                     jax_stepper('matmul', args, batch, task_batch_size=1)))
   if 'ours_vmap' not in skip:
-    rows.append(('ours, all tasks in one vmap', time_jax('matmul', args, batch)))
+    steppers.append(('ours, all tasks in one vmap',
+                     jax_stepper('matmul', args, batch)))
   if 'jax_lax_conv' not in skip:
-    rows.append(('jax_lax_conv (vmap+lax.conv)', time_jax('lax', args, batch)))
+    steppers.append(('jax_lax_conv (vmap+lax.conv)',
+                     jax_stepper('lax', args, batch)))
   if 'torch' not in skip:
     try:
-      rows.append(time_torch(args, batch, use_learn2learn=False))
+      steppers.append(torch_stepper(args, batch, use_learn2learn=False))
     except ImportError:
       print('torch is not installed: no PyTorch baseline')
   if 'learn2learn' not in skip:
     try:
-      rows.append(time_torch(args, batch, use_learn2learn=True))
+      steppers.append(torch_stepper(args, batch, use_learn2learn=True))
     except ImportError as e:
       print(f'learn2learn does not import ({e}): no learn2learn baseline')
-  ours = rows[0][1] if rows and rows[0][0].startswith('ours') else None
-  for name, sec in rows:
-    ratio = f'  {sec / ours:6.2f}x ours' if ours else ''
-    print(f'{name:32s} {sec:8.3f} s/meta-step  {1 / sec:7.2f} meta-steps/s'
+  # Round robin: every round times one meta-step of each implementation, so
+  # a busy moment of a shared machine slows all of them alike; the ratio
+  # to ours is the median of the per-round ratios.
+  times = {name: [] for name, _ in steppers}
+  for _ in range(args.steps):
+    for name, run in steppers:
+      t0 = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - t0)
+  first = steppers[0][0] if steppers else None
+  ours = times[first] if first and first.startswith('ours') else None
+  for name, sec in times.items():
+    ratio = ''
+    if ours:
+      ratio = '  {:6.2f}x ours'.format(statistics.median(
+          t / o for t, o in zip(sec, ours)))
+    med = statistics.median(sec)
+    print(f'{name:32s} {med:8.3f} s/meta-step  {1 / med:7.2f} meta-steps/s'
           + ratio)
-
 
 if __name__ == '__main__':
   main()

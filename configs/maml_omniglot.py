@@ -64,12 +64,13 @@ def get_config(arg=None):
   # checkpoint stays) or 'skip' the update and count it in the metrics.
   config.on_nonfinite = 'stop'
   # Held-out evaluation: 600 fixed tasks, 15 query images per class, 0..10
-  # inner steps, evaluated 50 tasks at a time to bound memory.
+  # inner steps, evaluated one task at a time (a lax.map over tasks: about
+  # 1.6x faster on CPU than vmapping 50, and little memory).
   config.eval_seed = 1_000_003
   config.num_eval_tasks = 600
   config.eval_num_query = 15
   config.eval_num_inner_steps = 10
-  config.eval_task_batch_size = 50
+  config.eval_task_batch_size = 1
 
   if arg in ('5w5s', '20w5s'):
     config.num_support = 5
@@ -91,5 +92,4 @@ def get_config(arg=None):
     config.num_eval_tasks = 20
     config.eval_num_query = 5
     config.eval_num_inner_steps = 3
-    config.eval_task_batch_size = 10
   return config
