@@ -33,8 +33,9 @@ For a model with batch norm (Conv-4, configs/maml_omniglot.py:mamlpp):
   all copies starting at the model's value). Inner step k runs the support
   forward with copy k and the query loss after step k uses copy k; the
   unadapted model uses copy 0. As in the reference code the copies are not
-  adapted in the inner loop, only meta-learned by the outer optimizer, and
-  the model's own batch-norm leaves are then unused. A filter that selects
+  adapted in the inner loop, only meta-learned by the outer optimizer (at
+  `meta_lr`, like the weights), and the model's own batch-norm leaves are
+  then unused (their meta-gradient is zero). A filter that selects
   no leaf (the MLP has no batch norm) is a config error.
 * BNRS, per-step batch statistics: Conv-4's batch norm keeps no running
   statistics; it normalises with the statistics of the batch being
