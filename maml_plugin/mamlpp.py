@@ -112,7 +112,8 @@ class PerStepBatchNorm:
   ...]``. At inner step k, copy k replaces the model's own leaves for the
   support forward of step k and the query loss after it; the inner loop
   never updates them (the outer loop does), and the model's own batch-norm
-  leaves are then never used.
+  leaves, and their LSLR rates in ``params['inner_lr']``, are then never
+  used (zero meta-gradient, so they stay at their initial values).
   """
 
   mask: tuple[bool, ...]
