@@ -78,6 +78,10 @@ def regex_or_none(v) -> bool:
   return True
 
 
+def regex(v) -> bool:
+  return v is not None and regex_or_none(v)
+
+
 def string(v) -> bool:
   return isinstance(v, str)
 
@@ -122,6 +126,10 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'learn_inner_lr': (boolean, 'True or False'),
     'first_order_steps': (non_negative_int, 'an int >= 0'),
     'rate_meta_lr': (positive_real, 'a finite number > 0'),
+    'per_step_bn': (boolean, 'True or False'),
+    'per_step_bn_filter': (regex,
+                           'a non-empty regular expression searched in '
+                           'parameter paths like blocks/0/scale/value'),
     'on_nonfinite': (one_of('stop', 'skip'), "one of 'stop', 'skip'"),
 }
 
@@ -152,7 +160,8 @@ OPTIONAL = frozenset({
     'first_order', 'meta_optimizer', 'meta_lr_schedule', 'remat_inner_steps',
     'task_batch_size',
     'inner_optimizer', 'head_filter', 'msl_anneal_steps', 'learn_inner_lr',
-    'first_order_steps', 'rate_meta_lr'})
+    'first_order_steps', 'rate_meta_lr', 'per_step_bn',
+    'per_step_bn_filter'})
 # Optional trainer fields that only make sense for some train steps.
 _TRAINER_FIELDS_FOR = {'rate_meta_lr': ('mamlpp', 'metasgd')}
 # Optional fields read only by the train steps that take them.

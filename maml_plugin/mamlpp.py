@@ -4,7 +4,8 @@ Usage::
 
   algorithm = make_algorithm('mamlpp', loss_fn=loss_fn, tx=tx, inner_lr=0.01,
                              num_inner_steps=5, msl_anneal_steps=10_000,
-                             learn_inner_lr=True, first_order_steps=5_000)
+                             learn_inner_lr=True, first_order_steps=5_000,
+                             per_step_bn=False)  # True for batch norm
 
 The parts of MAML++ that apply to any model, an MLP included:
 
@@ -23,16 +24,38 @@ The parts of MAML++ that apply to any model, an MLP included:
 * Cosine annealing of the meta learning rate: an outer-optimizer schedule,
   set by ``config.meta_lr_schedule='cosine'`` (configs/maml_sine.py:mamlpp).
 
-Evaluation with more inner steps than training: step ``k >= num_inner_steps``
-reuses the LAST learned rate (step ``num_inner_steps - 1``'s), since no
-rate was learned for it; steps before it use their own learned rates.
+For a model with batch norm (Conv-4, configs/maml_omniglot.py:mamlpp):
 
-Not here yet: per-step batch-norm weights and running statistics (BNWB,
-BNRS) — they need a model with batch norm (the Conv-4 model); the MLP has
-none, so this step is MAML++ without them.
+* BNWB, per-step batch-norm weights (``per_step_bn=True``): the leaves that
+  `per_step_bn_filter` selects (a regular expression over parameter paths;
+  default: Conv-4's ``scale`` and ``shift``) get one copy per inner step,
+  held in ``params['per_step_bn']`` (each leaf ``[num_inner_steps, ...]``,
+  all copies starting at the model's value). Inner step k runs the support
+  forward with copy k and the query loss after step k uses copy k; the
+  unadapted model uses copy 0. As in the reference code the copies are not
+  adapted in the inner loop, only meta-learned by the outer optimizer (at
+  `meta_lr`, like the weights), and the model's own batch-norm leaves are
+  then unused (their meta-gradient is zero). A filter that selects
+  no leaf (the MLP has no batch norm) is a config error.
+* BNRS, per-step batch statistics: Conv-4's batch norm keeps no running
+  statistics; it normalises with the statistics of the batch being
+  forwarded (or of the task's support set, ``transductive=False``), so the
+  forward of step k already uses step k's own statistics. That is what the
+  reference code computes too: it accumulates per-step running means and
+  variances but normalises with ``training=True`` batch statistics, so
+  they never reach an output. Running averages that nothing reads are not
+  kept here, and a mode that normalises evaluation with stored per-step
+  statistics is not built.
+
+Evaluation with more inner steps than training: step ``k >= num_inner_steps``
+reuses the LAST learned rate (step ``num_inner_steps - 1``'s) and the last
+batch-norm copy, since none was learned for it; steps before it use their
+own.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +65,8 @@ from maml_plugin import core
 from maml_plugin import train_steps
 
 MSL_FLOOR = 0.03  # times 1/N: the smallest weight of a non-final step.
+# The batch-norm scale and shift of `models.ConvBlock` (Conv4's blocks).
+PER_STEP_BN_FILTER = r'(^|/)(scale|shift)/value$'
 
 
 def msl_weights(step, num_steps: int, anneal_steps: int) -> jax.Array:
@@ -54,12 +79,20 @@ def msl_weights(step, num_steps: int, anneal_steps: int) -> jax.Array:
   return weights.at[-1].set(1.0 - (num_steps - 1) * nonfinal)
 
 
-def mamlpp_params(model_params, *, inner_lr: float, num_inner_steps: int):
-  """MAML++'s train-state params: the model and per-step rates per tensor."""
-  return {'model': model_params,
-          'inner_lr': jax.tree.map(
-              lambda p: jnp.full((num_inner_steps,), inner_lr, p.dtype),
-              model_params)}
+def mamlpp_params(model_params, *, inner_lr: float, num_inner_steps: int,
+                  per_step_bn: 'PerStepBatchNorm | None' = None):
+  """MAML++'s train-state params: the model and per-step rates per tensor.
+
+  With `per_step_bn`, also ``'per_step_bn'``: one copy per inner step of
+  each batch-norm leaf, every copy starting at the model's value.
+  """
+  params = {'model': model_params,
+            'inner_lr': jax.tree.map(
+                lambda p: jnp.full((num_inner_steps,), inner_lr, p.dtype),
+                model_params)}
+  if per_step_bn is not None:
+    params['per_step_bn'] = per_step_bn.init(model_params, num_inner_steps)
+  return params
 
 
 def rates_at(inner_lr, k, num_inner_steps: int):
@@ -68,37 +101,138 @@ def rates_at(inner_lr, k, num_inner_steps: int):
   return jax.tree.map(lambda r: r[k], inner_lr)
 
 
+@dataclasses.dataclass(frozen=True)
+class PerStepBatchNorm:
+  """BNWB: the batch-norm leaves, one meta-learned copy per inner step.
+
+  `mask` marks, in `jax.tree.leaves` order of the model params, the leaves
+  that `per_step_bn_filter` selects; `names` are their key paths. The copies
+  live in the train state as a nested dict along those names (e.g.
+  ``['blocks']['0']['scale']['value']``), each leaf ``[num_inner_steps,
+  ...]``. At inner step k, copy k replaces the model's own leaves for the
+  support forward of step k and the query loss after it; the inner loop
+  never updates them (the outer loop does), and the model's own batch-norm
+  leaves, and their LSLR rates in ``params['inner_lr']``, are then never
+  used (zero meta-gradient, so they stay at their initial values).
+  """
+
+  mask: tuple[bool, ...]
+  names: tuple[tuple[str, ...], ...]
+
+  @classmethod
+  def from_params(cls, model_params, pattern: str) -> 'PerStepBatchNorm':
+    """Raises ValueError (a config error) if `pattern` selects no leaf."""
+    mask = train_steps.select_leaves(model_params, pattern,
+                                     'per_step_bn_filter')
+    paths = jax.tree_util.tree_flatten_with_path(model_params)[0]
+    names = [tuple(core.key_path_names(p)) for (p, _), m in zip(paths, mask)
+             if m]
+    return cls(tuple(mask), tuple(names))
+
+  def init(self, model_params, num_steps: int) -> dict:
+    """`num_steps` copies of the model's own batch-norm leaves."""
+    leaves, _ = train_steps.split_leaves(model_params, list(self.mask))
+    return self.nest([jnp.broadcast_to(l, (num_steps, *l.shape))
+                      for l in leaves])
+
+  def nest(self, stacked: list) -> dict:
+    """The train-state form (nested dict along `names`) of `stacked`."""
+    copies = {}
+    for names, leaf in zip(self.names, stacked, strict=True):
+      node = copies
+      for name in names[:-1]:
+        node = node.setdefault(name, {})
+      node[names[-1]] = leaf
+    return copies
+
+  def stacked(self, copies) -> list:
+    """The copies as a list in leaf order, each ``[num_steps, ...]``."""
+    out = []
+    for names in self.names:
+      node = copies
+      for name in names:
+        node = node[name]
+      out.append(node)
+    return out
+
+  def at(self, copies, k, num_steps: int) -> list:
+    """Step `k`'s copies; steps past training reuse the last one."""
+    k = jnp.minimum(k, num_steps - 1)
+    return [c[k] for c in self.stacked(copies)]
+
+  def put(self, model_params, bn_leaves: list):
+    """`model_params` with its batch-norm leaves replaced by `bn_leaves`."""
+    _, others = train_steps.split_leaves(model_params, list(self.mask))
+    return train_steps.merge_leaves(model_params, bn_leaves, others,
+                                    list(self.mask))
+
+
+def inner_step(loss_fn: core.LossFn, params, support, *, rates, bn=None,
+               bn_leaves=None, first_order: bool = False):
+  """One MAML++ inner step of ONE task at the step's own rates.
+
+  With `bn` (a `PerStepBatchNorm`), the step's copies `bn_leaves` are put in
+  place first and only the other leaves are updated; the result holds
+  `bn_leaves`, so the loss after the step uses the same copies.
+  """
+  if bn is None:
+    return core.sgd_step(loss_fn, params, support, inner_lr=rates,
+                         first_order=first_order)
+  mask = list(bn.mask)
+  params = bn.put(params, bn_leaves)
+  _, adapted = train_steps.split_leaves(params, mask)
+  _, adapted_rates = train_steps.split_leaves(rates, mask)
+
+  def adapted_loss(leaves, batch):
+    return loss_fn(train_steps.merge_leaves(params, bn_leaves, leaves, mask),
+                   batch)
+
+  adapted = core.sgd_step(adapted_loss, adapted, support,
+                          inner_lr=adapted_rates, first_order=first_order)
+  return train_steps.merge_leaves(params, bn_leaves, adapted, mask)
+
+
 def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
-                          num_steps: int, first_order: bool, remat: bool
-                          ) -> jax.Array:
+                          num_steps: int, first_order: bool, remat: bool,
+                          bn: PerStepBatchNorm | None = None,
+                          bn_copies=None) -> jax.Array:
   """Query loss of ONE task after each inner step 1..N: ``[num_steps]``."""
-  def body(p, rates):
-    p = core.sgd_step(loss_fn, p, task['support'], inner_lr=rates,
-                      first_order=first_order)
+  def body(p, xs):
+    rates, bn_leaves = xs
+    p = inner_step(loss_fn, p, task['support'], rates=rates, bn=bn,
+                   bn_leaves=bn_leaves, first_order=first_order)
     return p, loss_fn(p, task['query'])
 
-  # Rates leaves are [num_steps]: scan hands step k its own rates.
-  _, losses = jax.lax.scan(core.maybe_remat(body, remat), params, inner_lr)
+  # Leaves of rates and copies are [num_steps]: scan hands step k its own.
+  stacked = None if bn is None else bn.stacked(bn_copies)
+  _, losses = jax.lax.scan(core.maybe_remat(body, remat), params,
+                           (inner_lr, stacked))
   return losses
 
 
 def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
                         num_inner_steps: int, msl_anneal_steps: int,
                         learn_inner_lr: bool, first_order: bool,
-                        remat: bool = False):
+                        remat: bool = False,
+                        bn: PerStepBatchNorm | None = None):
   """The MAML++ meta-loss (MSL-weighted) and `core.MetaOutput` for metrics.
 
-  `params` is ``{'model': ..., 'inner_lr': ...}`` (`mamlpp_params`). With
-  MSL off and the rates fixed this is `core.maml_loss_and_aux`.
+  `params` is ``{'model': ..., 'inner_lr': ...}`` (`mamlpp_params`), plus
+  ``'per_step_bn'`` when `bn` is given. With MSL off, the rates fixed and
+  no per-step batch norm this is `core.maml_loss_and_aux`. Before
+  adaptation, the model is evaluated with step 0's batch-norm copies.
   """
   model, rates = params['model'], params['inner_lr']
   if not learn_inner_lr:
     rates = jax.lax.stop_gradient(rates)
+  copies = None if bn is None else params['per_step_bn']
+  unadapted = model if bn is None else bn.put(
+      model, bn.at(copies, 0, num_inner_steps))
 
   def per_task(task):
-    return loss_fn(model, task['query']), per_step_query_losses(
+    return loss_fn(unadapted, task['query']), per_step_query_losses(
         loss_fn, model, task, inner_lr=rates, num_steps=num_inner_steps,
-        first_order=first_order, remat=remat)
+        first_order=first_order, remat=remat, bn=bn, bn_copies=copies)
 
   before, after = jax.vmap(per_task)(meta_batch)  # [tasks], [tasks, steps]
   after = jnp.mean(after, axis=0)
@@ -116,20 +250,28 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
                            msl_anneal_steps: int = 0,
                            learn_inner_lr: bool = True,
                            first_order_steps: int = 0,
+                           per_step_bn: bool = False,
+                           per_step_bn_filter: str = PER_STEP_BN_FILTER,
                            remat_inner_steps: bool = False,
                            task_batch_size: int | None = None
                            ) -> train_steps.MetaAlgorithm:
-  """MAML++ on any model without batch norm (see module docstring).
+  """MAML++ (see module docstring); `per_step_bn` needs batch norm.
 
   `task_batch_size`: meta-gradient that many tasks at a time
   (`core.over_task_batches`); the same gradient.
   """
+  def batch_norm(model_params):
+    if not per_step_bn:
+      return None
+    return PerStepBatchNorm.from_params(model_params, per_step_bn_filter)
+
   def grad_fn(first_order):
     def objective(params, batch, step):
       return mamlpp_loss_and_aux(
           loss_fn, params, batch, step=step, num_inner_steps=num_inner_steps,
           msl_anneal_steps=msl_anneal_steps, learn_inner_lr=learn_inner_lr,
-          first_order=first_order, remat=remat_inner_steps)
+          first_order=first_order, remat=remat_inner_steps,
+          bn=batch_norm(params['model']))
     return core.over_task_batches(
         jax.value_and_grad(objective, has_aux=True), task_batch_size)
 
@@ -148,16 +290,29 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
         meta_grad_norm=optax.global_norm(grads))
     return train_steps.apply_meta_gradient(state, grads, tx), metrics
 
+  def eval_init(meta_params):
+    bn = batch_norm(meta_params['model'])
+    if bn is None:
+      return meta_params['model']
+    return bn.put(meta_params['model'], bn.at(meta_params['per_step_bn'], 0,
+                                              num_inner_steps))
+
   def eval_step(meta_params, p, support, k):
-    return core.sgd_step(loss_fn, p, support, inner_lr=rates_at(
-        meta_params['inner_lr'], k, num_inner_steps))
+    bn = batch_norm(meta_params['model'])
+    bn_leaves = None if bn is None else bn.at(meta_params['per_step_bn'], k,
+                                              num_inner_steps)
+    return inner_step(loss_fn, p, support,
+                      rates=rates_at(meta_params['inner_lr'], k,
+                                     num_inner_steps),
+                      bn=bn, bn_leaves=bn_leaves)
 
   def init_params(model_params):
     return mamlpp_params(model_params, inner_lr=inner_lr,
-                         num_inner_steps=num_inner_steps)
+                         num_inner_steps=num_inner_steps,
+                         per_step_bn=batch_norm(model_params))
 
   return train_steps.MetaAlgorithm(
       train_step=train_step,
-      inner_loop=core.InnerLoop(init=lambda params: params['model'],
-                                step=eval_step, params=lambda p: p),
+      inner_loop=core.InnerLoop(init=eval_init, step=eval_step,
+                                params=lambda p: p),
       init_params=init_params)

@@ -255,8 +255,36 @@ def param_path(path) -> str:
   return '/'.join(core.key_path_names(path))
 
 
+def leaf_paths(params) -> list[str]:
+  """`param_path` of every leaf, in `jax.tree.leaves` order."""
+  return [param_path(p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def select_leaves(params, pattern: str, field: str) -> list[bool]:
+  """Which leaves' paths (`param_path`) the regular expression `pattern`
+  matches, in `jax.tree.leaves` order.
+
+  Raises:
+    ValueError: naming ``config.<field>``, the pattern and the paths, if it
+      selects no leaf or every leaf (nothing would be left on one side).
+  """
+  paths = leaf_paths(params)
+  regex = re.compile(pattern)
+  return _some_but_not_all([bool(regex.search(p)) for p in paths], paths,
+                           f'config.{field}={pattern!r}')
+
+
+def _some_but_not_all(mask, paths, what) -> list[bool]:
+  if not any(mask) or all(mask):
+    raise ValueError(
+        f'{what}: must select some but not all parameters; it selects '
+        f'{sum(mask)} of {len(mask)}; parameter paths: {", ".join(paths)}')
+  return mask
+
+
 def head_mask(params, head_filter: str | None) -> list[bool]:
-  """Which leaves (in `jax.tree.leaves` order) the inner loop adapts.
+  """Which leaves (in `jax.tree.leaves` order) ANIL's inner loop adapts.
 
   `head_filter` is a regular expression searched in each leaf's path
   (`param_path`); None means the last layer: the leaves whose path, without
@@ -266,32 +294,27 @@ def head_mask(params, head_filter: str | None) -> list[bool]:
     ValueError: naming the filter and the paths, if it selects no leaf or
       every leaf (then ANIL would be MAML).
   """
-  paths = [param_path(p) for p, _ in
-           jax.tree_util.tree_flatten_with_path(params)[0]]
-  if head_filter is None:
-    last = paths[-1].split('/')[:-2]
-    mask = [p.split('/')[:-2] == last for p in paths]
-  else:
-    pattern = re.compile(head_filter)
-    mask = [bool(pattern.search(p)) for p in paths]
-  if not any(mask) or all(mask):
-    raise ValueError(
-        f'config.head_filter={head_filter!r}: must select some but not all '
-        f'parameters; it selects {sum(mask)} of {len(mask)}; parameter '
-        f'paths: {", ".join(paths)}')
-  return mask
+  if head_filter is not None:
+    return select_leaves(params, head_filter, 'head_filter')
+  paths = leaf_paths(params)
+  last = paths[-1].split('/')[:-2]
+  return _some_but_not_all([p.split('/')[:-2] == last for p in paths], paths,
+                           'config.head_filter=None')
 
 
-def split_head(params, mask: list[bool]) -> tuple[list, list]:
+def split_leaves(params, mask: list[bool]) -> tuple[list, list]:
+  """The leaves `mask` selects and the others, each in leaf order."""
   leaves = jax.tree.leaves(params)
   return ([l for l, m in zip(leaves, mask) if m],
           [l for l, m in zip(leaves, mask) if not m])
 
 
-def merge_head(treedef_of, head: list, body: list, mask: list[bool]):
-  head, body = iter(head), iter(body)
-  return jax.tree.unflatten(jax.tree.structure(treedef_of),
-                            [next(head) if m else next(body) for m in mask])
+def merge_leaves(treedef_of, selected: list, others: list, mask: list[bool]):
+  """Inverse of `split_leaves`, in the tree of `treedef_of`."""
+  selected, others = iter(selected), iter(others)
+  return jax.tree.unflatten(
+      jax.tree.structure(treedef_of),
+      [next(selected) if m else next(others) for m in mask])
 
 
 @TRAIN_STEPS.register('anil')
@@ -311,15 +334,15 @@ def make_anil_train_step(*, loss_fn: core.LossFn,
   """
   def head_loss(body, mask, params_like):
     return lambda head, batch: loss_fn(
-        merge_head(params_like, head, body, mask), batch)
+        merge_leaves(params_like, head, body, mask), batch)
 
   def adapt(params, support):
     mask = head_mask(params, head_filter)
-    head, body = split_head(params, mask)
+    head, body = split_leaves(params, mask)
     head = core.adapt(head_loss(body, mask, params), head, support,
                       inner_lr=inner_lr, num_steps=num_inner_steps,
                       first_order=first_order, remat=remat_inner_steps)
-    return merge_head(params, head, body, mask)
+    return merge_leaves(params, head, body, mask)
 
   def objective(params, batch):
     def per_task(task):
@@ -334,10 +357,10 @@ def make_anil_train_step(*, loss_fn: core.LossFn,
   def eval_step(meta_params, p, support, k):
     del meta_params, k
     mask = head_mask(p, head_filter)
-    head, body = split_head(p, mask)
+    head, body = split_leaves(p, mask)
     head = core.sgd_step(head_loss(body, mask, p), head, support,
                          inner_lr=inner_lr)
-    return merge_head(p, head, body, mask)
+    return merge_leaves(p, head, body, mask)
 
   def init_params(model_params):
     head_mask(model_params, head_filter)  # Fail early on a bad filter.

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from configs import maml_omniglot
 from configs import maml_sine
 from maml_plugin import config_validation
 from maml_plugin.config_validation import ConfigError
@@ -97,8 +98,16 @@ def test_main_stops_before_training_with_one_line(tmp_path, override, expected):
   assert not (workdir / 'checkpoints').exists()
 
 
-def test_every_config_field_is_read_by_the_package():
-  """DESIGN.md: every field is read somewhere (no dead knobs)."""
+CONFIGS = ([('maml_sine', a) for a in (None,) + maml_sine.ALGORITHMS]
+           + [('maml_omniglot', a) for a in (None, '20w5s', 'mamlpp')])
+
+
+@pytest.mark.parametrize('module,arg', CONFIGS)
+def test_every_config_field_is_read_by_the_package(module, arg):
+  """DESIGN.md: every field is read somewhere (no dead knobs): by name in
+  the package (``config.name``, or the name as a string, as the Omniglot
+  sampler reads ``config[split_field]``), or as a hyper-parameter of the
+  config's train step."""
   sources = ''
   package = os.path.join(REPO, 'maml_plugin')
   for root, _, files in os.walk(package):
@@ -107,9 +116,13 @@ def test_every_config_field_is_read_by_the_package():
         with open(os.path.join(root, name)) as f:
           sources += f.read()
   from maml_plugin import train_steps  # pylint: disable=g-import-not-at-top
-  hparams = set(train_steps.hparam_names('maml'))
-  for field in maml_sine.get_config():
-    assert (f'config.{field}' in sources or field in hparams), (
+  config = {'maml_sine': maml_sine,
+            'maml_omniglot': maml_omniglot}[module].get_config(arg)
+  hparams = set(train_steps.hparam_names(config.train_step))
+  for field in config:
+    read = f'config.{field}' in sources or f"config['{field}']" in sources
+    named = f"'{field}'" in sources  # e.g. config[split_field]
+    assert read or named or field in hparams, (
         f'config.{field} is never read')
 
 
