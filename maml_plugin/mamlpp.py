@@ -197,6 +197,16 @@ def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
                           bn: PerStepBatchNorm | None = None,
                           bn_copies=None) -> jax.Array:
   """Query loss of ONE task after each inner step 1..N: ``[num_steps]``."""
+  return _adapt_per_step(loss_fn, params, task, inner_lr=inner_lr,
+                         num_steps=num_steps, first_order=first_order,
+                         remat=remat, bn=bn, bn_copies=bn_copies)[1]
+
+
+def _adapt_per_step(loss_fn, params, task, *, inner_lr, num_steps,
+                    first_order, remat, bn, bn_copies):
+  """`per_step_query_losses` and the params after the last step."""
+  del num_steps  # The leading axis of the rates (and copies) sets it.
+
   def body(p, xs):
     rates, bn_leaves = xs
     p = inner_step(loss_fn, p, task['support'], rates=rates, bn=bn,
@@ -205,17 +215,20 @@ def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
 
   # Leaves of rates and copies are [num_steps]: scan hands step k its own.
   stacked = None if bn is None else bn.stacked(bn_copies)
-  _, losses = jax.lax.scan(core.maybe_remat(body, remat), params,
-                           (inner_lr, stacked))
-  return losses
+  return jax.lax.scan(core.maybe_remat(body, remat), params,
+                      (inner_lr, stacked))
 
 
 def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
                         num_inner_steps: int, msl_anneal_steps: int,
                         learn_inner_lr: bool, first_order: bool,
                         remat: bool = False,
-                        bn: PerStepBatchNorm | None = None):
+                        bn: PerStepBatchNorm | None = None,
+                        metric_fn: core.LossFn | None = None):
   """The MAML++ meta-loss (MSL-weighted) and `core.MetaOutput` for metrics.
+
+  With `metric_fn` (e.g. accuracy) the output also holds its query mean
+  before adapting and after the last inner step.
 
   `params` is ``{'model': ..., 'inner_lr': ...}`` (`mamlpp_params`), plus
   ``'per_step_bn'`` when `bn` is given. With MSL off, the rates fixed and
@@ -230,17 +243,25 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
       model, bn.at(copies, 0, num_inner_steps))
 
   def per_task(task):
-    return loss_fn(unadapted, task['query']), per_step_query_losses(
+    adapted, after = _adapt_per_step(
         loss_fn, model, task, inner_lr=rates, num_steps=num_inner_steps,
         first_order=first_order, remat=remat, bn=bn, bn_copies=copies)
+    out = (loss_fn(unadapted, task['query']), after)
+    if metric_fn is not None:
+      out += (metric_fn(unadapted, task['query']),
+              metric_fn(adapted, task['query']))
+    return out
 
-  before, after = jax.vmap(per_task)(meta_batch)  # [tasks], [tasks, steps]
-  after = jnp.mean(after, axis=0)
+  values = jax.vmap(per_task)(meta_batch)  # after: [tasks, steps]
+  after = jnp.mean(values[1], axis=0)
   weights = msl_weights(step, num_inner_steps, msl_anneal_steps)
   loss = jnp.sum(weights * after)
+  metrics = (None, None)
+  if metric_fn is not None:
+    metrics = tuple(jax.lax.stop_gradient(jnp.mean(v)) for v in values[2:])
   return loss, core.MetaOutput(
-      query_loss_before=jax.lax.stop_gradient(jnp.mean(before)),
-      query_loss_after=jax.lax.stop_gradient(after[-1]))
+      jax.lax.stop_gradient(jnp.mean(values[0])),
+      jax.lax.stop_gradient(after[-1]), *metrics)
 
 
 @train_steps.TRAIN_STEPS.register('mamlpp')
@@ -253,9 +274,13 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
                            per_step_bn: bool = False,
                            per_step_bn_filter: str = PER_STEP_BN_FILTER,
                            remat_inner_steps: bool = False,
-                           task_batch_size: int | None = None
+                           task_batch_size: int | None = None,
+                           metric_fn: core.LossFn | None = None
                            ) -> train_steps.MetaAlgorithm:
   """MAML++ (see module docstring); `per_step_bn` needs batch norm.
+
+  With `metric_fn` (classification accuracy) the metrics also hold
+  ``query_accuracy_before`` and ``query_accuracy_after`` (the last step).
 
   `task_batch_size`: meta-gradient that many tasks at a time
   (`core.over_task_batches`); the same gradient.
@@ -271,7 +296,7 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
           loss_fn, params, batch, step=step, num_inner_steps=num_inner_steps,
           msl_anneal_steps=msl_anneal_steps, learn_inner_lr=learn_inner_lr,
           first_order=first_order, remat=remat_inner_steps,
-          bn=batch_norm(params['model']))
+          bn=batch_norm(params['model']), metric_fn=metric_fn)
     return core.over_task_batches(
         jax.value_and_grad(objective, has_aux=True), task_batch_size)
 
@@ -284,11 +309,8 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
                                      second, state.params, batch, state.step)
     else:
       (_, aux), grads = second(state.params, batch, state.step)
-    metrics = train_steps.TrainMetrics.single_from_model_output(
-        query_loss_before=aux.query_loss_before,
-        query_loss_after=aux.query_loss_after,
-        meta_grad_norm=optax.global_norm(grads))
-    return train_steps.apply_meta_gradient(state, grads, tx), metrics
+    return (train_steps.apply_meta_gradient(state, grads, tx),
+            train_steps.train_metrics(aux, grads))
 
   def eval_init(meta_params):
     bn = batch_norm(meta_params['model'])

@@ -138,18 +138,22 @@ def gradient_train_step(objective, tx: optax.GradientTransformation,
   def train_step(state: MetaTrainState, batch, rng: jax.Array):
     del rng  # These inner loops are deterministic given the batch.
     (_, aux), grads = grad_fn(state.params, batch)
-    outputs = dict(query_loss_before=aux.query_loss_before,
-                   query_loss_after=aux.query_loss_after,
-                   meta_grad_norm=optax.global_norm(grads))
-    if aux.query_metric_before is None:
-      metrics = TrainMetrics.single_from_model_output(**outputs)
-    else:
-      metrics = ClassificationTrainMetrics.single_from_model_output(
-          query_accuracy_before=aux.query_metric_before,
-          query_accuracy_after=aux.query_metric_after, **outputs)
-    return apply_meta_gradient(state, grads, tx), metrics
+    return apply_meta_gradient(state, grads, tx), train_metrics(aux, grads)
 
   return train_step
+
+
+def train_metrics(aux: core.MetaOutput, grads):
+  """The step's metrics: `TrainMetrics`, or `ClassificationTrainMetrics`
+  when `aux` holds a query metric (accuracy) before and after adapting."""
+  outputs = dict(query_loss_before=aux.query_loss_before,
+                 query_loss_after=aux.query_loss_after,
+                 meta_grad_norm=optax.global_norm(grads))
+  if aux.query_metric_before is None:
+    return TrainMetrics.single_from_model_output(**outputs)
+  return ClassificationTrainMetrics.single_from_model_output(
+      query_accuracy_before=aux.query_metric_before,
+      query_accuracy_after=aux.query_metric_after, **outputs)
 
 
 def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order,

@@ -234,6 +234,24 @@ def test_mamlpp_with_fixed_rates_and_msl_off_is_maml(first_order):
     np.testing.assert_array_equal(g, 0.0)
 
 
+def test_mamlpp_reports_the_query_metric_before_and_after_as_maml_does():
+  loss_fn, params, batch = _problem()
+
+  def metric_fn(p, b):  # Any scalar of the params and a batch.
+    return jnp.mean(jnp.abs(loss_fn(p, b) - b['y']))
+
+  meta = mamlpp.mamlpp_params(params, inner_lr=0.05, num_inner_steps=3)
+  _, aux = mamlpp.mamlpp_loss_and_aux(
+      loss_fn, meta, batch, step=0, num_inner_steps=3, msl_anneal_steps=0,
+      learn_inner_lr=False, first_order=False, metric_fn=metric_fn)
+  _, expected = core.maml_loss_and_aux(
+      loss_fn, params, batch, inner_lr=0.05, num_steps=3,
+      metric_fn=metric_fn)
+  _close(aux, expected)
+  assert aux.query_metric_after is not None
+  assert abs(float(aux.query_metric_after - aux.query_metric_before)) > 1e-6
+
+
 def test_mamlpp_learned_per_step_rates_match_finite_differences():
   loss_fn, params, batch = _problem()
   meta = mamlpp.mamlpp_params(params, inner_lr=0.05, num_inner_steps=2)

@@ -16,6 +16,7 @@ from maml_plugin import core
 from maml_plugin import evaluate
 from maml_plugin import train
 from maml_plugin.config_validation import ConfigError
+from tests import event_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +64,11 @@ def test_mamlpp_quick_run_checkpoints_per_step_bn_and_evaluates(
     report = json.load(f)
   # Restoring the checkpoint (copies and rates) reproduces the report.
   assert evaluate.evaluate(config, str(tmp_path)) == report
+  # MAML++ logs training accuracy like maml does.
+  scalars = event_files.read_scalars(str(tmp_path))
+  for tag in ('train/query_accuracy_before', 'train/query_accuracy_after'):
+    values = [float(v[-1]) for (t, _), v in scalars.items() if t == tag]
+    assert values and all(0.0 <= v <= 1.0 for v in values), tag
 
 
 def test_per_step_bn_on_the_sinusoid_mlp_is_a_config_error(tmp_path):
