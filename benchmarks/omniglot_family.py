@@ -18,16 +18,14 @@ earlier MAML++ row without them.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import maml_omniglot  # pylint: disable=g-import-not-at-top
-from maml_plugin import train
+from benchmarks import trainer_runs  # pylint: disable=g-import-not-at-top
 
 
 def config_for(name: str, num_train_steps: int, overrides: str = ''):
@@ -61,11 +59,7 @@ def main():
   for name in args.algorithms.split(','):
     config = config_for(name, args.num_train_steps, args.mamlpp_overrides)
     with tempfile.TemporaryDirectory() as workdir:
-      t0 = time.perf_counter()
-      train.train_and_evaluate(config, workdir)
-      wall = time.perf_counter() - t0
-      with open(os.path.join(workdir, 'evaluation.json')) as f:
-        report = json.load(f)
+      report, wall = trainer_runs.timed_run(config, workdir)
     cells = [f'{100 * report["inner_steps"][k]["mean"]:.1f} ± '
              f'{100 * report["inner_steps"][k]["ci95"]:.1f}%'
              for k in ('0', '1', '10')]

@@ -16,14 +16,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import logging  # pylint: disable=g-import-not-at-top
 
 from configs import maml_sine  # pylint: disable=g-import-not-at-top
-from maml_plugin import train  # pylint: disable=g-import-not-at-top
+from benchmarks import trainer_runs  # pylint: disable=g-import-not-at-top
 
 
 def run(name: str, num_train_steps: int, workdir: str) -> tuple[dict, float]:
@@ -37,12 +36,7 @@ def run(name: str, num_train_steps: int, workdir: str) -> tuple[dict, float]:
     config.msl_anneal_steps = num_train_steps // 10
     config.first_order_steps = num_train_steps // 3
   config.num_plot_tasks = 0
-  start = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
-  seconds = time.perf_counter() - start
-  import json  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, 'evaluation.json')) as f:
-    return json.load(f), seconds
+  return trainer_runs.timed_run(config, workdir)
 
 
 def main():

@@ -11,16 +11,14 @@ evaluation read back from the run's TensorBoard events.
 
 import argparse
 import glob
-import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import maml_sine  # pylint: disable=g-import-not-at-top
-from maml_plugin import train
+from benchmarks import trainer_runs  # pylint: disable=g-import-not-at-top
 
 
 def scalar_history(workdir: str, tag: str) -> list[tuple[int, float]]:
@@ -49,11 +47,7 @@ def main():
     if args.num_train_steps:
       config.num_train_steps = args.num_train_steps
     with tempfile.TemporaryDirectory() as workdir:
-      t0 = time.perf_counter()
-      train.train_and_evaluate(config, workdir)
-      wall = time.perf_counter() - t0
-      with open(os.path.join(workdir, 'evaluation.json')) as f:
-        report = json.load(f)
+      report, wall = trainer_runs.timed_run(config, workdir)
       history = scalar_history(workdir, 'eval/mse_step10')
     cells = [f'{report["inner_steps"][k]["mean"]:.3f} ± '
              f'{report["inner_steps"][k]["ci95"]:.3f}' for k in ('0', '1', '10')]

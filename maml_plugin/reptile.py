@@ -105,10 +105,9 @@ def make_reptile_train_step(*, loss_fn: core.LossFn,
   def train_step(state: train_steps.MetaTrainState, batch, rng):
     del rng  # Full-batch inner steps: deterministic given the batch.
     direction, (before, after) = update_fn(state.params, batch)
-    metrics = train_steps.TrainMetrics.single_from_model_output(
-        query_loss_before=before, query_loss_after=after,
-        meta_grad_norm=optax.global_norm(direction))
-    return train_steps.apply_meta_gradient(state, direction, tx), metrics
+    return (train_steps.apply_meta_gradient(state, direction, tx),
+            train_steps.train_metrics(core.MetaOutput(before, after),
+                                      direction))
 
   def eval_step(meta_params, carry, support, k):
     del meta_params, k
