@@ -77,7 +77,7 @@ class JaxlineStep:
     if self._evaluator is None:
       raise ValueError('evaluator=None: JaxlineStep.evaluate needs a '
                        'FewShotEvaluator')
-    curves = self._evaluator(self.state.params)
+    curves = self._evaluator(self.state.params, self.state.model_state)
     scalars = actions.evaluation_scalars(self._evaluator.metric, curves)
     if writer is not None:
       writer.write_scalars(_as_int(global_step), scalars)
