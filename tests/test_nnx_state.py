@@ -400,3 +400,24 @@ def test_parameter_only_module_gets_the_plain_loss():
   np.testing.assert_allclose(loss(model.params, batch),
                              np.mean((kernel[0, 0] + bias[0]) ** 2),
                              rtol=1e-6)
+
+
+def test_model_state_is_checkpointed_and_restored(tmp_path):
+  from maml_plugin import checkpointing  # pylint: disable=g-import-not-at-top
+  model = nnx_bridge.NNXModel(DropoutRecorder(nnx.Rngs(0)))
+  tx = optax.adam(1e-3)
+  step = jax.jit(maml_plugin.make_train_step(
+      'maml', loss_fn=model.task_loss(recorder_loss), tx=tx, inner_lr=0.1))
+  state = maml_plugin.MetaTrainState.create(model.params, tx,
+                                            model_state=model.model_state)
+  state, _ = step(state, recorder_batch(2), jax.random.key(3))
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  checkpointing.save(manager, state, jax.random.key(9))
+  fresh = maml_plugin.MetaTrainState.create(model.params, tx,
+                                            model_state=model.model_state)
+  restored, _ = checkpointing.restore_latest(manager, fresh,
+                                             jax.random.key(0))
+  manager.close()
+  assert int(pure(restored.model_state)['count']) == 2  # support, query
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
