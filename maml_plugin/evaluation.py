@@ -132,14 +132,15 @@ def summarize(curves, metric: str = 'mse') -> dict[int, StepSummary]:
   out = {}
   for k in range(curves.shape[1]):
     values = curves[finite[:, k], k]
-    mean, ci95 = ((float(values.mean()), float('nan')) if values.size == 1
-                  else mean_and_ci95(values) if values.size
-                  else (float('nan'), float('nan')))
+    if values.size >= 2:
+      mean, ci95 = mean_and_ci95(values)
+    else:  # No spread from fewer than 2 tasks; no mean from none.
+      mean, ci95 = (float(values[0]) if values.size else math.nan), math.nan
     both = finite[:, k] & finite[:, 0]
     worse = sign * (curves[both, k] - curves[both, 0]) > 0
     out[k] = StepSummary(
         mean=mean, ci95=ci95,
-        median=float(np.median(values)) if values.size else float('nan'),
+        median=float(np.median(values)) if values.size else math.nan,
         nonfinite=int((~finite[:, k]).sum()), diverged=int(worse.sum()))
   return out
 

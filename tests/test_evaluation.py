@@ -90,8 +90,8 @@ def _strict_json(path):
 
 
 def test_a_step_with_no_finite_task_is_written_as_null(tmp_path):
-  curves = np.array([[1.0, np.nan, 0.5], [2.0, np.inf, 0.25],
-                     [1.5, np.nan, np.nan]])
+  curves = np.array([[1.0, np.nan, 0.5, np.nan], [2.0, np.inf, 0.25, np.nan],
+                     [1.5, np.nan, np.nan, 0.7]])
   report = actions.evaluation_report('mse', curves, train_step=1)
   path = actions.write_evaluation_report(str(tmp_path), report)
   steps = _strict_json(path)['inner_steps']
@@ -102,6 +102,8 @@ def test_a_step_with_no_finite_task_is_written_as_null(tmp_path):
   assert steps['2']['ci95'] == pytest.approx(
       1.96 * statistics.stdev([0.5, 0.25]) / math.sqrt(2))
   assert steps['2']['nonfinite'] == 1
+  assert steps['3'] == {'mean': 0.7, 'ci95': None, 'median': 0.7,
+                        'nonfinite': 2, 'diverged': 0}  # 0.7 < 1.5
   assert 'nan' in actions.format_table(report).splitlines()[3]
 
 
