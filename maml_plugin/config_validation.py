@@ -116,8 +116,9 @@ FIELDS: dict[str, tuple[Check, str]] = {
     'meta_lr_schedule': (one_of('constant', 'linear', 'cosine'),
                          "one of 'constant', 'linear', 'cosine'"),
     'remat_inner_steps': (boolean, 'True or False'),
-    'task_batch_size': (positive_int, 'an int > 0 that divides '
-                        'config.meta_batch_size'),
+    'task_batch_size': (lambda v: v is None or positive_int(v),
+                        'an int > 0 that divides config.meta_batch_size, '
+                        'or None (all tasks in one vmap)'),
     'inner_optimizer': (one_of('sgd', 'adam'), "one of 'sgd', 'adam'"),
     'head_filter': (regex_or_none,
                     'None (the last layer) or a non-empty regular expression '
