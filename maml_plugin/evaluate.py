@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from maml_plugin import actions
 from maml_plugin import checkpointing
+from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import train
 from maml_plugin.tasks import episodic
@@ -52,6 +53,16 @@ def evaluate(config, workdir: str) -> dict:
       model_state=state.model_state)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a `--config` path that does not exist is looked up
+  among the shipped configs (`config_files.resolve`)."""
+  try:
+    argv = config_files.resolve_argv(argv)
+  except config_files.ConfigFileError as e:
+    raise SystemExit(f'maml_plugin: bad config: {e}') from None
+  return app.parse_flags_with_usage(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
@@ -67,4 +78,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

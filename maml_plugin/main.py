@@ -13,6 +13,7 @@ Several hosts (one process each) train one run together::
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
 """
 
+import difflib
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from maml_plugin import checkpointing
+from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import distributed
 from maml_plugin import guards
@@ -55,8 +57,44 @@ def _fail(message: str):
   os._exit(1)
 
 
+def _one_line(e: Exception) -> str:
+  # A KeyError's str() is the repr of its message, quotes and \n included.
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return ' '.join(text.split())
+
+
+def _explain_config_error(argv: list[str]) -> str | None:
+  """One line for a failure in the config file or in an override of a field
+  the config lacks (ml_collections says it in several lines), or None."""
+  value = config_files.config_value(argv)
+  if value is None:
+    return None
+  try:
+    config = config_files.load(value)
+  except Exception as e:  # The config file's own error, e.g. a bad `:arg`.
+    return f'--config={value}: {type(e).__name__}: {_one_line(e)}'
+  fields = list(config.keys()) if hasattr(config, 'keys') else []
+  for arg in argv[1:]:
+    match = _OVERRIDE.match(arg)
+    if not match:
+      continue
+    name, override = match.groups()
+    field = name.split('.', 1)[0]
+    if field in fields:
+      continue
+    close = difflib.get_close_matches(field, fields, n=3, cutoff=0.5)
+    names = ', '.join(f'config.{f}' for f in (close or sorted(fields)))
+    return (f'config.{name}={override}: {value} has no field {field!r} '
+            f'({"close names" if close else "its fields"}: {names})')
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with config errors as one line (no traceback)."""
+  """absl's flag parsing, with config errors as one line (no traceback).
+
+  A `--config` path that does not exist is looked up among the shipped
+  configs (`config_files.resolve`).
+  """
   for arg in argv[1:]:
     match = _OVERRIDE.match(arg)
     if match:
@@ -65,15 +103,24 @@ def parse_flags(argv: list[str]) -> list[str]:
       except config_validation.ConfigError as e:
         _fail(f'bad config: {e}')
   try:
-    return FLAGS(argv)
+    resolved = config_files.resolve_argv(argv)
+  except config_files.ConfigFileError as e:
+    _fail(f'bad config: {e}')
+  try:
+    return FLAGS(resolved)
   except flags.Error as e:
     match = _PARSE_ERROR.search(str(e))
     if match:
       _fail('bad config: ' + config_validation.describe_parse_error(
           *match.groups()))
-    _fail(f'bad flag: {" ".join(str(e).split())}')
+    explained = _explain_config_error(argv)
+    if explained:
+      _fail(f'bad config: {explained}')
+    _fail(f'bad flag: {_one_line(e)}')
   except Exception as e:  # ml_collections raises many types while overriding.
-    _fail(f'bad config: {type(e).__name__}: {" ".join(str(e).split())}')
+    explained = _explain_config_error(argv)
+    _fail('bad config: '
+          + (explained or f'{type(e).__name__}: {_one_line(e)}'))
 
 
 def main(argv):
@@ -88,6 +135,8 @@ def main(argv):
                                num_devices=distributed.num_task_devices())
   except config_validation.ConfigError as e:
     _fail(f'bad config: {e}')
+  logging.info('config file: %s', config_flags.get_config_filename(
+      FLAGS['config']))
   logging.info('workdir: %s', FLAGS.workdir)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
