@@ -7,6 +7,13 @@ The pure core::
   meta_grad = jax.grad(maml_plugin.maml_loss, argnums=1)(
       loss_fn, params, meta_batch, inner_lr=0.01)
 
+Any NNX module, BatchNorm and Dropout included (`maml_plugin.nnx_bridge`)::
+
+  model = maml_plugin.NNXModel(net)          # params, model_state, keys
+  loss_fn = model.task_loss(lambda net, batch: ...)   # a StatefulLoss
+  state = maml_plugin.MetaTrainState.create(model.params, tx,
+                                            model_state=model.model_state)
+
 The registered train steps (``train_step(state, batch, rng)``): 'maml',
 'fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp'::
 
@@ -22,10 +29,12 @@ the params its train state holds)::
 """
 
 from maml_plugin.core import InnerLoop
+from maml_plugin.core import StatefulLoss
 from maml_plugin.core import adapt
 from maml_plugin.core import maml_loss
 from maml_plugin.core import maml_loss_and_aux
 from maml_plugin.core import sgd_step
+from maml_plugin.nnx_bridge import NNXModel
 from maml_plugin.train_steps import MetaAlgorithm
 from maml_plugin.train_steps import MetaTrainState
 from maml_plugin.train_steps import TRAIN_STEPS
@@ -34,6 +43,7 @@ from maml_plugin.train_steps import make_train_step
 
 __all__ = [
     'adapt', 'maml_loss', 'maml_loss_and_aux', 'sgd_step', 'InnerLoop',
+    'StatefulLoss', 'NNXModel',
     'MetaAlgorithm', 'MetaTrainState', 'TRAIN_STEPS', 'make_algorithm',
     'make_train_step',
 ]

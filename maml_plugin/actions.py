@@ -54,7 +54,9 @@ class FewShotEvaluation(periodic_actions.PeriodicAction):
 
   def _apply(self, step: int, t: float):
     del t
-    self.last_curves = self._evaluator(self._state_fn().params)
+    state = self._state_fn()
+    self.last_curves = self._evaluator(state.params,
+                                       getattr(state, 'model_state', None))
     self._writer.write_scalars(
         step, evaluation_scalars(self._evaluator.metric, self.last_curves))
     self._writer.flush()

@@ -48,7 +48,8 @@ def evaluate(config, workdir: str) -> dict:
   manager.close()
   return train.evaluate_and_report(
       config, problem, state.params, int(state.step), workdir,
-      evaluator=train.create_evaluator(config, problem, algorithm=algorithm))
+      evaluator=train.create_evaluator(config, problem, algorithm=algorithm),
+      model_state=state.model_state)
 
 
 def main(argv):

@@ -28,12 +28,26 @@ from maml_plugin import core
 Z_95 = 1.96  # two-sided 95% normal quantile
 
 
-def _inner_loop(loss_fn, inner_lr, inner_loop):
+def _inner_loop(loss_fn, inner_lr, inner_loop, model_state=None):
   if inner_loop is not None:
     return inner_loop
   if inner_lr is None:
     raise ValueError('inner_lr=None and inner_loop=None: give one of them')
-  return core.sgd_inner_loop(loss_fn, inner_lr)
+  loop = core.sgd_inner_loop(core.bind_state(loss_fn, model_state), inner_lr)
+  if core.is_stateful(loss_fn):
+    loop = loop._replace(loss_at=lambda fn, k: core.bind_state(fn,
+                                                               model_state))
+  return loop
+
+
+def _measure(loop: core.InnerLoop, metric_fn, k):
+  """The parameter-only metric evaluation reads after `k` inner steps."""
+  if loop.loss_at is not None:
+    return loop.loss_at(metric_fn, k)
+  if core.is_stateful(metric_fn):
+    raise ValueError('a core.StatefulLoss metric needs an inner loop that '
+                     'binds the model state (MetaAlgorithm.eval_inner_loop)')
+  return metric_fn
 
 
 def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
@@ -49,10 +63,11 @@ def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
 
   def body(carry, k):
     carry = loop.step(params, carry, task['support'], k)
-    return carry, metric_fn(loop.params(carry), task['query'])
+    return carry, _measure(loop, metric_fn, k + 1)(loop.params(carry),
+                                                   task['query'])
 
   carry = loop.init(params)
-  before = metric_fn(loop.params(carry), task['query'])
+  before = _measure(loop, metric_fn, 0)(loop.params(carry), task['query'])
   _, after = jax.lax.scan(body, carry, jnp.arange(max_steps, dtype=jnp.int32))
   return jnp.concatenate([before[None], after])
 
@@ -118,25 +133,44 @@ class FewShotEvaluator:
   ``FewShotEvaluator(loss_fn, tasks, inner_lr=..., max_steps=10)(params)``
   returns the ``[num_tasks, max_steps + 1]`` curves as a NumPy array. It
   reads params and never changes them (nor any other stored state).
+
+  A model with state (`core.StatefulLoss`): pass its evaluation loss and
+  metric (dropout off; batch norm from each batch's statistics or from the
+  stored averages, `nnx_bridge.NNXModel.eval_loss`), the algorithm's
+  ``inner_loop_for=algorithm.eval_inner_loop``, and call
+  ``evaluator(params, model_state)``: the state is read, never changed.
   """
 
   def __init__(self, loss_fn: core.LossFn, tasks, *, inner_lr=None,
                max_steps: int, metric: str = 'mse',
                metric_fn: core.LossFn | None = None,
                inner_loop: core.InnerLoop | None = None,
+               inner_loop_for=None,
                task_batch_size: int | None = None):
     self.tasks = tasks
     self.metric = metric
     self.max_steps = max_steps
     self.num_tasks = int(jax.tree.leaves(tasks['query'])[0].shape[0])
-    self._curves = jax.jit(lambda params, tasks: adaptation_curves(
-        loss_fn, params, tasks, inner_lr=inner_lr, max_steps=max_steps,
-        metric_fn=metric_fn, inner_loop=inner_loop,
-        task_batch_size=task_batch_size))
-    self.inner_loop = _inner_loop(loss_fn, inner_lr, inner_loop)
+    self.loss_fn = loss_fn
+    self.metric_fn = loss_fn if metric_fn is None else metric_fn
 
-  def __call__(self, params) -> np.ndarray:
-    return np.asarray(jax.device_get(self._curves(params, self.tasks)))
+    def loop_for(model_state):
+      if inner_loop_for is not None:
+        return inner_loop_for(loss_fn, model_state)
+      return _inner_loop(loss_fn, inner_lr, inner_loop, model_state)
+
+    self.loop_for = loop_for
+    self._curves = jax.jit(lambda params, model_state, tasks:
+                           adaptation_curves(
+                               loss_fn, params, tasks, max_steps=max_steps,
+                               metric_fn=self.metric_fn,
+                               inner_loop=loop_for(model_state),
+                               task_batch_size=task_batch_size))
+    self.inner_loop = loop_for(None) if not core.is_stateful(loss_fn) else None
+
+  def __call__(self, params, model_state=None) -> np.ndarray:
+    return np.asarray(jax.device_get(self._curves(params, model_state,
+                                                  self.tasks)))
 
 
 def sinusoid_fits(predict_fn, loss_fn: core.LossFn, params, tasks, *,

@@ -37,15 +37,17 @@ For a model with batch norm (Conv-4, configs/maml_omniglot.py:mamlpp):
   `meta_lr`, like the weights), and the model's own batch-norm leaves are
   then unused (their meta-gradient is zero). A filter that selects
   no leaf (the MLP has no batch norm) is a config error.
-* BNRS, per-step batch statistics: Conv-4's batch norm keeps no running
-  statistics; it normalises with the statistics of the batch being
-  forwarded (or of the task's support set, ``transductive=False``), so the
-  forward of step k already uses step k's own statistics. That is what the
-  reference code computes too: it accumulates per-step running means and
-  variances but normalises with ``training=True`` batch statistics, so
-  they never reach an output. Running averages that nothing reads are not
-  kept here, and a mode that normalises evaluation with stored per-step
-  statistics is not built.
+* BNRS, per-step batch-norm statistics (``per_step_bn_stats=True``, for a
+  model with state, `core.StatefulLoss`, e.g. NNX `BatchNorm` running
+  averages): the train state's ``model_state`` holds one independent copy
+  per inner step (each leaf ``[num_inner_steps, ...]``, all starting at the
+  model's state; separate arrays, so updating one never touches another,
+  unlike the reference code, whose backup and restore of the statistics
+  share storage). Inner step k's support forward and the query forward
+  after step k use and update copy k; the meta-step stores the mean over
+  tasks. Evaluation with stored statistics reads copy k at step k (copy 0
+  before adapting). Conv-4 (`models.Conv4`) keeps no running statistics:
+  its batch norm always uses the batch's own, so BNRS does not apply to it.
 
 Evaluation with more inner steps than training: step ``k >= num_inner_steps``
 reuses the LAST learned rate (step ``num_inner_steps - 1``'s) and the last
@@ -168,28 +170,31 @@ class PerStepBatchNorm:
 
 
 def inner_step(loss_fn: core.LossFn, params, support, *, rates, bn=None,
-               bn_leaves=None, first_order: bool = False):
+               bn_leaves=None, first_order: bool = False, model_state=None,
+               rng=None):
   """One MAML++ inner step of ONE task at the step's own rates.
 
   With `bn` (a `PerStepBatchNorm`), the step's copies `bn_leaves` are put in
   place first and only the other leaves are updated; the result holds
-  `bn_leaves`, so the loss after the step uses the same copies.
+  `bn_leaves`, so the loss after the step uses the same copies. For a
+  `core.StatefulLoss` returns ``(params, model_state)``.
   """
+  state_kw = dict(model_state=model_state, rng=rng)
   if bn is None:
     return core.sgd_step(loss_fn, params, support, inner_lr=rates,
-                         first_order=first_order)
+                         first_order=first_order, **state_kw)
   mask = list(bn.mask)
   params = bn.put(params, bn_leaves)
   _, adapted = train_steps.split_leaves(params, mask)
   _, adapted_rates = train_steps.split_leaves(rates, mask)
-
-  def adapted_loss(leaves, batch):
-    return loss_fn(train_steps.merge_leaves(params, bn_leaves, leaves, mask),
-                   batch)
-
-  adapted = core.sgd_step(adapted_loss, adapted, support,
-                          inner_lr=adapted_rates, first_order=first_order)
-  return train_steps.merge_leaves(params, bn_leaves, adapted, mask)
+  adapted_loss = train_steps.restrict_loss(
+      loss_fn, lambda leaves: train_steps.merge_leaves(params, bn_leaves,
+                                                       leaves, mask))
+  out = core.sgd_step(adapted_loss, adapted, support, inner_lr=adapted_rates,
+                      first_order=first_order, **state_kw)
+  adapted, state = out if core.is_stateful(loss_fn) else (out, None)
+  adapted = train_steps.merge_leaves(params, bn_leaves, adapted, mask)
+  return (adapted, state) if core.is_stateful(loss_fn) else adapted
 
 
 def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
@@ -198,25 +203,57 @@ def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
                           bn_copies=None) -> jax.Array:
   """Query loss of ONE task after each inner step 1..N: ``[num_steps]``."""
   return _adapt_per_step(loss_fn, params, task, inner_lr=inner_lr,
-                         num_steps=num_steps, first_order=first_order,
-                         remat=remat, bn=bn, bn_copies=bn_copies)[1]
+                         first_order=first_order, remat=remat, bn=bn,
+                         bn_copies=bn_copies)[1]
 
 
-def _adapt_per_step(loss_fn, params, task, *, inner_lr, num_steps,
-                    first_order, remat, bn, bn_copies):
-  """`per_step_query_losses` and the params after the last step."""
-  del num_steps  # The leading axis of the rates (and copies) sets it.
+def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
+                    bn, bn_copies, model_state=None, rng=None,
+                    per_step_stats: bool = False):
+  """``(params after the last step, query losses [N], model state)``.
 
-  def body(p, xs):
-    rates, bn_leaves = xs
-    p = inner_step(loss_fn, p, task['support'], rates=rates, bn=bn,
-                   bn_leaves=bn_leaves, first_order=first_order)
-    return p, loss_fn(p, task['query'])
+  The model state (a `core.StatefulLoss`; None otherwise) is threaded
+  through step k's support forward and the query forward after it, in
+  order; with `per_step_stats` its leaves are ``[N, ...]`` and step k
+  threads copy k only, returning the N updated copies.
+  """
+  fn = core.StatefulLoss(core.as_stateful(loss_fn))
+  num_steps = jax.tree.leaves(inner_lr)[0].shape[0]
+
+  def step(p, state, rates, bn_leaves, k):
+    p, state = inner_step(fn, p, task['support'], rates=rates, bn=bn,
+                          bn_leaves=bn_leaves, first_order=first_order,
+                          model_state=state, rng=core.support_key(rng, k))
+    loss, state = fn.fn(p, state, task['query'], core.query_key(rng, k))
+    return p, state, loss
+
+  def body(carry, xs):
+    rates, bn_leaves, k, state_k = xs
+    if per_step_stats:
+      p, state_k, loss = step(carry, state_k, rates, bn_leaves, k)
+      return p, (loss, state_k)
+    p, state = carry
+    p, state, loss = step(p, state, rates, bn_leaves, k)
+    return (p, state), (loss, None)
 
   # Leaves of rates and copies are [num_steps]: scan hands step k its own.
   stacked = None if bn is None else bn.stacked(bn_copies)
-  return jax.lax.scan(core.maybe_remat(body, remat), params,
-                      (inner_lr, stacked))
+  steps = jnp.arange(num_steps, dtype=jnp.int32)
+  if per_step_stats:
+    params, (losses, states) = jax.lax.scan(
+        core.maybe_remat(body, remat), params,
+        (inner_lr, stacked, steps, model_state))
+    return params, losses, states
+  (params, state), (losses, _) = jax.lax.scan(
+      core.maybe_remat(body, remat), (params, model_state),
+      (inner_lr, stacked, steps, None))
+  return params, losses, state
+
+
+def state_at(model_state, k, num_steps: int):
+  """Copy `k` of per-step statistics; steps past training reuse the last."""
+  k = jnp.minimum(k, num_steps - 1)
+  return jax.tree.map(lambda s: s[k], model_state)
 
 
 def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
@@ -224,7 +261,9 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
                         learn_inner_lr: bool, first_order: bool,
                         remat: bool = False,
                         bn: PerStepBatchNorm | None = None,
-                        metric_fn: core.LossFn | None = None):
+                        metric_fn: core.LossFn | None = None,
+                        model_state=None, rng=None,
+                        per_step_stats: bool = False):
   """The MAML++ meta-loss (MSL-weighted) and `core.MetaOutput` for metrics.
 
   With `metric_fn` (e.g. accuracy) the output also holds its query mean
@@ -233,7 +272,10 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
   `params` is ``{'model': ..., 'inner_lr': ...}`` (`mamlpp_params`), plus
   ``'per_step_bn'`` when `bn` is given. With MSL off, the rates fixed and
   no per-step batch norm this is `core.maml_loss_and_aux`. Before
-  adaptation, the model is evaluated with step 0's batch-norm copies.
+  adaptation, the model is evaluated with step 0's batch-norm copies (and
+  step 0's statistics with `per_step_stats`). `model_state` and `rng` as in
+  `core.maml_loss_and_aux`; ``MetaOutput.model_state`` is the mean over
+  tasks of the state each task leaves.
   """
   model, rates = params['model'], params['inner_lr']
   if not learn_inner_lr:
@@ -241,27 +283,38 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
   copies = None if bn is None else params['per_step_bn']
   unadapted = model if bn is None else bn.put(
       model, bn.at(copies, 0, num_inner_steps))
+  fn = core.as_stateful(loss_fn)
+  metric = None if metric_fn is None else core.as_stateful(metric_fn)
+  state_before = (state_at(model_state, 0, num_inner_steps)
+                  if per_step_stats else model_state)
 
-  def per_task(task):
-    adapted, after = _adapt_per_step(
-        loss_fn, model, task, inner_lr=rates, num_steps=num_inner_steps,
-        first_order=first_order, remat=remat, bn=bn, bn_copies=copies)
-    out = (loss_fn(unadapted, task['query']), after)
-    if metric_fn is not None:
-      out += (metric_fn(unadapted, task['query']),
-              metric_fn(adapted, task['query']))
-    return out
+  def per_task(task, key):
+    adapted, after, state = _adapt_per_step(
+        loss_fn, model, task, inner_lr=rates, first_order=first_order,
+        remat=remat, bn=bn, bn_copies=copies, model_state=model_state,
+        rng=key, per_step_stats=per_step_stats)
+    qkey = core.query_key(key, num_inner_steps)
+    out = (fn(unadapted, state_before, task['query'], qkey)[0], after)
+    if metric is not None:
+      state_last = (state_at(state, num_inner_steps - 1, num_inner_steps)
+                    if per_step_stats else state)
+      out += (metric(unadapted, state_before, task['query'], qkey)[0],
+              metric(adapted, state_last, task['query'], qkey)[0])
+    return out, state
 
-  values = jax.vmap(per_task)(meta_batch)  # after: [tasks, steps]
-  after = jnp.mean(values[1], axis=0)
+  values, states = core.vmap_tasks(per_task, meta_batch, rng)
+  after = jnp.mean(values[1], axis=0)  # values[1]: [tasks, steps]
   weights = msl_weights(step, num_inner_steps, msl_anneal_steps)
   loss = jnp.sum(weights * after)
   metrics = (None, None)
   if metric_fn is not None:
     metrics = tuple(jax.lax.stop_gradient(jnp.mean(v)) for v in values[2:])
+  new_state = None
+  if core.is_stateful(loss_fn):
+    new_state = jax.lax.stop_gradient(core.mean_over_tasks(states))
   return loss, core.MetaOutput(
       jax.lax.stop_gradient(jnp.mean(values[0])),
-      jax.lax.stop_gradient(after[-1]), *metrics)
+      jax.lax.stop_gradient(after[-1]), *metrics, model_state=new_state)
 
 
 @train_steps.TRAIN_STEPS.register('mamlpp')
@@ -273,6 +326,7 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
                            first_order_steps: int = 0,
                            per_step_bn: bool = False,
                            per_step_bn_filter: str = PER_STEP_BN_FILTER,
+                           per_step_bn_stats: bool = False,
                            remat_inner_steps: bool = False,
                            task_batch_size: int | None = None,
                            metric_fn: core.LossFn | None = None
@@ -282,59 +336,95 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
   With `metric_fn` (classification accuracy) the metrics also hold
   ``query_accuracy_before`` and ``query_accuracy_after`` (the last step).
 
-  `task_batch_size`: meta-gradient that many tasks at a time
-  (`core.over_task_batches`); the same gradient.
+  `per_step_bn_stats` (BNRS) needs a `core.StatefulLoss` whose model state
+  holds the statistics. `task_batch_size`: meta-gradient that many tasks
+  at a time (`core.over_task_batches`); the same gradient.
   """
+  stateful = core.is_stateful(loss_fn)
+  if per_step_bn_stats and not stateful:
+    raise ValueError(
+        'per_step_bn_stats=True: needs a model with batch-norm statistics '
+        '(a core.StatefulLoss, e.g. an NNX model with nnx.BatchNorm); this '
+        'loss is parameter-only')
+
   def batch_norm(model_params):
     if not per_step_bn:
       return None
     return PerStepBatchNorm.from_params(model_params, per_step_bn_filter)
 
   def grad_fn(first_order):
-    def objective(params, batch, step):
+    def objective(params, tasks, model_state, step):
+      batch, keys = tasks
       return mamlpp_loss_and_aux(
           loss_fn, params, batch, step=step, num_inner_steps=num_inner_steps,
           msl_anneal_steps=msl_anneal_steps, learn_inner_lr=learn_inner_lr,
           first_order=first_order, remat=remat_inner_steps,
-          bn=batch_norm(params['model']), metric_fn=metric_fn)
+          bn=batch_norm(params['model']), metric_fn=metric_fn,
+          model_state=model_state, rng=keys,
+          per_step_stats=per_step_bn_stats)
     return core.over_task_batches(
         jax.value_and_grad(objective, has_aux=True), task_batch_size)
 
   first, second = grad_fn(True), grad_fn(False)
 
   def train_step(state: train_steps.MetaTrainState, batch, rng):
-    del rng  # Deterministic given the batch.
+    tasks = core.with_task_keys(batch, rng if stateful else None)
+    args = (state.params, tasks, state.model_state, state.step)
     if first_order_steps:
       (_, aux), grads = jax.lax.cond(state.step < first_order_steps, first,
-                                     second, state.params, batch, state.step)
+                                     second, *args)
     else:
-      (_, aux), grads = second(state.params, batch, state.step)
-    return (train_steps.apply_meta_gradient(state, grads, tx),
-            train_steps.train_metrics(aux, grads))
+      (_, aux), grads = second(*args)
+    new_state = train_steps.apply_meta_gradient(state, grads, tx)
+    if stateful:
+      new_state = new_state.replace(model_state=aux.model_state)
+    return new_state, train_steps.train_metrics(aux, grads)
 
-  def eval_init(meta_params):
-    bn = batch_norm(meta_params['model'])
-    if bn is None:
-      return meta_params['model']
-    return bn.put(meta_params['model'], bn.at(meta_params['per_step_bn'], 0,
-                                              num_inner_steps))
+  def inner_loop(loss, loss_at=None):
+    def init(meta_params):
+      bn = batch_norm(meta_params['model'])
+      if bn is None:
+        return meta_params['model']
+      return bn.put(meta_params['model'],
+                    bn.at(meta_params['per_step_bn'], 0, num_inner_steps))
 
-  def eval_step(meta_params, p, support, k):
-    bn = batch_norm(meta_params['model'])
-    bn_leaves = None if bn is None else bn.at(meta_params['per_step_bn'], k,
-                                              num_inner_steps)
-    return inner_step(loss_fn, p, support,
-                      rates=rates_at(meta_params['inner_lr'], k,
-                                     num_inner_steps),
-                      bn=bn, bn_leaves=bn_leaves)
+    def step(meta_params, p, support, k):
+      bn = batch_norm(meta_params['model'])
+      bn_leaves = None if bn is None else bn.at(meta_params['per_step_bn'],
+                                                k, num_inner_steps)
+      step_loss = loss if loss_at is None else loss_at(loss, k, support=True)
+      return inner_step(step_loss, p, support,
+                        rates=rates_at(meta_params['inner_lr'], k,
+                                       num_inner_steps),
+                        bn=bn, bn_leaves=bn_leaves)
+
+    return core.InnerLoop(
+        init=init, step=step, params=lambda p: p,
+        loss_at=None if loss_at is None else (
+            lambda fn, k: loss_at(fn, k, support=False)))
+
+  def per_step_inner_loop(loss, model_state):
+    """BNRS evaluation: step k's support forward reads copy k, the query
+    after k steps copy k - 1 (copy 0 before adapting)."""
+    def loss_at(fn, k, support):
+      k = k if support else jnp.maximum(k - 1, 0)
+      return core.bind_state(fn, state_at(model_state, k, num_inner_steps))
+    return inner_loop(loss, loss_at)
 
   def init_params(model_params):
     return mamlpp_params(model_params, inner_lr=inner_lr,
                          num_inner_steps=num_inner_steps,
                          per_step_bn=batch_norm(model_params))
 
+  def init_model_state(model_state):
+    if not per_step_bn_stats:
+      return model_state
+    # One independent array per leaf: copy k is row k, never shared.
+    return jax.tree.map(
+        lambda s: jnp.repeat(s[None], num_inner_steps, axis=0), model_state)
+
   return train_steps.MetaAlgorithm(
-      train_step=train_step,
-      inner_loop=core.InnerLoop(init=eval_init, step=eval_step,
-                                params=lambda p: p),
-      init_params=init_params)
+      train_step=train_step, inner_loop_for=inner_loop,
+      init_params=init_params, loss_fn=loss_fn,
+      stateful_inner_loop=per_step_inner_loop if per_step_bn_stats else None,
+      init_model_state=init_model_state)

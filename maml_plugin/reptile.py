@@ -45,17 +45,26 @@ def inner_optimizer_for(name: str, inner_lr: float
 
 def adapt_with_optimizer(loss_fn: core.LossFn, params, batch, *,
                          inner_tx: optax.GradientTransformation,
-                         num_steps: int):
-  """`num_steps` steps of `inner_tx` on ONE task's `batch` (pure, scanned)."""
-  def body(carry, _):
-    p, opt_state = carry
-    grads = jax.grad(loss_fn)(p, batch)
-    updates, opt_state = inner_tx.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), None
+                         num_steps: int, model_state=None, rng=None):
+  """`num_steps` steps of `inner_tx` on ONE task's `batch` (pure, scanned).
 
-  (params, _), _ = jax.lax.scan(body, (params, inner_tx.init(params)), None,
-                                length=num_steps)
-  return params
+  For a `core.StatefulLoss`, step k's forward pass gets the state step
+  k-1 left and the key ``core.support_key(rng, k)``; returns
+  ``(params, model_state)``. Otherwise returns the params.
+  """
+  fn = core.as_stateful(loss_fn)
+
+  def body(carry, k):
+    p, opt_state, state = carry
+    grads, state = jax.grad(fn, has_aux=True)(p, state, batch,
+                                              core.support_key(rng, k))
+    updates, opt_state = inner_tx.update(grads, opt_state, p)
+    return (optax.apply_updates(p, updates), opt_state, state), None
+
+  (params, _, model_state), _ = jax.lax.scan(
+      body, (params, inner_tx.init(params), model_state),
+      jnp.arange(num_steps, dtype=jnp.int32))
+  return (params, model_state) if core.is_stateful(loss_fn) else params
 
 
 def all_examples(task):
@@ -65,22 +74,32 @@ def all_examples(task):
 
 
 def reptile_update(loss_fn: core.LossFn, params, meta_batch, *,
-                   inner_tx: optax.GradientTransformation, num_steps: int):
-  """``(theta - mean_i theta_i, (loss before, loss after))`` over the tasks.
+                   inner_tx: optax.GradientTransformation, num_steps: int,
+                   model_state=None, rng=None):
+  """``(theta - mean_i theta_i, (loss before, loss after, model state))``.
 
   The losses are the mean over tasks of the loss on all of a task's
-  examples before and after its adaptation (for metrics only).
+  examples before and after its adaptation (for metrics only). The model
+  state (`core.StatefulLoss`; None otherwise) is the mean over tasks of the
+  state each task's adaptation left.
   """
-  def per_task(task):
-    data = all_examples(task)
-    adapted = adapt_with_optimizer(loss_fn, params, data, inner_tx=inner_tx,
-                                   num_steps=num_steps)
-    return adapted, loss_fn(params, data), loss_fn(adapted, data)
+  fn = core.as_stateful(loss_fn)
 
-  adapted, before, after = jax.vmap(per_task)(meta_batch)
+  def per_task(task, key):
+    data = all_examples(task)
+    adapted, state = adapt_with_optimizer(
+        core.StatefulLoss(fn), params, data, inner_tx=inner_tx,
+        num_steps=num_steps, model_state=model_state, rng=key)
+    qkey = core.query_key(key)
+    return (adapted, fn(params, model_state, data, qkey)[0],
+            fn(adapted, state, data, qkey)[0], state)
+
+  adapted, before, after, states = core.vmap_tasks(per_task, meta_batch, rng)
   direction = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), params,
                            adapted)
-  return direction, (jnp.mean(before), jnp.mean(after))
+  new_state = (core.mean_over_tasks(states) if core.is_stateful(loss_fn)
+               else None)
+  return direction, (jnp.mean(before), jnp.mean(after), new_state)
 
 
 @train_steps.TRAIN_STEPS.register('reptile')
@@ -96,27 +115,36 @@ def make_reptile_train_step(*, loss_fn: core.LossFn,
   (`core.over_task_batches`); the same update.
   """
   inner_tx = inner_optimizer_for(inner_optimizer, inner_lr)
-  update_fn = core.over_task_batches(
-      lambda params, batch: reptile_update(loss_fn, params, batch,
-                                           inner_tx=inner_tx,
-                                           num_steps=num_inner_steps),
-      task_batch_size)
+  stateful = core.is_stateful(loss_fn)
+
+  def keyed_update(params, tasks, model_state):
+    batch, keys = tasks
+    return reptile_update(loss_fn, params, batch, inner_tx=inner_tx,
+                          num_steps=num_inner_steps, model_state=model_state,
+                          rng=keys)
+
+  update_fn = core.over_task_batches(keyed_update, task_batch_size)
 
   def train_step(state: train_steps.MetaTrainState, batch, rng):
-    del rng  # Full-batch inner steps: deterministic given the batch.
-    direction, (before, after) = update_fn(state.params, batch)
-    return (train_steps.apply_meta_gradient(state, direction, tx),
+    tasks = core.with_task_keys(batch, rng if stateful else None)
+    direction, (before, after, model_state) = update_fn(
+        state.params, tasks, state.model_state)
+    new_state = train_steps.apply_meta_gradient(state, direction, tx)
+    if stateful:
+      new_state = new_state.replace(model_state=model_state)
+    return (new_state,
             train_steps.train_metrics(core.MetaOutput(before, after),
                                       direction))
 
-  def eval_step(meta_params, carry, support, k):
-    del meta_params, k
-    p, opt_state = carry
-    updates, opt_state = inner_tx.update(jax.grad(loss_fn)(p, support),
-                                         opt_state, p)
-    return optax.apply_updates(p, updates), opt_state
+  def inner_loop_for(loss):
+    def eval_step(meta_params, carry, support, k):
+      del meta_params, k
+      p, opt_state = carry
+      updates, opt_state = inner_tx.update(jax.grad(loss)(p, support),
+                                           opt_state, p)
+      return optax.apply_updates(p, updates), opt_state
+    return core.InnerLoop(init=lambda p: (p, inner_tx.init(p)),
+                          step=eval_step, params=lambda carry: carry[0])
 
   return train_steps.MetaAlgorithm(
-      train_step=train_step,
-      inner_loop=core.InnerLoop(init=lambda p: (p, inner_tx.init(p)),
-                                step=eval_step, params=lambda carry: carry[0]))
+      train_step=train_step, inner_loop_for=inner_loop_for, loss_fn=loss_fn)

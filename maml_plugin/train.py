@@ -62,6 +62,11 @@ class Problem:
       loss in training and used by evaluation; None means the loss itself.
     eval_tasks: sampler of the held-out tasks; None means `tasks`.
     eval_task_batch_size: tasks evaluated at once (None: all of them).
+    model_state: the model's state besides its params (`core.StatefulLoss`
+      models, e.g. `nnx_bridge.NNXModel.model_state`); None for none.
+    eval_loss_fn: the loss evaluation adapts with (dropout off, batch norm
+      as configured); None means `loss_fn`.
+    eval_metric_fn: the metric evaluation reports; None: `metric_fn`.
   """
 
   tasks: Any
@@ -73,6 +78,9 @@ class Problem:
   metric_fn: core.LossFn | None = None
   eval_tasks: Any = None
   eval_task_batch_size: int | None = None
+  model_state: Any = None
+  eval_loss_fn: Any = None
+  eval_metric_fn: Any = None
 
 
 def create_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -251,9 +259,11 @@ def create_train_state(problem: Problem, algorithm: train_steps.MetaAlgorithm,
   """Step 0: the algorithm's params (model, and learned rates if any)."""
   try:
     params = algorithm.init_params(problem.init_params)
+    model_state = (None if problem.model_state is None else
+                   algorithm.init_model_state(problem.model_state))
   except ValueError as e:  # A config value that does not fit the model.
     raise config_validation.ConfigError(str(e)) from None
-  return train_steps.MetaTrainState.create(params, tx)
+  return train_steps.MetaTrainState.create(params, tx, model_state)
 
 
 def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
@@ -311,18 +321,21 @@ def create_evaluator(config, problem: Problem, held_out=None,
                                       num_query=config.eval_num_query)
   if algorithm is None:
     algorithm = create_algorithm(config, problem, create_optimizer(config))
+  loss_fn = problem.eval_loss_fn or problem.loss_fn
+  metric_fn = problem.eval_metric_fn or problem.metric_fn
   return evaluation.FewShotEvaluator(
-      problem.loss_fn, held_out, max_steps=config.eval_num_inner_steps,
-      metric=problem.metric, metric_fn=problem.metric_fn,
-      inner_loop=algorithm.inner_loop,
+      loss_fn, held_out, max_steps=config.eval_num_inner_steps,
+      metric=problem.metric, metric_fn=metric_fn,
+      inner_loop_for=algorithm.eval_inner_loop,
       task_batch_size=problem.eval_task_batch_size)
 
 
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
-                        workdir: str, evaluator=None) -> dict:
+                        workdir: str, evaluator=None,
+                        model_state=None) -> dict:
   """Held-out evaluation: writes evaluation.json and adaptation.png."""
   evaluator = evaluator or create_evaluator(config, problem)
-  curves = evaluator(params)
+  curves = evaluator(params, model_state)
   report = actions.evaluation_report(problem.metric, curves, train_step)
   if jax.process_index() > 0:  # Every host computes; the first one writes.
     return report
@@ -332,7 +345,7 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
                     config.eval_num_inner_steps})
     panels = evaluation.sinusoid_fits(
         problem.predict_fn, problem.loss_fn, params, evaluator.tasks,
-        inner_loop=evaluator.inner_loop, inner_steps=tuple(steps),
+        inner_loop=evaluator.loop_for(model_state), inner_steps=tuple(steps),
         num_tasks=min(config.num_plot_tasks, evaluator.num_tasks))
     plots.save_sinusoid_adaptation(
         os.path.join(workdir, 'adaptation.png'), panels,
@@ -467,7 +480,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Final evaluation on the held-out tasks.
   with report_progress.timed('final_eval'):
     report = evaluate_and_report(config, problem, state.params, int(state.step),
-                                 workdir, evaluator=evaluator)
+                                 workdir, evaluator=evaluator,
+                                 model_state=state.model_state)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   writer.flush()
   manager.close()

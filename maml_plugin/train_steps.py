@@ -57,17 +57,25 @@ class MetaTrainState:
     step: number of meta-updates applied so far (int32 scalar).
     params: the meta-parameters (the initialization the inner loop adapts).
     opt_state: state of the outer optax optimizer.
+    model_state: the model's state besides its parameters (NNX batch-norm
+      running averages, ...; `core.StatefulLoss`), updated by the train
+      step; None for a parameter-only model.
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any = None
 
   @classmethod
-  def create(cls, params: Any, tx: optax.GradientTransformation
-             ) -> 'MetaTrainState':
+  def create(cls, params: Any, tx: optax.GradientTransformation,
+             model_state: Any = None) -> 'MetaTrainState':
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=tx.init(params))
+               opt_state=tx.init(params), model_state=model_state)
+
+
+def _identity(model_params):
+  return model_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +84,42 @@ class MetaAlgorithm:
 
   Attributes:
     train_step: ``train_step(state, batch, rng) -> (state, metrics)``.
-    inner_loop: the algorithm's own adaptation of one task, for evaluation.
+    inner_loop_for: ``inner_loop_for(loss_fn) -> core.InnerLoop``: the
+      algorithm's own adaptation of one task, for evaluation, given a
+      parameter-only loss (a model's state is bound first, `eval_inner_loop`).
     init_params: maps the model's params to the train state's params.
+    loss_fn: the training loss the factory was built with.
+    stateful_inner_loop: optional ``(loss_fn, model_state) -> InnerLoop``
+      for algorithms that use the model state step by step (MAML++'s
+      per-step batch-norm statistics); None binds the state once.
+    init_model_state: maps the model's state to the train state's
+      (MAML++ keeps one copy per inner step).
   """
 
   train_step: TrainStep
-  inner_loop: core.InnerLoop
-  init_params: Callable[[Any], Any] = lambda model_params: model_params
+  inner_loop_for: Callable[[core.LossFn], core.InnerLoop]
+  init_params: Callable[[Any], Any] = _identity
+  loss_fn: Any = None
+  stateful_inner_loop: Callable[[Any, Any], core.InnerLoop] | None = None
+  init_model_state: Callable[[Any], Any] = _identity
+
+  def eval_inner_loop(self, loss_fn=None, model_state=None) -> core.InnerLoop:
+    """The inner loop evaluation runs with `loss_fn` (default: the training
+    loss; for a model with state pass its evaluation loss) and the stored
+    `model_state`, which evaluation reads and never changes."""
+    loss_fn = self.loss_fn if loss_fn is None else loss_fn
+    if core.is_stateful(loss_fn) and self.stateful_inner_loop is not None:
+      return self.stateful_inner_loop(loss_fn, model_state)
+    loop = self.inner_loop_for(core.bind_state(loss_fn, model_state))
+    if core.is_stateful(loss_fn):
+      loop = loop._replace(
+          loss_at=lambda fn, k: core.bind_state(fn, model_state))
+    return loop
+
+  @property
+  def inner_loop(self) -> core.InnerLoop:
+    """`eval_inner_loop` of the training loss (parameter-only models)."""
+    return self.eval_inner_loop()
 
 
 def make_algorithm(name: str, *, loss_fn: core.LossFn,
@@ -122,23 +159,36 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
 
 
 def gradient_train_step(objective, tx: optax.GradientTransformation,
-                        task_batch_size: int | None = None) -> TrainStep:
-  """A train step descending ``objective(params, batch) -> (loss, MetaOutput)``.
+                        task_batch_size: int | None = None,
+                        stateful: bool = False) -> TrainStep:
+  """A train step descending ``objective(params, batch, model_state, rng) ->
+  (loss, MetaOutput)``.
 
   With `task_batch_size` the gradient is computed that many tasks at a time
-  (`core.over_task_batches`): the same meta-gradient, faster on CPU.
+  (`core.over_task_batches`): the same meta-gradient, faster on CPU. With
+  `stateful` (a `core.StatefulLoss`), the step key is split into one key
+  per task before the task batching (the same keys whatever the batching),
+  and the new model state (``MetaOutput.model_state``) goes into the train
+  state; otherwise the objective gets ``rng=None``.
 
   When the objective reports a query metric (classification accuracy), the
   metrics are a `ClassificationTrainMetrics` with ``query_accuracy_before``
   and ``query_accuracy_after``; otherwise a `TrainMetrics`.
   """
-  grad_fn = core.over_task_batches(
-      jax.value_and_grad(objective, has_aux=True), task_batch_size)
+  def keyed_objective(params, tasks, model_state, *args):
+    batch, keys = tasks
+    return objective(params, batch, model_state, keys, *args)
 
-  def train_step(state: MetaTrainState, batch, rng: jax.Array):
-    del rng  # These inner loops are deterministic given the batch.
-    (_, aux), grads = grad_fn(state.params, batch)
-    return apply_meta_gradient(state, grads, tx), train_metrics(aux, grads)
+  grad_fn = core.over_task_batches(
+      jax.value_and_grad(keyed_objective, has_aux=True), task_batch_size)
+
+  def train_step(state, batch, rng: jax.Array):
+    tasks = core.with_task_keys(batch, rng if stateful else None)
+    (_, aux), grads = grad_fn(state.params, tasks, state.model_state)
+    new_state = apply_meta_gradient(state, grads, tx)
+    if stateful:
+      new_state = new_state.replace(model_state=aux.model_state)
+    return new_state, train_metrics(aux, grads)
 
   return train_step
 
@@ -159,13 +209,17 @@ def train_metrics(aux: core.MetaOutput, grads):
 def _maml_like(*, loss_fn, tx, inner_lr, num_inner_steps, first_order,
                remat_inner_steps, task_batch_size, metric_fn=None
                ) -> MetaAlgorithm:
-  objective = functools.partial(core.maml_loss_and_aux, loss_fn,
-                                inner_lr=inner_lr, num_steps=num_inner_steps,
-                                first_order=first_order,
-                                remat=remat_inner_steps, metric_fn=metric_fn)
+  def objective(params, batch, model_state, rng):
+    return core.maml_loss_and_aux(
+        loss_fn, params, batch, inner_lr=inner_lr, num_steps=num_inner_steps,
+        first_order=first_order, remat=remat_inner_steps, metric_fn=metric_fn,
+        model_state=model_state, rng=rng)
+
   return MetaAlgorithm(
-      train_step=gradient_train_step(objective, tx, task_batch_size),
-      inner_loop=core.sgd_inner_loop(loss_fn, inner_lr))
+      train_step=gradient_train_step(objective, tx, task_batch_size,
+                                     core.is_stateful(loss_fn)),
+      inner_loop_for=lambda loss: core.sgd_inner_loop(loss, inner_lr),
+      loss_fn=loss_fn)
 
 
 @TRAIN_STEPS.register('maml')
@@ -235,20 +289,25 @@ def make_metasgd_train_step(*, loss_fn: core.LossFn,
   evaluation (``p - inner_lr * grad``, elementwise). The rates are not
   clipped: like the paper, a rate may turn negative if that helps.
   """
-  def objective(params, batch):
+  def objective(params, batch, model_state, rng):
     return core.maml_loss_and_aux(
         loss_fn, params['model'], batch, inner_lr=params['inner_lr'],
-        num_steps=num_inner_steps, remat=remat_inner_steps)
+        num_steps=num_inner_steps, remat=remat_inner_steps,
+        model_state=model_state, rng=rng)
 
-  inner_loop = core.InnerLoop(
-      init=lambda params: params['model'],
-      step=lambda params, p, support, k: core.sgd_step(
-          loss_fn, p, support, inner_lr=params['inner_lr']),
-      params=lambda p: p)
+  def inner_loop_for(loss):
+    return core.InnerLoop(
+        init=lambda params: params['model'],
+        step=lambda params, p, support, k: core.sgd_step(
+            loss, p, support, inner_lr=params['inner_lr']),
+        params=lambda p: p)
+
   return MetaAlgorithm(
-      train_step=gradient_train_step(objective, tx, task_batch_size),
-      inner_loop=inner_loop,
-      init_params=functools.partial(metasgd_params, inner_lr=inner_lr))
+      train_step=gradient_train_step(objective, tx, task_batch_size,
+                                     core.is_stateful(loss_fn)),
+      inner_loop_for=inner_loop_for,
+      init_params=functools.partial(metasgd_params, inner_lr=inner_lr),
+      loss_fn=loss_fn)
 
 
 # --- ANIL -------------------------------------------------------------------
@@ -336,45 +395,68 @@ def make_anil_train_step(*, loss_fn: core.LossFn,
   gradients are never computed; the outer loop trains body and head, the
   body's meta-gradient flowing through the adapted head.
   """
-  def head_loss(body, mask, params_like):
-    return lambda head, batch: loss_fn(
-        merge_leaves(params_like, head, body, mask), batch)
-
-  def adapt(params, support):
+  def adapt(params, support, model_state, key):
     mask = head_mask(params, head_filter)
     head, body = split_leaves(params, mask)
-    head = core.adapt(head_loss(body, mask, params), head, support,
-                      inner_lr=inner_lr, num_steps=num_inner_steps,
-                      first_order=first_order, remat=remat_inner_steps)
-    return merge_leaves(params, head, body, mask)
+    loss = restrict_loss(loss_fn, lambda h: merge_leaves(params, h, body,
+                                                         mask))
+    out = core.adapt(loss, head, support, inner_lr=inner_lr,
+                     num_steps=num_inner_steps, first_order=first_order,
+                     remat=remat_inner_steps, model_state=model_state,
+                     rng=key)
+    head, state = out if core.is_stateful(loss_fn) else (out, model_state)
+    return merge_leaves(params, head, body, mask), state
 
-  def objective(params, batch):
-    def per_task(task):
-      before = loss_fn(params, task['query'])
-      return before, loss_fn(adapt(params, task['support']), task['query'])
-    before, after = jax.vmap(per_task)(batch)
+  def objective(params, batch, model_state, rng):
+    fn = core.as_stateful(loss_fn)
+
+    def per_task(task, key):
+      qkey = core.query_key(key)
+      before, _ = fn(params, model_state, task['query'], qkey)
+      adapted, state = adapt(params, task['support'], model_state, key)
+      after, state = fn(adapted, state, task['query'], qkey)
+      return (before, after), state
+
+    (before, after), states = core.vmap_tasks(per_task, batch, rng)
     after = jnp.mean(after)
+    new_state = None
+    if core.is_stateful(loss_fn):
+      new_state = jax.lax.stop_gradient(core.mean_over_tasks(states))
     return after, core.MetaOutput(
         query_loss_before=jax.lax.stop_gradient(jnp.mean(before)),
-        query_loss_after=after)
+        query_loss_after=after, model_state=new_state)
 
-  def eval_step(meta_params, p, support, k):
-    del meta_params, k
-    mask = head_mask(p, head_filter)
-    head, body = split_leaves(p, mask)
-    head = core.sgd_step(head_loss(body, mask, p), head, support,
-                         inner_lr=inner_lr)
-    return merge_leaves(p, head, body, mask)
+  def inner_loop_for(loss):
+    def eval_step(meta_params, p, support, k):
+      del meta_params, k
+      mask = head_mask(p, head_filter)
+      head, body = split_leaves(p, mask)
+      head = core.sgd_step(
+          restrict_loss(loss, lambda h: merge_leaves(p, h, body, mask)),
+          head, support, inner_lr=inner_lr)
+      return merge_leaves(p, head, body, mask)
+    return core.InnerLoop(init=lambda params: params, step=eval_step,
+                          params=lambda p: p)
 
   def init_params(model_params):
     head_mask(model_params, head_filter)  # Fail early on a bad filter.
     return model_params
 
   return MetaAlgorithm(
-      train_step=gradient_train_step(objective, tx, task_batch_size),
-      inner_loop=core.InnerLoop(init=lambda params: params, step=eval_step,
-                                params=lambda p: p),
-      init_params=init_params)
+      train_step=gradient_train_step(objective, tx, task_batch_size,
+                                     core.is_stateful(loss_fn)),
+      inner_loop_for=inner_loop_for, init_params=init_params,
+      loss_fn=loss_fn)
+
+
+def restrict_loss(loss_fn, full_params: Callable[[Any], Any]):
+  """`loss_fn` as a function of part of the params: ``full_params(part)``
+  builds the whole tree (ANIL's head with the body held fixed). Keeps the
+  form of `loss_fn` (parameter-only or `core.StatefulLoss`)."""
+  if core.is_stateful(loss_fn):
+    return core.StatefulLoss(lambda part, state, batch, rng: loss_fn.fn(
+        full_params(part), state, batch, rng))
+  return lambda part, batch: loss_fn(full_params(part), batch)
 
 
 # Algorithms in their own modules register themselves on import.
