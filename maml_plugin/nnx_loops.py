@@ -19,18 +19,21 @@ Usage, in the shape of the current Flax NNX examples::
     rng = jax.random.fold_in(key, step)
     metrics = train_step(model, optimizer, tasks.train_batch(rng, 25), rng)
 
-``step(model, optimizer, batch, rng) -> metrics`` splits the module into
-its graph and the variables the optimizer tracks (``optimizer.wrt``), runs
-the registered pure ``train_step(state, batch, rng)`` on a
-`maml_plugin.MetaTrainState` made of those variables, ``optimizer.step``
-and ``optimizer.opt_state``, and writes the new values back into `model`
-and `optimizer` (`nnx.update`), as ``optimizer.update`` would. The update
-is the pure step's, so this loop and a loop over `MetaTrainState` with the
-same keys reach the same params. The outer optimizer is ``optimizer.tx``.
+``step(model, optimizer, batch, rng) -> metrics`` splits the module with
+`maml_plugin.nnx_bridge.NNXModel` (its `nnx.Param`s; its other state, such
+as batch-norm running averages; its RNG streams, reseeded from `rng` for
+every forward pass), runs the registered pure ``train_step(state, batch,
+rng)`` on a `maml_plugin.MetaTrainState` of those params and that state,
+``optimizer.step`` and ``optimizer.opt_state``, and writes the new values
+back into `model` and `optimizer` (`nnx.update`), as ``optimizer.update``
+would. The update is the pure step's, so this loop and a loop over
+`MetaTrainState` with the same keys reach the same params. The outer
+optimizer is ``optimizer.tx``.
 
-Not here: algorithms whose train state holds meta-parameters beside the
-model (Meta-SGD's and MAML++'s learned inner rates) need the pure step and
-a `MetaTrainState`; they are refused with a message saying so.
+Not here: algorithms whose train state holds more than the module does
+(Meta-SGD's and MAML++'s learned inner rates, MAML++'s per-step batch-norm
+statistics) need the pure step and a `MetaTrainState`; they are refused
+with a message saying so.
 """
 
 from __future__ import annotations
@@ -40,10 +43,9 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
+from maml_plugin import nnx_bridge
 from maml_plugin import train_steps
-
-# ``loss(module, batch) -> scalar``: the user's loss on the merged module.
-ModuleLoss = Callable[[nnx.Module, Any], jax.Array]
+from maml_plugin.nnx_bridge import ModuleLoss
 
 
 def nnx_train_step(name: str, *, loss: ModuleLoss,
@@ -53,7 +55,8 @@ def nnx_train_step(name: str, *, loss: ModuleLoss,
 
   Args:
     name: a registered train step ('maml', 'fomaml', 'anil', 'reptile', ...).
-    loss: ``loss(module, batch) -> scalar``, the task loss on the module.
+    loss: ``loss(module, batch) -> scalar``, the task loss on the module
+      (in train mode: dropout on, batch norm from the batch's statistics).
     metric: optional ``metric(module, batch) -> scalar`` (e.g. accuracy),
       reported beside the loss by the algorithms that take a ``metric_fn``.
     **hparams: the algorithm's hyper-parameters (``inner_lr``,
@@ -62,50 +65,45 @@ def nnx_train_step(name: str, *, loss: ModuleLoss,
   Returns:
     ``step(model, optimizer, batch, rng) -> metrics``, which updates `model`
     and `optimizer` in place; call it under `nnx.jit` (it compiles once).
+    `optimizer` must be ``nnx.Optimizer(model, tx, wrt=nnx.Param)``: the
+    inner loop adapts every `nnx.Param`, and the outer loop meta-trains them.
   """
   def step(model: nnx.Module, optimizer: nnx.Optimizer, batch, rng):
-    graph = getattr(optimizer, 'graph', None)
-    graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
-    # TODO(issue 9): models with state besides their parameters (BatchNorm,
-    # Dropout): build the loss with `maml_plugin.nnx_bridge.NNXModel`, put
-    # its `model_state` into the MetaTrainState and write the new one back.
-    # Until then `rest` must hold nothing the forward pass changes.
-    _check_parameter_only(rest, optimizer.wrt)
-    params = nnx.as_pure(params)
-
-    def module_fn(fn):
-      return lambda p, batch: fn(nnx.merge(graphdef, p, rest), batch)
-
+    if optimizer.wrt is not nnx.Param:
+      raise ValueError(
+          f'nnx_train_step: optimizer.wrt={optimizer.wrt!r}: must be '
+          'nnx.Param (nnx.Optimizer(model, tx, wrt=nnx.Param)); the inner '
+          'loop adapts and the outer loop meta-trains every nnx.Param')
+    bridge = nnx_bridge.NNXModel(model)
+    params = nnx.as_pure(bridge.params)
     kwargs = dict(hparams)
     if metric is not None and train_steps.accepts_metric_fn(name):
-      kwargs['metric_fn'] = module_fn(metric)
+      kwargs['metric_fn'] = bridge.task_loss(metric)
     algorithm = train_steps.make_algorithm(
-        name, loss_fn=module_fn(loss), tx=optimizer.tx, **kwargs)
+        name, loss_fn=bridge.task_loss(loss), tx=optimizer.tx, **kwargs)
     _check_same_params(name, algorithm, params)
+    model_state = bridge.model_state
+    if model_state is not None:
+      model_state = algorithm.init_model_state(model_state)
+      if (jax.tree.structure(model_state)
+          != jax.tree.structure(bridge.model_state)):
+        raise ValueError(
+            f'nnx_train_step({name!r}): this algorithm keeps the model\'s '
+            'state in another form than the module (one copy per inner '
+            'step); use maml_plugin.make_algorithm with a MetaTrainState')
 
     state = train_steps.MetaTrainState(
         step=optimizer.step[...], params=params,
-        opt_state=nnx.as_pure(optimizer.opt_state))
+        opt_state=nnx.as_pure(optimizer.opt_state), model_state=model_state)
     state, metrics = algorithm.train_step(state, batch, rng)
 
-    nnx.update(model, state.params)
+    bridge.update_module(state.params, state.model_state)
+    graph = getattr(optimizer, 'graph', None)
     nnx.update(optimizer.opt_state, nnx.state(state.opt_state, graph=graph))
     optimizer.step[...] = state.step
     return metrics
 
   return step
-
-
-def _check_parameter_only(rest, wrt) -> None:
-  """Refuses variables outside `wrt` (batch statistics, RNG streams): the
-  step would drop their updates (see the TODO in `nnx_train_step`)."""
-  kinds = sorted({type(v).__name__ for v in jax.tree.leaves(
-      rest, is_leaf=lambda x: isinstance(x, nnx.Variable))})
-  if kinds:
-    raise ValueError(
-        f'nnx_train_step: the model holds variables besides the optimizer\'s '
-        f'wrt={wrt!r}: {", ".join(kinds)}; this step supports models whose '
-        'forward pass changes only those (parameter-only models)')
 
 
 def _check_same_params(name: str, algorithm, params) -> None:

@@ -39,7 +39,7 @@ def batches():
 
 
 @pytest.mark.parametrize('name,hparams', [
-    ('maml', dict(inner_lr=0.01, num_inner_steps=2)),
+    ('maml', dict(inner_lr=0.01, num_inner_steps=1)),
     ('reptile', dict(inner_lr=0.01, num_inner_steps=2)),
 ])
 def test_nnx_loop_matches_the_pure_train_step(name, hparams):
@@ -97,21 +97,52 @@ def test_learned_rate_algorithms_are_refused():
     step(model, optimizer, *next(batches()))
 
 
-class WithBatchNorm(nnx.Module):
+class WithStateAndDropout(nnx.Module):
+  """Batch-norm running averages and a dropout stream: state besides params."""
 
   def __init__(self, *, rngs: nnx.Rngs):
-    self.linear = nnx.Linear(1, 8, rngs=rngs)
-    self.norm = nnx.BatchNorm(8, rngs=rngs)
-    self.out = nnx.Linear(8, 1, rngs=rngs)
+    self.linear = nnx.Linear(1, 16, rngs=rngs)
+    self.norm = nnx.BatchNorm(16, rngs=rngs)
+    self.dropout = nnx.Dropout(0.2, rngs=rngs)
+    self.out = nnx.Linear(16, 1, rngs=rngs)
 
   def __call__(self, x):
-    return self.out(self.norm(self.linear(x)))
+    return self.out(self.dropout(jax.nn.relu(self.norm(self.linear(x)))))
 
 
-def test_model_state_besides_params_is_refused_not_dropped():
-  model = WithBatchNorm(rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+def test_model_state_and_dropout_keys_match_the_bridge_and_pure_step():
+  tx = optax.adam(1e-2)
+  model = WithStateAndDropout(rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  maml_step = nnx_loops.nnx_train_step('maml', loss=mse, inner_lr=0.01)
+  train_step = nnx.jit(maml_step)
+
+  # The pure path, as maml_plugin.nnx_bridge documents it.
+  bridge = maml_plugin.NNXModel(WithStateAndDropout(rngs=nnx.Rngs(0)))
+  pure_step = jax.jit(maml_plugin.make_train_step(
+      'maml', loss_fn=bridge.task_loss(mse), tx=tx, inner_lr=0.01))
+  state = maml_plugin.MetaTrainState.create(
+      bridge.params, tx, model_state=bridge.model_state)
+
+  for batch, rng in batches():
+    train_step(model, optimizer, batch, rng)
+    state, _ = pure_step(state, batch, rng)
+
+  for kind, expected in ((nnx.Param, state.params),
+                         (nnx.BatchStat, state.model_state)):
+    got = jax.tree.leaves(nnx.state(model, kind))
+    assert len(got) == len(jax.tree.leaves(expected))
+    for a, b in zip(got, jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # The running averages moved away from their initial values.
+  initial = nnx.state(WithStateAndDropout(rngs=nnx.Rngs(0)), nnx.BatchStat)
+  assert not np.allclose(jax.tree.leaves(nnx.state(model, nnx.BatchStat))[0],
+                         jax.tree.leaves(initial)[0])
+
+
+def test_optimizer_over_other_variables_is_refused():
+  model = UserMLP(rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Variable)
   step = nnx_loops.nnx_train_step('maml', loss=mse, inner_lr=0.01)
-  with pytest.raises(ValueError, match='variables besides the optimizer.*'
-                     'BatchStat'):
+  with pytest.raises(ValueError, match='optimizer.wrt=.*must be nnx.Param'):
     step(model, optimizer, *next(batches()))
