@@ -185,11 +185,8 @@ class MetaExperiment(experiment.AbstractExperiment):
     if self._evaluator is None:
       self._evaluator = train.create_evaluator(
           self._config, self._problem, algorithm=self._algorithm)
-    model_state = getattr(self._state, 'model_state', None)
-    if model_state is None:
-      curves = self._evaluator(self._state.params)
-    else:  # Models with batch statistics (the MetaTrainState contract).
-      curves = self._evaluator(self._state.params, model_state=model_state)
+    # Reads the state (batch-norm averages included), never changes it.
+    curves = self._evaluator(self._state.params, self._state.model_state)
     return actions.evaluation_scalars(self._problem.metric, curves)
 
   def restore_from_snapshot(self, snapshot_state) -> None:

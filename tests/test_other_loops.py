@@ -1,11 +1,14 @@
 """Our registered train step and periodic actions in loops that are not ours."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from clu import metric_writers
 from clu import periodic_actions
+from flax import nnx
 from flax.training import train_state
 
 import maml_plugin
@@ -138,3 +141,42 @@ def test_flax_train_state_trains_checkpoints_and_restores(pieces, tmp_path):
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(state)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
                                atol=1e-7)
+
+
+class TrainStateWithModelState(train_state.TrainState):
+  """The Flax way to carry state besides params (like Linen's batch_stats)."""
+  model_state: Any = None
+
+
+class WithBatchNorm(nnx.Module):
+
+  def __init__(self, *, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(1, 8, rngs=rngs)
+    self.norm = nnx.BatchNorm(8, rngs=rngs)
+    self.out = nnx.Linear(8, 1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(self.norm(self.linear(x)))
+
+
+def test_train_state_subclass_carries_batch_norm_statistics(pieces):
+  config, problem, tx, _, _ = pieces
+  bridge = maml_plugin.NNXModel(WithBatchNorm(rngs=nnx.Rngs(0)))
+  train_step = jax.jit(maml_plugin.make_train_step(
+      'fomaml', tx=tx, inner_lr=0.01, loss_fn=bridge.task_loss(
+          lambda net, batch: jnp.mean((net(batch['x']) - batch['y']) ** 2))))
+  flax_state = TrainStateWithModelState.create(
+      apply_fn=None, params=bridge.params, tx=tx,
+      model_state=bridge.model_state)
+  meta_state = maml_plugin.MetaTrainState.create(
+      bridge.params, tx, model_state=bridge.model_state)
+  batch = problem.tasks.train_batch(jax.random.key(0), 4)
+  flax_state, _ = train_step(flax_state, batch, jax.random.key(1))
+  meta_state, _ = train_step(meta_state, batch, jax.random.key(1))
+  assert isinstance(flax_state, TrainStateWithModelState)
+  for a, b in zip(jax.tree.leaves((flax_state.params, flax_state.model_state)),
+                  jax.tree.leaves((meta_state.params, meta_state.model_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  averages = jax.tree.leaves(flax_state.model_state)
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in
+             zip(averages, jax.tree.leaves(bridge.model_state)))
