@@ -3,9 +3,9 @@ semantics, defined only where they are missing.
 
 jaxline 0.0.8 (its newest release) calls ``jax.device_put_sharded`` (to
 put the train key and restored state on every local device) and
-``jax.tree_map`` (in its in-memory checkpointer). `maml_plugin.jaxline_experiment`
-calls `apply()` before it imports jaxline, so jaxline runs unchanged on the
-JAX this package requires::
+``jax.tree_map`` (in its in-memory checkpointer).
+`maml_plugin.jaxline_experiment` calls `apply()` before it imports
+jaxline, so jaxline runs unchanged on the JAX this package requires::
 
   from maml_plugin import jaxline_compat
   jaxline_compat.apply()          # a no-op on a JAX that still has both
@@ -14,7 +14,7 @@ JAX this package requires::
 `apply()` adds the names to the `jax` module (nothing else is changed, and
 a name JAX still defines is left alone): a process that imports
 `maml_plugin.jaxline_experiment` sees ``jax.tree_map`` and
-``jax.device_put_sharded`` defined. `missing()` lists the ones it added.
+``jax.device_put_sharded`` defined. `added()` lists the names it added.
 """
 
 from __future__ import annotations
@@ -65,6 +65,6 @@ def apply() -> None:
       _ADDED.append(name)
 
 
-def missing() -> list[str]:
+def added() -> list[str]:
   """The names `apply()` added to `jax` (empty on an older JAX)."""
   return list(_ADDED)

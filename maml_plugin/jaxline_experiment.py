@@ -1,6 +1,6 @@
 """A jaxline experiment that meta-trains with any registered train step.
 
-Needs jaxline (``pip install 'maml_plugin[jaxline]'``). jaxline 0.0.8 calls
+Needs jaxline (``pip install -e '.[jaxline]'``). jaxline 0.0.8 calls
 two names JAX 0.10 removed; `maml_plugin.jaxline_compat` defines them (only
 where missing) before jaxline is imported here.
 
@@ -213,6 +213,7 @@ def main(argv: Any) -> None:
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from jaxline import platform as _platform  # Defines --config.  # pylint: disable=g-import-not-at-top,unused-import
+  # jaxline's platform defines --config.
+  from jaxline import platform as _  # pylint: disable=g-import-not-at-top,unused-import
   flags.mark_flag_as_required('config')
   app.run(main)

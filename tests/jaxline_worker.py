@@ -175,7 +175,8 @@ def main():
       'restored_params': leaves(restored.state.params),
       'replay_params_at_snapshot': leaves(states[SNAPSHOT_STEP].params),
       'restored_replicated': all(
-          x.sharding.is_fully_replicated and len(x.sharding.device_set) == jax.device_count()
+          x.sharding.is_fully_replicated
+          and len(x.sharding.device_set) == jax.device_count()
           for x in jax.tree.leaves(restored.state)),
       'eval_written': {name: value for (name, step), value
                        in eval_writer.values.items() if step == SNAPSHOT_STEP},
