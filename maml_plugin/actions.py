@@ -20,23 +20,39 @@ one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from typing import Any, Callable
 
+from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+import numpy as np
 
 from maml_plugin import checkpointing
 from maml_plugin import evaluation
 
 
+def _summarize_and_log(metric: str, curves):
+  """`evaluation.summarize`, logging one line if any task was non-finite."""
+  summary = evaluation.summarize(curves, metric)
+  message = evaluation.nonfinite_message(metric, summary,
+                                         int(np.shape(curves)[0]))
+  if message is not None:
+    logging.warning('%s', message)
+  return summary
+
+
 def evaluation_scalars(metric: str, curves) -> dict[str, float]:
-  """``{'eval/mse_step0': m, 'eval/mse_step0_ci95': c, ...}`` for a writer."""
+  """``{'eval/mse_step0': mean, 'eval/mse_step0_ci95': ..., '..._median',
+  '..._nonfinite', '..._diverged', ...}`` for a writer (see
+  `evaluation.StepSummary`)."""
   out = {}
-  for k, (mean, ci95) in evaluation.summarize(curves).items():
-    out[f'eval/{metric}_step{k}'] = mean
-    out[f'eval/{metric}_step{k}_ci95'] = ci95
+  for k, s in _summarize_and_log(metric, curves).items():
+    out[f'eval/{metric}_step{k}'] = s.mean
+    for name in ('ci95', 'median', 'nonfinite', 'diverged'):
+      out[f'eval/{metric}_step{k}_{name}'] = getattr(s, name)
   return out
 
 
@@ -86,27 +102,43 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 def evaluation_report(metric: str, curves, train_step: int) -> dict:
   """The evaluation.json document (see README)."""
-  summary = evaluation.summarize(curves)
+  summary = _summarize_and_log(metric, curves)
   return {
       'metric': metric,
       'num_tasks': int(curves.shape[0]),
       'train_step': int(train_step),
-      'inner_steps': {str(k): {'mean': m, 'ci95': c}
-                      for k, (m, c) in summary.items()},
+      'inner_steps': {str(k): {name: _json_number(v)
+                               for name, v in s._asdict().items()}
+                      for k, s in summary.items()},
   }
+
+
+def _json_number(value):
+  """JSON has no NaN: a non-finite value (no finite task) is written null."""
+  return value if math.isfinite(value) else None
+
+
+def _cell(value, width: int, spec: str) -> str:
+  return f'{"nan" if value is None else format(value, spec):>{width}}'
 
 
 def format_table(report: dict) -> str:
   metric = report['metric']
   lines = [f'{report["num_tasks"]} held-out tasks, checkpoint step '
            f'{report["train_step"]}',
-           f'{"inner steps":>11}  {metric + " mean":>12}  {"ci95":>8}']
+           f'{"inner steps":>11}  {metric + " mean":>12}  {"ci95":>8}  '
+           f'{"median":>8}  {"nonfinite":>9}  {"diverged":>8}']
   for k, v in report['inner_steps'].items():
-    lines.append(f'{k:>11}  {v["mean"]:12.4f}  {v["ci95"]:8.4f}')
+    lines.append(f'{k:>11}  {_cell(v["mean"], 12, ".4f")}  '
+                 f'{_cell(v["ci95"], 8, ".4f")}  '
+                 f'{_cell(v.get("median"), 8, ".4f")}  '
+                 f'{v.get("nonfinite", 0):>9}  {v.get("diverged", 0):>8}')
   return '\n'.join(lines)
 
 
 def write_evaluation_report(workdir: str, report: dict) -> str:
   path = os.path.join(workdir, 'evaluation.json')
-  _atomic_write_text(path, json.dumps(report, indent=2) + '\n')
+  # allow_nan=False: a bare NaN is not JSON (the report writes null).
+  _atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False)
+                     + '\n')
   return path

@@ -7,7 +7,8 @@ Usage::
 
   curves = adaptation_curves(loss_fn, params, eval_tasks, inner_lr=0.01,
                              max_steps=10)            # [tasks, max_steps + 1]
-  summary = summarize(curves)   # {0: (mean, ci95), 1: (...), ...}
+  summary = summarize(curves)   # {0: StepSummary(mean, ci95, median,
+                                #      nonfinite, diverged), 1: ...}
 
 Every algorithm is evaluated with its own inner loop: pass
 ``inner_loop=algorithm.inner_loop`` (a `core.InnerLoop`, e.g. Meta-SGD's
@@ -18,6 +19,7 @@ without it, the inner loop is plain SGD at `inner_lr` (MAML).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -105,10 +107,83 @@ def mean_and_ci95(values) -> tuple[float, float]:
       Z_95 * values.std(ddof=1) / math.sqrt(n))
 
 
-def summarize(curves) -> dict[int, tuple[float, float]]:
-  """``{inner_steps: (mean, ci95)}`` over the task axis of `curves`."""
-  curves = np.asarray(curves)
-  return {k: mean_and_ci95(curves[:, k]) for k in range(curves.shape[1])}
+# Metrics where higher is better: "diverged" means the value fell.
+HIGHER_IS_BETTER = ('accuracy',)
+
+
+class StepSummary(NamedTuple):
+  """The held-out tasks after one inner-step count.
+
+  Attributes:
+    mean: mean over the finite tasks (NaN if none is finite).
+    ci95: `mean_and_ci95`'s half-width over the finite tasks (NaN if fewer
+      than 2 are finite).
+    median: median over the finite tasks (NaN if none is finite).
+    nonfinite: tasks whose value is NaN or Inf (left out of the above).
+    diverged: finite tasks that adapting made worse than before adapting
+      (loss grew; for metrics in `HIGHER_IS_BETTER`, the value fell); 0 at
+      step 0.
+  """
+
+  mean: float
+  ci95: float
+  median: float
+  nonfinite: int
+  diverged: int
+
+
+def summarize(curves, metric: str = 'mse') -> dict[int, StepSummary]:
+  """``{inner_steps: StepSummary}`` over the task axis of `curves`.
+
+  A NaN is counted, never averaged: mean, ci95 and median are over the
+  finite tasks, and `StepSummary.nonfinite` says how many were left out.
+  """
+  curves = np.asarray(curves, np.float64)
+  if curves.shape[0] < 2:
+    raise ValueError(f'num_tasks={curves.shape[0]}: need at least 2 tasks '
+                     'for a ci95')
+  finite = np.isfinite(curves)
+  sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+  out = {}
+  for k in range(curves.shape[1]):
+    values = curves[finite[:, k], k]
+    if values.size >= 2:
+      mean, ci95 = mean_and_ci95(values)
+    else:  # No spread from fewer than 2 tasks; no mean from none.
+      mean, ci95 = (float(values[0]) if values.size else math.nan), math.nan
+    both = finite[:, k] & finite[:, 0]
+    worse = sign * (curves[both, k] - curves[both, 0]) > 0
+    out[k] = StepSummary(
+        mean=mean, ci95=ci95,
+        median=float(np.median(values)) if values.size else math.nan,
+        nonfinite=int((~finite[:, k]).sum()), diverged=int(worse.sum()))
+  return out
+
+
+def nonfinite_message(metric: str, summary: dict[int, StepSummary],
+                      num_tasks: int) -> str | None:
+  """One line naming the inner-step counts with non-finite tasks, or None.
+
+  Runs of steps with the same count are joined: "1 of 600 held-out tasks
+  after 3 inner steps, 2 of 600 after 4 to 10".
+  """
+  runs = []  # [first_step, last_step, count]
+  for k, s in summary.items():
+    if not s.nonfinite:
+      continue
+    if runs and runs[-1][1] == k - 1 and runs[-1][2] == s.nonfinite:
+      runs[-1][1] = k
+    else:
+      runs.append([k, k, s.nonfinite])
+  if not runs:
+    return None
+  parts = [f'{n} of {num_tasks}{" held-out tasks" if i == 0 else ""} after '
+           f'{a if a == b else f"{a} to {b}"}'
+           f'{" inner steps" if i == 0 else ""}'
+           for i, (a, b, n) in enumerate(runs)]
+  return (f'few-shot evaluation: {metric} is NaN or Inf for '
+          f'{", ".join(parts)}; mean, ci95 and median are over the finite '
+          'tasks')
 
 
 def adapted_params_at(loss_fn: core.LossFn, params, support, *,

@@ -1,6 +1,14 @@
-"""Non-finite guard of the fused train loop: NaN/Inf meta-loss or gradient.
+"""Non-finite guards: NaN/Inf meta-loss or meta-gradient.
 
-Usage (inside a `lax.scan` over meta-steps; see `train.make_train_chunk`)::
+A registered train step in your own loop (opt-in; see `guard_train_step`)::
+
+  step = jax.jit(guard_train_step(train_step, on_nonfinite='skip'))
+  state, metrics = step(state, batch, rng)   # metrics.skipped_updates
+
+  step = guard_train_step(train_step, on_nonfinite='stop')  # jits it itself
+  state, metrics = step(state, batch, rng)   # raises NonFiniteError
+
+Inside our trainer's `lax.scan` over meta-steps (`train.make_train_chunk`)::
 
   report = NonFiniteReport.empty()
   new_state, metrics = train_step(state, batch, rng)
@@ -17,9 +25,14 @@ end of the chunk with `NonFiniteError` and saves nothing.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import flax
 import jax
 import jax.numpy as jnp
+
+from maml_plugin import metrics as metrics_lib
 
 
 class NonFiniteError(FloatingPointError):
@@ -83,3 +96,96 @@ def describe(report: NonFiniteReport) -> str:
   if not jnp.isfinite(grad_norm):
     bad.append(f'meta-gradient (meta_grad_norm) is {grad_norm}')
   return f'meta-step {int(report.first_bad_step)}: ' + ' and '.join(bad)
+
+
+ON_NONFINITE = ('stop', 'skip')
+
+
+def guard_train_step(train_step: Callable, on_nonfinite: str = 'skip', *,
+                     jit: bool = True) -> Callable:
+  """A registered train step guarded against a non-finite update.
+
+  The result keeps the signature ``(state, batch, rng) -> (state, metrics)``.
+  A step is bad when its meta-loss (``query_loss_after``) or its
+  meta-gradient's norm (``meta_grad_norm``) is NaN or Inf.
+
+  * ``'skip'``: a pure, jittable step (jit it yourself, like the step it
+    wraps). A bad update is dropped: params, optimizer state (and any other
+    state) keep their values, the step counter still advances. The metrics
+    gain ``skipped_updates`` (a `metrics.Count`: 1 on a skipped step), and a
+    skipped step adds nothing to the averages, so metrics merged across steps
+    stay finite.
+  * ``'stop'``: raises `NonFiniteError` naming the meta-step and the bad
+    quantity. An exception cannot leave a jitted function (an error raised in
+    a `jax.debug.callback` comes back as a `JaxRuntimeError`, its type
+    lost), so this is a host-side wrapper: it jits the guarded step itself
+    (``jit=False`` runs it as given), reads one flag per step and raises
+    before returning the bad state; the caller's ``state`` is still the last
+    good one (nothing is donated). Reading the flag waits for the step, so
+    steps are not queued ahead; it cannot itself be called under `jax.jit`
+    (TypeError). For a fused loop, use our trainer's
+    ``config.on_nonfinite`` (`guard_update` inside its scan).
+
+  Raises:
+    ValueError: if `on_nonfinite` is not one of `ON_NONFINITE`.
+  """
+  if on_nonfinite == 'skip':
+    return _skip_nonfinite(train_step)
+  if on_nonfinite == 'stop':
+    return _stop_on_nonfinite(train_step, jit=jit)
+  raise ValueError(f'on_nonfinite={on_nonfinite!r}: must be one of '
+                   f'{", ".join(repr(m) for m in ON_NONFINITE)}')
+
+
+@functools.lru_cache(maxsize=None)
+def _with_skipped_updates(metrics_cls):
+  """`metrics_cls` with a ``skipped_updates`` `Count` (one class per type)."""
+  fields = {name: type(metric) for name, metric in
+            vars(metrics_cls.empty()).items()}
+  fields['skipped_updates'] = metrics_lib.Count
+  return flax.struct.dataclass(type(f'Guarded{metrics_cls.__name__}',
+                                    (metrics_cls,),
+                                    {'__annotations__': fields}))
+
+
+def _skip_nonfinite(train_step):
+  @functools.wraps(train_step)
+  def step(state, batch, rng):
+    new_state, metrics = train_step(state, batch, rng)
+    new_state, ok, _ = guard_update(state, new_state, metrics,
+                                    NonFiniteReport.empty(), skip=True)
+    # A skipped step contributes the empty metric: merging it is a no-op.
+    kept = jax.tree.map(lambda m, e: jnp.where(ok, m, e), metrics,
+                        type(metrics).empty())
+    cls = _with_skipped_updates(type(metrics))
+    return new_state, cls(
+        **vars(kept),
+        skipped_updates=metrics_lib.Count(total=(~ok).astype(jnp.int32)))
+
+  return step
+
+
+def _stop_on_nonfinite(train_step, *, jit: bool):
+  def guarded(state, batch, rng):
+    new_state, metrics = train_step(state, batch, rng)
+    _, _, report = guard_update(state, new_state, metrics,
+                                NonFiniteReport.empty(), skip=False)
+    return new_state, metrics, report
+
+  run = jax.jit(guarded) if jit else guarded
+
+  @functools.wraps(train_step)
+  def step(state, batch, rng):
+    new_state, metrics, report = run(state, batch, rng)
+    if isinstance(report.first_bad_step, jax.core.Tracer):
+      raise TypeError(
+          "guard_train_step(..., on_nonfinite='stop') raises on the host "
+          'after each step, so it cannot run under jax.jit: call it as is '
+          "(it jits the step itself), or jit on_nonfinite='skip'")
+    report = jax.device_get(report)
+    if int(report.first_bad_step) >= 0:
+      raise NonFiniteError(f'{describe(report)}; stopped before applying '
+                           'it, the state passed in is the last good one')
+    return new_state, metrics
+
+  return step

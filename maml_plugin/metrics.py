@@ -5,12 +5,35 @@ Names are shared by the train step, the metric writers and the docs:
 ``query_loss_after`` (query loss after inner adaptation: the meta-loss) and
 ``meta_grad_norm`` (global norm of the meta-gradient). Classification adds
 ``query_accuracy_before`` and ``query_accuracy_after``
-(`ClassificationTrainMetrics`).
+(`ClassificationTrainMetrics`). `guards.guard_train_step` adds
+``skipped_updates`` (a `Count`).
 """
 
 
 import flax
+import jax.numpy as jnp
 from clu import metrics
+
+
+@flax.struct.dataclass
+class Count(metrics.Metric):
+  """A number of events summed over merged steps (``skipped_updates``)."""
+
+  total: jnp.ndarray
+
+  @classmethod
+  def empty(cls) -> 'Count':
+    return cls(total=jnp.zeros((), jnp.int32))
+
+  @classmethod
+  def from_model_output(cls, values, **_) -> 'Count':
+    return cls(total=jnp.sum(values).astype(jnp.int32))
+
+  def merge(self, other: 'Count') -> 'Count':
+    return type(self)(total=self.total + other.total)
+
+  def compute(self):
+    return self.total
 
 
 @flax.struct.dataclass

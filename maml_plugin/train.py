@@ -38,6 +38,7 @@ from maml_plugin import core
 from maml_plugin import distributed
 from maml_plugin import evaluation
 from maml_plugin import guards
+from maml_plugin import losses
 from maml_plugin import plots
 from maml_plugin import train_steps
 from maml_plugin.models import Conv4
@@ -101,7 +102,7 @@ def create_problem(config: ml_collections.ConfigDict) -> Problem:
     return nnx.merge(graphdef, params)(x)
 
   def loss_fn(params, batch):
-    return jnp.mean(jnp.square(predict_fn(params, batch['x']) - batch['y']))
+    return losses.mse(predict_fn(params, batch['x']), batch['y'])
 
   return Problem(tasks=tasks, graphdef=graphdef, init_params=params,
                  predict_fn=predict_fn, loss_fn=loss_fn, metric='mse')
@@ -196,8 +197,7 @@ def create_omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
     return predict_fn(params, batch['x'], batch.get('context'))
 
   def loss_fn(params, batch):
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits_fn(params, batch), batch['y']).mean()
+    return losses.softmax_cross_entropy(logits_fn(params, batch), batch['y'])
 
   def accuracy_fn(params, batch):
     return jnp.mean(jnp.argmax(logits_fn(params, batch), -1) == batch['y'])

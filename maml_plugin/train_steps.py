@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from maml_plugin import checks
 from maml_plugin import core
 from maml_plugin.metrics import ClassificationTrainMetrics
 from maml_plugin.metrics import TrainMetrics
@@ -125,8 +126,14 @@ class MetaAlgorithm:
 def make_algorithm(name: str, *, loss_fn: core.LossFn,
                    tx: optax.GradientTransformation, **hparams
                    ) -> MetaAlgorithm:
-  """Builds the registered algorithm `name`: train step, inner loop, params."""
-  return TRAIN_STEPS.lookup(name)(loss_fn=loss_fn, tx=tx, **hparams)
+  """Builds the registered algorithm `name`: train step, inner loop, params.
+
+  The train step checks its meta-batch's shapes when traced
+  (`checks.check_meta_batch`).
+  """
+  algorithm = TRAIN_STEPS.lookup(name)(loss_fn=loss_fn, tx=tx, **hparams)
+  return dataclasses.replace(
+      algorithm, train_step=checks.checked_train_step(algorithm.train_step))
 
 
 def make_train_step(name: str, *, loss_fn: core.LossFn,

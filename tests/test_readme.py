@@ -29,6 +29,23 @@ def test_own_loop_example_runs_and_meta_learns(capsys):
   assert 'query_loss_after' in capsys.readouterr().out
 
 
+def test_own_model_example_keeps_batch_norm_statistics(capsys):
+  namespace = {}
+  exec(compile(_block_after('<!-- own-model-example -->'), 'README.md',
+               'exec'), namespace)  # pylint: disable=exec-used
+  net, state = namespace['net'], namespace['state']
+  assert int(state.step) == 300
+  metrics = namespace['metrics'].compute()
+  assert float(metrics['query_loss_after']) < float(
+      metrics['query_loss_before'])
+  # The running averages moved from their initial zeros, and the module
+  # holds what the train state holds.
+  mean = state.model_state['norm']['mean'].value
+  assert float(abs(mean).max()) > 0
+  assert (net.norm.mean.value == mean).all()
+  assert capsys.readouterr().out.strip()
+
+
 def test_ci_runs_the_readme_test_command():
   command = _block_after('<!-- test-command -->').strip()
   assert 'pytest' in command and 'pip install' in command

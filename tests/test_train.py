@@ -32,7 +32,8 @@ def test_run_writes_report_picture_logs_and_checkpoints(trained):
   assert report['train_step'] == config.num_train_steps
   assert list(report['inner_steps']) == [str(k) for k in range(11)]
   for v in report['inner_steps'].values():
-    assert set(v) == {'mean', 'ci95'} and v['ci95'] > 0
+    assert set(v) == {'mean', 'ci95', 'median', 'nonfinite', 'diverged'}
+    assert v['ci95'] > 0 and v['nonfinite'] == 0
   # Adaptation helps even after a short meta-training.
   assert report['inner_steps']['1']['mean'] < report['inner_steps']['0']['mean']
   with open(os.path.join(workdir, 'adaptation.png'), 'rb') as f:

@@ -1,0 +1,147 @@
+"""Meta-batch shape checks and shape-checked losses, at trace time."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from maml_plugin import checks
+from maml_plugin import losses
+from maml_plugin import train_steps
+from maml_plugin.models import MLP
+from maml_plugin.tasks import EpisodicTasks
+from maml_plugin.tasks import SinusoidTasks
+
+ALGORITHMS = ('maml', 'fomaml', 'metasgd', 'anil', 'reptile', 'mamlpp')
+
+
+def _batch(tasks=4, shots=10, queries=5):
+  z = np.zeros
+  return {'support': {'x': z((tasks, shots, 1), np.float32),
+                      'y': z((tasks, shots, 1), np.float32)},
+          'query': {'x': z((tasks, queries, 1), np.float32),
+                    'y': z((tasks, queries, 1), np.float32)}}
+
+
+def _with(part, **leaves):
+  batch = _batch()
+  batch[part] = dict(batch[part], **leaves)
+  return batch
+
+
+def _error(batch) -> str:
+  with pytest.raises(ValueError) as err:
+    checks.check_meta_batch(batch)
+  message = str(err.value)
+  assert '\n' not in message
+  return message
+
+
+def test_the_samplers_batches_pass():
+  checks.check_meta_batch(SinusoidTasks(num_support=5, num_query=7).sample(
+      jax.random.key(0), 3))  # With 'amplitude' and 'phase' [tasks].
+  images = np.zeros((4 * 3, 2, 2, 1), np.float32)
+  episodic = EpisodicTasks.from_arrays(images, np.repeat(np.arange(4), 3),
+                                       ways=2, num_support=1, num_query=2)
+  checks.check_meta_batch(episodic.train_batch(jax.random.key(0), 3))
+
+
+def test_one_task_without_its_task_axis_is_named_with_the_fix():
+  one = jax.tree.map(lambda a: a[0], _batch())
+  message = _error(one)
+  assert message.startswith('meta-batch support/x: shape (10, 1), expected '
+                            '[tasks, examples, features...] (rank >= 3)')
+  assert 'one task without the task axis' in message
+  assert 'x[None]' in message
+  batch = _with('query', x=np.zeros((5, 1)))
+  assert _error(batch).startswith('meta-batch query/x: shape (5, 1)')
+
+
+@pytest.mark.parametrize('batch, expected', [
+    ((np.zeros((4, 10, 1)),) * 2, "meta-batch: got a tuple, expected a dict"),
+    ({'support': _batch()['support']}, "meta-batch: no 'query' in its keys"),
+    ({'support': np.zeros((4, 10, 1)), 'query': _batch()['query']},
+     'meta-batch support: got a ndarray of shape (4, 10, 1), expected a dict'),
+    (_with('support', y=np.zeros((10,))),
+     'meta-batch support/y: shape (10,), expected [tasks, examples, ...] '
+     '(rank >= 2): it looks like one task'),
+    (_with('query', x=np.zeros((3, 5, 1)), y=np.zeros((3, 5, 1))),
+     'meta-batch query/x: shape (3, 5, 1), expected (4, ...): 3 tasks where '
+     'support/x has 4'),
+    (dict(_batch(), amplitude=np.zeros(3)),
+     'meta-batch amplitude: shape (3,), expected (4, ...): 3 tasks'),
+    (_with('support', y=np.zeros((4, 9, 1))),
+     'meta-batch support/y: shape (4, 9, 1), expected (4, 10, ...): 9 '
+     'examples where support/x has 10'),
+    (_with('query', y=np.zeros((4, 10, 1))),
+     'meta-batch query/y: shape (4, 10, 1), expected (4, 5, ...): 10 '
+     'examples where query/x has 5'),
+])
+def test_bad_meta_batch_is_named_in_one_line(batch, expected):
+  assert _error(batch).startswith(expected)
+
+
+def _algorithm(name):
+  graphdef, params = nnx.split(MLP(1, (8,), 1, rngs=nnx.Rngs(0)), nnx.Param)
+
+  def loss_fn(p, batch):
+    return losses.mse(nnx.merge(graphdef, p)(batch['x']), batch['y'])
+
+  tx = optax.sgd(0.1)
+  algorithm = train_steps.make_algorithm(name, loss_fn=loss_fn, tx=tx,
+                                         inner_lr=0.01)
+  state = train_steps.MetaTrainState.create(algorithm.init_params(params), tx)
+  return algorithm, state
+
+
+@pytest.mark.parametrize('name', ALGORITHMS)
+def test_every_registered_step_refuses_a_task_without_its_axis(name):
+  algorithm, state = _algorithm(name)
+  one = jax.tree.map(lambda a: a[0], _batch())
+  with pytest.raises(ValueError, match='one task without the task axis'):
+    jax.jit(algorithm.train_step)(state, one, jax.random.key(0))
+
+
+def test_the_check_runs_once_at_trace_time_not_per_step(monkeypatch):
+  calls = []
+  check = checks.check_meta_batch
+  monkeypatch.setattr(checks, 'check_meta_batch',
+                      lambda b: calls.append(1) or check(b))
+  algorithm, state = _algorithm('maml')
+  step = jax.jit(algorithm.train_step)
+  for i in range(3):
+    state, _ = step(state, _batch(), jax.random.key(i))
+  assert len(calls) == 1 and int(state.step) == 3
+
+
+def test_mse_refuses_targets_that_would_broadcast():
+  predictions, y = jnp.ones((25, 10, 1)), jnp.zeros((25, 10))
+  with pytest.raises(ValueError) as err:
+    jax.jit(losses.mse)(predictions, y)
+  assert str(err.value) == (
+      'mse: targets of shape (25, 10) against predictions of shape '
+      '(25, 10, 1) would broadcast; add the trailing axis to the targets: '
+      'y[..., None]')
+  np.testing.assert_allclose(losses.mse(predictions, y[..., None]), 1.0)
+  np.testing.assert_allclose(
+      losses.mse(jnp.array([1., 2.]), jnp.array([0., 0.])), 2.5)
+
+
+def test_cross_entropy_wants_integer_labels_of_the_logits_leading_shape():
+  logits = jnp.log(jnp.array([[0.25, 0.75], [0.5, 0.5]]))
+  labels = jnp.array([1, 0])
+  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels),
+                             -(np.log(0.75) + np.log(0.5)) / 2, rtol=1e-6)
+  for bad, fix in ((labels[:, None], 'y[..., 0]'),
+                   (jax.nn.one_hot(labels, 2).astype(jnp.int32), 'one-hot'),
+                   (labels[:1], 'one integer class id per row')):
+    with pytest.raises(ValueError) as err:
+      jax.jit(losses.softmax_cross_entropy)(logits, bad)
+    assert str(err.value).startswith(
+        f'softmax_cross_entropy: labels of shape {bad.shape} against logits '
+        'of shape (2, 2): expected labels of shape (2,)')
+    assert fix in str(err.value)
+  with pytest.raises(ValueError, match='labels of dtype float32'):
+    losses.softmax_cross_entropy(logits, labels.astype(jnp.float32))

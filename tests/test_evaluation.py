@@ -1,0 +1,116 @@
+"""Evaluation summaries count non-finite and diverging tasks, never average
+a NaN; the report carries the counts and stays valid JSON."""
+
+import json
+import logging
+import math
+import statistics
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maml_plugin import actions
+from maml_plugin import evaluation
+from maml_plugin import losses
+
+MAX_STEPS = 8
+
+
+@pytest.fixture(scope='module')
+def curves():
+  """Linear-regression tasks; task 0's support inputs are so large that SGD
+  at this rate overshoots: its query loss grows, then overflows to Inf."""
+  def loss_fn(p, batch):
+    return losses.mse(batch['x'] @ p['w'], batch['y'])
+
+  rng = np.random.default_rng(0)
+  slope = rng.uniform(-2, 2, size=(8, 1, 1)).astype(np.float32)
+  x_s = rng.uniform(-1, 1, size=(8, 5, 1)).astype(np.float32)
+  x_s[0] *= 300
+  x_q = rng.uniform(-1, 1, size=(8, 5, 1)).astype(np.float32)
+  tasks = {'support': {'x': x_s, 'y': slope * x_s},
+           'query': {'x': x_q, 'y': slope * x_q}}
+  evaluator = evaluation.FewShotEvaluator(loss_fn, tasks, inner_lr=0.3,
+                                          max_steps=MAX_STEPS)
+  return evaluator({'w': jnp.zeros((1, 1))})
+
+
+def _by_hand(values):
+  """Mean, ci95 and median of the finite values, with `statistics`."""
+  finite = [float(v) for v in values if math.isfinite(v)]
+  return (statistics.fmean(finite),
+          1.96 * statistics.stdev(finite) / math.sqrt(len(finite)),
+          statistics.median(finite))
+
+
+def test_the_diverging_task_is_counted_not_averaged(curves, caplog):
+  first_bad = int(np.argmax(~np.isfinite(curves[0])))
+  assert 1 < first_bad < MAX_STEPS  # The fixture does what it says.
+  assert np.all(np.isfinite(curves[1:]))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # No numpy RuntimeWarning either.
+    with caplog.at_level(logging.WARNING):
+      report = actions.evaluation_report('mse', curves, train_step=5)
+  for k in range(MAX_STEPS + 1):
+    step = report['inner_steps'][str(k)]
+    mean, ci95, median = _by_hand(curves[:, k])
+    assert step['mean'] == pytest.approx(mean, rel=1e-9)
+    assert step['ci95'] == pytest.approx(ci95, rel=1e-9)
+    assert step['median'] == pytest.approx(median, rel=1e-9)
+    assert step['nonfinite'] == (1 if k >= first_bad else 0)
+    # Task 0's loss grew until it overflowed; the others' fell.
+    assert step['diverged'] == (1 if 0 < k < first_bad else 0)
+
+  lines = [r.getMessage() for r in caplog.records
+           if 'NaN or Inf' in r.getMessage()]
+  assert lines == [
+      f'few-shot evaluation: mse is NaN or Inf for 1 of 8 held-out tasks '
+      f'after {first_bad} to {MAX_STEPS} inner steps; mean, ci95 and median '
+      'are over the finite tasks']
+
+  table = actions.format_table(report)
+  assert table.splitlines()[1].split()[-3:] == ['median', 'nonfinite',
+                                                'diverged']
+  last = table.splitlines()[-1].split()
+  assert last[0] == str(MAX_STEPS) and last[-2:] == ['1', '0']
+  scalars = actions.evaluation_scalars('mse', curves)
+  assert scalars[f'eval/mse_step{MAX_STEPS}_nonfinite'] == 1
+  assert scalars['eval/mse_step1_diverged'] == 1
+  assert scalars[f'eval/mse_step{MAX_STEPS}_median'] == pytest.approx(
+      _by_hand(curves[:, MAX_STEPS])[2])
+
+
+def _strict_json(path):
+  def refuse(constant):
+    raise ValueError(f'bare {constant} in {path}')
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+def test_a_step_with_no_finite_task_is_written_as_null(tmp_path):
+  curves = np.array([[1.0, np.nan, 0.5, np.nan], [2.0, np.inf, 0.25, np.nan],
+                     [1.5, np.nan, np.nan, 0.7]])
+  report = actions.evaluation_report('mse', curves, train_step=1)
+  path = actions.write_evaluation_report(str(tmp_path), report)
+  steps = _strict_json(path)['inner_steps']
+  assert steps['1'] == {'mean': None, 'ci95': None, 'median': None,
+                        'nonfinite': 3, 'diverged': 0}
+  # Two finite tasks left: a mean, a ci95 of the two, no bare NaN.
+  assert steps['2']['mean'] == pytest.approx(0.375)
+  assert steps['2']['ci95'] == pytest.approx(
+      1.96 * statistics.stdev([0.5, 0.25]) / math.sqrt(2))
+  assert steps['2']['nonfinite'] == 1
+  assert steps['3'] == {'mean': 0.7, 'ci95': None, 'median': 0.7,
+                        'nonfinite': 2, 'diverged': 0}  # 0.7 < 1.5
+  assert 'nan' in actions.format_table(report).splitlines()[3]
+
+
+def test_for_accuracy_diverged_counts_tasks_whose_accuracy_fell():
+  curves = np.array([[0.4, 0.6], [0.8, 0.2], [0.5, 0.5], [0.6, 0.4]])
+  assert evaluation.summarize(curves, 'accuracy')[1].diverged == 2
+  assert evaluation.summarize(curves, 'mse')[1].diverged == 1
+  summary = evaluation.summarize(curves, 'accuracy')[1]
+  assert summary.median == pytest.approx(statistics.median(curves[:, 1]))
+  assert summary.nonfinite == 0
