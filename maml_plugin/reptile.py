@@ -128,7 +128,7 @@ def make_reptile_train_step(*, loss_fn: core.LossFn,
   def train_step(state: train_steps.MetaTrainState, batch, rng):
     tasks = core.with_task_keys(batch, rng if stateful else None)
     direction, (before, after, model_state) = update_fn(
-        state.params, tasks, state.model_state)
+        state.params, tasks, train_steps.model_state_of(state))
     new_state = train_steps.apply_meta_gradient(state, direction, tx)
     if stateful:
       new_state = new_state.replace(model_state=model_state)
