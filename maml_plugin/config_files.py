@@ -91,6 +91,17 @@ def resolve_argv(argv: list[str]) -> list[str]:
   return out
 
 
+def flags_parser(argv: list[str]) -> list[str]:
+  """An `absl.app.run` flags_parser: absl's own parsing after `--config` is
+  resolved; a value that names nothing stops with one line."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    argv = resolve_argv(argv)
+  except ConfigFileError as e:
+    raise SystemExit(f'maml_plugin: bad config: {e}') from None
+  return app.parse_flags_with_usage(argv)
+
+
 def config_value(argv: list[str]) -> str | None:
   """The `--config` value in `argv` (the last one), or None."""
   value = None

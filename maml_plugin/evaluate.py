@@ -53,16 +53,6 @@ def evaluate(config, workdir: str) -> dict:
       model_state=state.model_state)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; a `--config` path that does not exist is looked up
-  among the shipped configs (`config_files.resolve`)."""
-  try:
-    argv = config_files.resolve_argv(argv)
-  except config_files.ConfigFileError as e:
-    raise SystemExit(f'maml_plugin: bad config: {e}') from None
-  return app.parse_flags_with_usage(argv)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
@@ -78,4 +68,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  # A --config path that does not exist: the shipped config of that name.
+  app.run(main, flags_parser=config_files.flags_parser)

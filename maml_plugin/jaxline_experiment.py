@@ -216,4 +216,6 @@ if __name__ == '__main__':
   # jaxline's platform defines --config.
   from jaxline import platform as _  # pylint: disable=g-import-not-at-top,unused-import
   flags.mark_flag_as_required('config')
-  app.run(main)
+  from maml_plugin import config_files  # pylint: disable=g-import-not-at-top
+  # A --config path that does not exist: the shipped config of that name.
+  app.run(main, flags_parser=config_files.flags_parser)
