@@ -240,8 +240,8 @@ def test_bad_override_or_config_is_one_clean_line(tmp_path, args, expected):
 def test_wheel_runs_a_shipped_config_outside_the_repository(tmp_path):
   """`pip wheel .`, install the wheel (not editable) into a fresh target,
   then from a folder with no configs/ run the README's command on the
-  shipped sinusoid config and on every config check it loads and validates.
-  """
+  shipped sinusoid config, evaluate it by the config's short name, and check
+  that every config (and argument) loads and validates."""
   source = tmp_path / 'source'  # A copy: the build writes build/, egg-info.
   source.mkdir()
   for name in ('setup.py', 'setup.cfg', 'pyproject.toml', 'README.md'):
@@ -296,3 +296,12 @@ def test_wheel_runs_a_shipped_config_outside_the_repository(tmp_path):
   with open(workdir / 'evaluation.json') as f:
     report = json.load(f)
   assert report['train_step'] == 20 and report['num_tasks'] == 10
+  # evaluate, by the short name, rewrites the report from the checkpoint.
+  os.remove(workdir / 'evaluation.json')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'maml_plugin.evaluate', '--config=maml_sine:quick',
+       f'--workdir={workdir}', '--config.num_eval_tasks=10'],
+      cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir / 'evaluation.json') as f:
+    assert json.load(f)['train_step'] == 20
