@@ -57,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--eval_query', type=int, default=15)
   p.add_argument('--eval_steps', type=int, default=3,
                  help='evaluate after 0..eval_steps inner steps')
-  p.add_argument('--eval_task_batch_size', type=int, default=50)
+  p.add_argument('--eval_task_batch_size', type=int, default=1,
+                 help='held-out tasks vmapped at a time (1: fastest on CPU)')
   p.add_argument('--log_every', type=int, default=100)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--data_dir', default=None,
