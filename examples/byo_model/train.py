@@ -83,8 +83,8 @@ def format_table(summaries: dict, num_tasks: int) -> str:
   head = ['batch norm from'] + [
       'before adapting' if k == 0 else f'after {k} step{"s" * (k > 1)}'
       for k in steps]
-  rows = [[mode] + [f'{100 * m:.1f} ± {100 * c:.1f}%'
-                    for m, c in (s[k] for k in steps)]
+  rows = [[mode] + [f'{100 * s[k].mean:.1f} ± {100 * s[k].ci95:.1f}%'
+                    for k in steps]
           for mode, s in summaries.items()]
   lines = [' | '.join(head), ' | '.join('---' for _ in head)]
   lines += [' | '.join(r) for r in rows]
@@ -190,8 +190,9 @@ def main(argv=None):
       'config': vars(args),
       'algorithm': 'maml',
       'devices': [str(d) for d in jax.devices()],
-      'eval': {mode: {str(k): {'mean': m, 'ci95': c}
-                      for k, (m, c) in s.items()}
+      'eval': {mode: {str(k): {'mean': v.mean, 'ci95': v.ci95,
+                               'median': v.median, 'nonfinite': v.nonfinite}
+                      for k, v in s.items()}
                for mode, s in summaries.items()},
       'train_final': {k: float(v) for k, v in metrics.compute().items()},
       'timing_s': {'total': time.time() - t_start, 'train': train_s,
