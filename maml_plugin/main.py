@@ -57,22 +57,31 @@ def _fail(message: str):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with config errors as one line (no traceback)."""
-  for arg in argv[1:]:
-    match = _OVERRIDE.match(arg)
-    if match:
-      try:
-        config_validation.check_override(*match.groups())
-      except config_validation.ConfigError as e:
-        _fail(f'bad config: {e}')
   try:
     return FLAGS(argv)
-  except flags.Error as e:
+  except Exception as e:  # pylint: disable=broad-except
+    # ml_collections raises many types while overriding: name the field.
+    for arg in argv[1:]:
+      match = _OVERRIDE.match(arg)
+      if not match:
+        continue
+      name, value = match.groups()
+      try:
+        config_validation.check_override(name, value)
+      except config_validation.ConfigError as unknown:
+        _fail(f'bad config: {unknown}')
+      field = name.split('.', 1)[0]
+      if (isinstance(e, (AttributeError, KeyError))
+          and field in re.findall(r'\w+', str(e))):
+        _fail(f'bad config: config.{name}={value}: not a field of this '
+              f'config; set config.{field} in the config file first (a '
+              'config\'s fields are fixed once it is loaded)')
     match = _PARSE_ERROR.search(str(e))
-    if match:
+    if isinstance(e, flags.Error) and match:
       _fail('bad config: ' + config_validation.describe_parse_error(
           *match.groups()))
-    _fail(f'bad flag: {" ".join(str(e).split())}')
-  except Exception as e:  # ml_collections raises many types while overriding.
+    if isinstance(e, flags.Error):
+      _fail(f'bad flag: {" ".join(str(e).split())}')
     _fail(f'bad config: {type(e).__name__}: {" ".join(str(e).split())}')
 
 

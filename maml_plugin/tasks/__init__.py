@@ -1,10 +1,27 @@
-"""Task sources: samplers that yield meta-batches in the DESIGN.md form.
+"""Task families, registered by name (``config.task``), and their samplers.
 
-Importing this package also registers the TFDS builders `sinusoid_tasks` and
-`omniglot_tasks` (see `maml_plugin.tasks.tfds_builders`) when
+Usage::
+
+  from maml_plugin.tasks import SinusoidTasks, EpisodicTasks
+  tasks = SinusoidTasks(num_support=10, num_query=10)
+  meta_batch = tasks.train_batch(rng, num_tasks=25)   # jittable
+
+`base` holds the `TASKS` registry and `TaskProblem` (what a family gives
+the trainer); each family is one module that registers itself:
+`sinusoid` (the smallest: copy it to add one) and `omniglot` (episodes
+from `episodic`, which samples N-way K-shot tasks from any image arrays).
+
+Importing this package also registers the TFDS builders `sinusoid_tasks`
+and `omniglot_tasks` (see `maml_plugin.tasks.tfds_builders`) when
 tensorflow_datasets is installed.
 """
 
+from maml_plugin.tasks import omniglot
+from maml_plugin.tasks import sinusoid
+from maml_plugin.tasks.base import TASKS
+from maml_plugin.tasks.base import TaskProblem
+from maml_plugin.tasks.base import TaskSource
+from maml_plugin.tasks.base import build_task_problem
 from maml_plugin.tasks.episodic import EpisodicTasks
 from maml_plugin.tasks.sinusoid import SinusoidTasks
 
