@@ -72,7 +72,7 @@ class TrainerFields(fields.Fields):
   seed: int = fields.field(check=fields.non_negative_int,
                            allowed='an int >= 0')
   on_nonfinite: str = fields.field(
-      'stop', check=fields.one_of('stop', 'skip'),
+      check=fields.one_of('stop', 'skip'),
       allowed=fields.describe_choices('stop', 'skip'))
   # Periodic actions.
   log_every_steps: int = fields.field(check=fields.positive_int,
