@@ -55,43 +55,25 @@ class TrainerFields(fields.Fields):
       allowed='a list of module names to import before the names are '
       'looked up')
   # Outer loop.
-  meta_batch_size: int = fields.field(check=fields.positive_int,
-                                      allowed='an int > 0')
-  meta_lr: float = fields.field(check=fields.positive_real,
-                                allowed='a finite number > 0')
-  meta_optimizer: str = fields.field(
-      'adam', check=fields.one_of('adam', 'sgd'),
-      allowed=fields.describe_choices('adam', 'sgd'))
-  meta_lr_schedule: str = fields.field(
-      'constant', check=fields.one_of('constant', 'linear', 'cosine'),
-      allowed=fields.describe_choices('constant', 'linear', 'cosine'))
-  num_train_steps: int = fields.field(check=fields.positive_int,
-                                      allowed='an int > 0')
-  steps_per_call: int = fields.field(check=fields.positive_int,
-                                     allowed='an int > 0')
-  seed: int = fields.field(check=fields.non_negative_int,
-                           allowed='an int >= 0')
-  on_nonfinite: str = fields.field(
-      check=fields.one_of('stop', 'skip'),
-      allowed=fields.describe_choices('stop', 'skip'))
+  meta_batch_size: int = fields.integer()
+  meta_lr: float = fields.positive()
+  meta_optimizer: str = fields.choice('adam', 'sgd', default='adam')
+  meta_lr_schedule: str = fields.choice('constant', 'linear', 'cosine',
+                                         default='constant')
+  num_train_steps: int = fields.integer()
+  steps_per_call: int = fields.integer()
+  seed: int = fields.integer(at_least=0)
+  on_nonfinite: str = fields.choice('stop', 'skip')
   # Periodic actions.
-  log_every_steps: int = fields.field(check=fields.positive_int,
-                                      allowed='an int > 0')
-  eval_every_steps: int = fields.field(check=fields.positive_int,
-                                       allowed='an int > 0')
-  checkpoint_every_steps: int = fields.field(check=fields.positive_int,
-                                             allowed='an int > 0')
-  max_checkpoints_to_keep: int = fields.field(check=fields.positive_int,
-                                              allowed='an int > 0')
+  log_every_steps: int = fields.integer()
+  eval_every_steps: int = fields.integer()
+  checkpoint_every_steps: int = fields.integer()
+  max_checkpoints_to_keep: int = fields.integer()
   # Held-out evaluation.
-  eval_seed: int = fields.field(check=fields.non_negative_int,
-                                allowed='an int >= 0')
-  num_eval_tasks: int = fields.field(check=fields.int_at_least(2),
-                                     allowed='an int >= 2')
-  eval_num_query: int = fields.field(check=fields.positive_int,
-                                     allowed='an int > 0')
-  eval_num_inner_steps: int = fields.field(check=fields.non_negative_int,
-                                           allowed='an int >= 0')
+  eval_seed: int = fields.integer(at_least=0)
+  num_eval_tasks: int = fields.integer(at_least=2)
+  eval_num_query: int = fields.integer()
+  eval_num_inner_steps: int = fields.integer(at_least=0)
   eval_task_batch_size: int | None = fields.field(
       None, check=fields.or_none(fields.positive_int),
       allowed='an int > 0, or None (all held-out tasks at once)')

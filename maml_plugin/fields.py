@@ -2,14 +2,13 @@
 
 An algorithm, a task family or a model declares the config fields it reads
 as a frozen dataclass that subclasses `Fields`; each field names its check
-and what it allows, and building the dataclass checks every field::
+and what it allows (`field`, or the common kinds `integer`, `positive`,
+`choice`, `flag`), and building the dataclass checks every field::
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class SinusoidFields(fields.Fields):
-    num_support: int = fields.field(check=fields.positive_int,
-                                    allowed='an int > 0')
-    num_plot_tasks: int = fields.field(3, check=fields.non_negative_int,
-                                       allowed='an int >= 0')
+    num_support: int = fields.integer()
+    num_plot_tasks: int = fields.integer(3, at_least=0)
 
   SinusoidFields(num_support=0)   # FieldError: num_support=0: must be ...
   SinusoidFields.from_config(config)   # the config's fields of those names
@@ -52,6 +51,24 @@ def field(default: Any = dataclasses.MISSING, *, check: Check,
 def flag(default: bool = False) -> Any:
   """A True-or-False field."""
   return field(default, check=boolean, allowed='True or False')
+
+
+def integer(default: Any = dataclasses.MISSING, *, at_least: int = 1) -> Any:
+  """An int field, at least `at_least`."""
+  return field(default, check=int_at_least(at_least),
+               allowed='an int > 0' if at_least == 1
+               else f'an int >= {at_least}')
+
+
+def positive(default: Any = dataclasses.MISSING) -> Any:
+  """A finite number > 0."""
+  return field(default, check=positive_real, allowed='a finite number > 0')
+
+
+def choice(*choices, default: Any = dataclasses.MISSING) -> Any:
+  """One of `choices`."""
+  return field(default, check=one_of(*choices),
+               allowed=describe_choices(*choices))
 
 
 class Fields:

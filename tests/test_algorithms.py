@@ -68,8 +68,11 @@ def _problem(kind: str, dtype=jnp.float32):
   module = (MLP(1, (8, 8), 1, rngs=nnx.Rngs(0)) if kind == 'params_only'
             else NormNet(nnx.Rngs(0)))
   model = maml_plugin.NNXModel(module)
-  cast = lambda tree: None if tree is None else jax.tree.map(  # pylint: disable=g-long-lambda
-      lambda a: a.astype(dtype), tree)
+
+  def cast(tree):
+    return None if tree is None else jax.tree.map(lambda a: a.astype(dtype),
+                                                  tree)
+
   return model.task_loss(_mse), cast(model.params), cast(model.model_state)
 
 
@@ -107,7 +110,8 @@ def test_train_step_compiles_once_and_updates_finitely(name, kind):
   assert all(np.isfinite(v) for v in metrics.compute().values())
   if kind == 'with_state':  # The running averages moved, and stay finite.
     assert any(not np.allclose(a, b) for a, b in zip(
-        jax.tree.leaves(state.model_state), jax.tree.leaves(second.model_state)))
+        jax.tree.leaves(state.model_state),
+        jax.tree.leaves(second.model_state)))
     assert all(np.all(np.isfinite(leaf))
                for leaf in jax.tree.leaves(second.model_state))
 

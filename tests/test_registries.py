@@ -115,10 +115,8 @@ def test_a_users_algorithm_field_on_another_algorithm_is_refused():
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Fields(fields.Fields):
-  rate: float = fields.field(check=fields.positive_real,
-                             allowed='a finite number > 0')
-  steps: int = fields.field(1, check=fields.positive_int,
-                            allowed='an int > 0')
+  rate: float = fields.positive()
+  steps: int = fields.integer(1)
 
   def check(self):
     if self.rate * self.steps > 10:

@@ -14,9 +14,8 @@ An algorithm is one module of this package that registers a factory with
 its typed hyper-parameters (copy `fomaml.py`, the smallest)::
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
-  class MyHParams(base.HParams):        # inner_lr, num_inner_steps,
-    temperature: float = fields.field(  # task_batch_size, and yours
-        1.0, check=fields.positive_real, allowed='a finite number > 0')
+  class MyHParams(base.HParams):  # inner_lr, num_inner_steps,
+    temperature: float = fields.positive(1.0)  # task_batch_size, and yours
 
   @base.TRAIN_STEPS.register('mine', fields=MyHParams)
   def make_mine(hparams: MyHParams, *, loss_fn, tx) -> base.MetaAlgorithm:
@@ -71,10 +70,8 @@ class HParams(fields.Fields):
       all tasks of the meta-batch in one `vmap`.
   """
 
-  inner_lr: float = fields.field(check=fields.positive_real,
-                                 allowed='a finite number > 0')
-  num_inner_steps: int = fields.field(1, check=fields.positive_int,
-                                      allowed='an int > 0')
+  inner_lr: float = fields.positive()
+  num_inner_steps: int = fields.integer(1)
   task_batch_size: int | None = fields.field(
       None, check=fields.or_none(fields.positive_int),
       allowed='an int > 0 that divides config.meta_batch_size, or None '

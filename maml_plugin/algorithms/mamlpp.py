@@ -340,8 +340,7 @@ class MAMLPPHParams(base.HParams):
   msl_anneal_steps: int = fields.field(0, check=fields.non_negative_int,
                                        allowed='an int >= 0 (0: MSL off)')
   learn_inner_lr: bool = fields.flag(True)
-  first_order_steps: int = fields.field(0, check=fields.non_negative_int,
-                                        allowed='an int >= 0')
+  first_order_steps: int = fields.integer(0, at_least=0)
   per_step_bn: bool = fields.flag(False)
   per_step_bn_filter: str = fields.field(
       PER_STEP_BN_FILTER, check=fields.regex,

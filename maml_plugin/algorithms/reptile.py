@@ -43,9 +43,7 @@ class ReptileHParams(base.HParams):
     inner_optimizer: 'adam' (beta1 = 0, the paper's) or 'sgd'.
   """
 
-  inner_optimizer: str = fields.field(
-      'adam', check=fields.one_of(*INNER_OPTIMIZERS),
-      allowed=fields.describe_choices(*INNER_OPTIMIZERS))
+  inner_optimizer: str = fields.choice(*INNER_OPTIMIZERS, default='adam')
 
 
 def inner_optimizer_for(name: str, inner_lr: float

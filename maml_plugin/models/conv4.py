@@ -162,8 +162,7 @@ class Conv4Fields(fields.Fields):
       (MAML++).
   """
 
-  num_filters: int = fields.field(64, check=fields.positive_int,
-                                  allowed='an int > 0')
+  num_filters: int = fields.integer(64)
   conv_downsample: str = fields.field(
       'stride', check=fields.one_of('stride', 'maxpool'),
       allowed="'stride' or 'maxpool'")

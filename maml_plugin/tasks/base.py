@@ -7,8 +7,7 @@ shape of the data, and optionally a picture for the report::
 
   @dataclasses.dataclass(frozen=True, kw_only=True)
   class MyFields(fields.Fields):
-    num_support: int = fields.field(check=fields.positive_int,
-                                    allowed='an int > 0')
+    num_support: int = fields.integer()
 
   @TASKS.register('mine', fields=MyFields)
   def make_mine(task_fields: MyFields) -> TaskProblem:

@@ -265,19 +265,12 @@ class OmniglotFields(fields.Fields):
   data_dir: str = fields.field(
       '', check=fields.string,
       allowed=f"a folder path, or '' for ${DATA_DIR_ENV}")
-  train_split: str = fields.field('vinyals_train',
-                                  check=fields.one_of(*SPLITS),
-                                  allowed=fields.describe_choices(*SPLITS))
-  eval_split: str = fields.field('vinyals_test', check=fields.one_of(*SPLITS),
-                                 allowed=fields.describe_choices(*SPLITS))
-  ways: int = fields.field(check=fields.int_at_least(2),
-                           allowed='an int >= 2')
-  num_support: int = fields.field(check=fields.positive_int,
-                                  allowed='an int > 0')
-  num_query: int = fields.field(check=fields.positive_int,
-                                allowed='an int > 0')
-  eval_num_query: int = fields.field(check=fields.positive_int,
-                                     allowed='an int > 0')
+  train_split: str = fields.choice(*SPLITS, default='vinyals_train')
+  eval_split: str = fields.choice(*SPLITS, default='vinyals_test')
+  ways: int = fields.integer(at_least=2)
+  num_support: int = fields.integer()
+  num_query: int = fields.integer()
+  eval_num_query: int = fields.integer()
   transductive: bool = fields.flag(True)
 
 

@@ -104,12 +104,9 @@ class SinusoidFields(fields.Fields):
     num_plot_tasks: held-out tasks drawn in ``adaptation.png`` (0: none).
   """
 
-  num_support: int = fields.field(check=fields.positive_int,
-                                  allowed='an int > 0')
-  num_query: int = fields.field(check=fields.positive_int,
-                                allowed='an int > 0')
-  num_plot_tasks: int = fields.field(3, check=fields.non_negative_int,
-                                     allowed='an int >= 0')
+  num_support: int = fields.integer()
+  num_query: int = fields.integer()
+  num_plot_tasks: int = fields.integer(3, at_least=0)
 
 
 def mse_loss(model, batch) -> jax.Array:

@@ -8,8 +8,7 @@ from maml_plugin import fields
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScaledMAMLHParams(algorithms.HParams):
-  inner_lr_scale: float = fields.field(1.0, check=fields.positive_real,
-                                       allowed='a finite number > 0')
+  inner_lr_scale: float = fields.positive(1.0)
 
 
 @algorithms.TRAIN_STEPS.register('scaled_maml', fields=ScaledMAMLHParams)

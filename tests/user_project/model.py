@@ -22,8 +22,7 @@ class NormMLP(nnx.Module):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NormMLPFields(fields.Fields):
-  width: int = fields.field(16, check=fields.positive_int,
-                            allowed='an int > 0')
+  width: int = fields.integer(16)
   dropout_rate: float = fields.field(
       0.1, check=lambda v: isinstance(v, float) and 0 <= v < 1,
       allowed='a float in [0, 1)')

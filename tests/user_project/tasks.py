@@ -40,12 +40,9 @@ class LineTasks:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LineFields(fields.Fields):
-  num_support: int = fields.field(check=fields.positive_int,
-                                  allowed='an int > 0')
-  num_query: int = fields.field(check=fields.positive_int,
-                                allowed='an int > 0')
-  max_slope: float = fields.field(2.0, check=fields.positive_real,
-                                  allowed='a finite number > 0')
+  num_support: int = fields.integer()
+  num_query: int = fields.integer()
+  max_slope: float = fields.positive(2.0)
 
 
 def mse(model, batch):
