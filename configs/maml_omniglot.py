@@ -82,6 +82,9 @@ def get_config(arg=None):
   config.inner_lr = 0.4
   config.num_inner_steps = 1
   config.first_order = False
+  # Rematerialize each inner step in the backward pass (jax.checkpoint): the
+  # same meta-gradient, memory flat in num_inner_steps.
+  config.remat_inner_steps = False
   # Outer loop: Adam on the meta-loss.
   config.meta_batch_size = 32
   # Meta-gradient one task at a time (a lax.map over tasks): the same

@@ -16,6 +16,7 @@ evaluation: name it in the argument, alone or with `quick`::
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 ALGORITHMS = ('maml', 'fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp')
@@ -47,8 +48,15 @@ def get_config(arg=None):
   config.inner_lr = 0.01
   config.num_inner_steps = 1
   config.first_order = False
+  # Rematerialize each inner step in the backward pass (jax.checkpoint): the
+  # same meta-gradient, memory flat in num_inner_steps.
+  config.remat_inner_steps = False
   # Outer loop: Adam on the meta-loss.
   config.meta_batch_size = 25
+  # Tasks per meta-gradient batch (a lax.map over equal task batches, the
+  # same gradient); None: all tasks in one vmap, the fastest for this MLP on
+  # CPU. An int that divides meta_batch_size, e.g. 32 on a GPU.
+  config.task_batch_size = config_dict.placeholder(int)
   config.meta_lr = 1e-3
   config.num_train_steps = 70_000
   config.seed = 0
@@ -81,10 +89,12 @@ def get_config(arg=None):
   config.train_step = algorithm
   if algorithm == 'fomaml':
     del config.first_order  # FOMAML is first order by definition.
+    del config.remat_inner_steps  # Nothing to rematerialize.
   elif algorithm == 'reptile':
     # Nichol et al. (2018): Adam (beta1 = 0) in the inner loop on all of a
     # task's examples; plain SGD outer steps, size annealed linearly to 0.
     del config.first_order
+    del config.remat_inner_steps  # No meta-gradient through the inner loop.
     config.inner_optimizer = 'adam'
     config.num_inner_steps = 5
     config.meta_optimizer = 'sgd'

@@ -4,6 +4,18 @@ What a checkpoint holds: ``{'state': MetaTrainState, 'rng': key data}``:
 params, optimizer state and step, and the base key the loop folds the step
 into, so a resumed run draws the same tasks as an uninterrupted one.
 
+Any train state that is a pytree of arrays works the same, Flax's
+``flax.training.train_state.TrainState`` included: its ``step`` starts as a
+Python int (saved and restored as an int array), and its ``tx`` and
+``apply_fn`` are static fields, taken from the state passed to
+`restore_latest`::
+
+  manager = create_manager(workdir, max_to_keep=3)
+  state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
+  state, rng = restore_latest(manager, state, jax.random.key(0))
+  ...
+  save(manager, state, rng)
+
 Orbax writes each step to a temporary folder and renames it when complete, so
 a kill during a save leaves the previous checkpoint intact.
 """
@@ -14,6 +26,7 @@ import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from maml_plugin import core
@@ -35,9 +48,16 @@ def create_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
           enable_async_checkpointing=False))
 
 
+def _as_arrays(tree):
+  """Python scalars (a Flax `TrainState`'s int step) as arrays: orbax and
+  the restore target need a shape and a dtype for every leaf."""
+  return jax.tree.map(
+      lambda x: x if hasattr(x, 'shape') else jnp.asarray(x), tree)
+
+
 def save(manager: ocp.CheckpointManager, state, rng: jax.Array) -> None:
   step = int(jax.device_get(state.step))
-  item = {'state': state, 'rng': jax.random.key_data(rng)}
+  item = _as_arrays({'state': state, 'rng': jax.random.key_data(rng)})
   manager.save(step, args=ocp.args.StandardSave(item), force=True)
   manager.wait_until_finished()
 
@@ -58,7 +78,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array):
   step = manager.latest_step()
   if step is None:
     return state, rng
-  target = {'state': state, 'rng': jax.random.key_data(rng)}
+  target = _as_arrays({'state': state, 'rng': jax.random.key_data(rng)})
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   path = os.path.join(directory, str(step))
   _check_shapes(path, abstract)

@@ -221,5 +221,5 @@ def check_override(name: str, value: str) -> None:
 def describe_parse_error(name: str, value: str) -> str:
   """The one line for an override whose value does not parse as its type."""
   field = name.split('.', 1)[0]
-  allowed = _all_fields().get(field, 'a known field')
+  allowed = _all_fields().get(field, f'of the type config.{field} has')
   return f'config.{name}={value!r}: must be {allowed}'

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from maml_plugin import actions
 from maml_plugin import checkpointing
+from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import train
 from maml_plugin.tasks import episodic
@@ -67,4 +68,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  # A --config path that does not exist: the shipped config of that name.
+  app.run(main, flags_parser=config_files.flags_parser)

@@ -13,6 +13,7 @@ Several hosts (one process each) train one run together::
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
 """
 
+import difflib
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from maml_plugin import checkpointing
+from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import distributed
 from maml_plugin import guards
@@ -55,34 +57,71 @@ def _fail(message: str):
   os._exit(1)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with config errors as one line (no traceback)."""
+def _one_line(e: Exception) -> str:
+  # A KeyError's str() is the repr of its message, quotes and \n included.
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return ' '.join(text.split())
+
+
+def _explain_config_error(argv: list[str]) -> str | None:
+  """One line for a failure in the config file or in an override of a field
+  the config lacks (ml_collections says it in several lines), or None."""
+  value = config_files.config_value(argv)
+  if value is None:
+    return None
   try:
-    return FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    # ml_collections raises many types while overriding: name the field.
-    for arg in argv[1:]:
-      match = _OVERRIDE.match(arg)
-      if not match:
-        continue
-      name, value = match.groups()
-      try:
-        config_validation.check_override(name, value)
-      except config_validation.ConfigError as unknown:
-        _fail(f'bad config: {unknown}')
-      field = name.split('.', 1)[0]
-      if (isinstance(e, (AttributeError, KeyError))
-          and field in re.findall(r'\w+', str(e))):
-        _fail(f'bad config: config.{name}={value}: not a field of this '
-              f'config; set config.{field} in the config file first (a '
-              'config\'s fields are fixed once it is loaded)')
+    config = config_files.load(value)
+  except Exception as e:  # The config file's own error, e.g. a bad `:arg`.
+    return f'--config={value}: {type(e).__name__}: {_one_line(e)}'
+  fields = list(config.keys()) if hasattr(config, 'keys') else []
+  try:  # The fields of the user's own entries become known too.
+    config_validation.import_modules(config)
+  except (config_validation.ConfigError, AttributeError):
+    pass  # Said in one line when the config is validated.
+  for arg in argv[1:]:
+    match = _OVERRIDE.match(arg)
+    if not match:
+      continue
+    name, override = match.groups()
+    field = name.split('.', 1)[0]
+    if field in fields:
+      continue
+    try:  # A field nothing registered declares: the closest that exists.
+      config_validation.check_override(name, override)
+    except config_validation.ConfigError as e:
+      return str(e)
+    close = difflib.get_close_matches(field, fields, n=3, cutoff=0.5)
+    names = ', '.join(f'config.{f}' for f in (close or sorted(fields)))
+    return (f'config.{name}={override}: {value} has no field {field!r} '
+            f'({"close names" if close else "its fields"}: {names})')
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config errors as one line (no traceback).
+
+  A `--config` path that does not exist is looked up among the shipped
+  configs (`config_files.resolve`). Overrides are checked by name only when
+  ml_collections refuses them, so that a field only a user's module
+  declares (``config.imports``) is accepted.
+  """
+  try:
+    resolved = config_files.resolve_argv(argv)
+  except config_files.ConfigFileError as e:
+    _fail(f'bad config: {e}')
+  try:
+    return FLAGS(resolved)
+  except Exception as e:  # ml_collections raises many types while overriding.
+    explained = _explain_config_error(argv)
+    if explained:
+      _fail(f'bad config: {explained}')
     match = _PARSE_ERROR.search(str(e))
     if isinstance(e, flags.Error) and match:
       _fail('bad config: ' + config_validation.describe_parse_error(
           *match.groups()))
     if isinstance(e, flags.Error):
-      _fail(f'bad flag: {" ".join(str(e).split())}')
-    _fail(f'bad config: {type(e).__name__}: {" ".join(str(e).split())}')
+      _fail(f'bad flag: {_one_line(e)}')
+    _fail(f'bad config: {type(e).__name__}: {_one_line(e)}')
 
 
 def main(argv):
@@ -97,6 +136,8 @@ def main(argv):
                                num_devices=distributed.num_task_devices())
   except config_validation.ConfigError as e:
     _fail(f'bad config: {e}')
+  logging.info('config file: %s', config_flags.get_config_filename(
+      FLAGS['config']))
   logging.info('workdir: %s', FLAGS.workdir)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

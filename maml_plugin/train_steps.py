@@ -23,6 +23,7 @@ from maml_plugin.algorithms.base import leaf_paths
 from maml_plugin.algorithms.base import make_algorithm
 from maml_plugin.algorithms.base import make_train_step
 from maml_plugin.algorithms.base import merge_leaves
+from maml_plugin.algorithms.base import model_state_of
 from maml_plugin.algorithms.base import param_path
 from maml_plugin.algorithms.base import restrict_loss
 from maml_plugin.algorithms.base import select_leaves

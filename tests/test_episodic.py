@@ -8,6 +8,7 @@ from flax import nnx
 
 from maml_plugin.models import Conv4
 from maml_plugin.tasks import EpisodicTasks
+from maml_plugin.tasks import episodic
 from maml_plugin.tasks.episodic import EpisodeError
 
 
@@ -133,3 +134,39 @@ def test_real_omniglot_tasks(omniglot_splits):
 
   acc = float(accuracy(params, batch).mean())
   assert 0.12 < acc < 0.28, acc
+
+
+def test_tfds_dataset_without_the_feature_lists_its_features(tmp_path):
+  """`arrays_from_tfds` on a dataset whose features are not called `image`
+  and `label` says which features it has, in one line; naming them works."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+
+  class ShipTestDigits(tfds.core.GeneratorBasedBuilder):
+    """Four 2x2 images under other feature names."""
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              'pixels': tfds.features.Image(shape=(2, 2, 1)),
+              'digit': tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(4):
+        yield i, {'pixels': np.full((2, 2, 1), i, np.uint8), 'digit': i % 2}
+
+  data_dir = str(tmp_path)
+  ShipTestDigits(data_dir=data_dir).download_and_prepare()
+  with pytest.raises(EpisodeError) as err:
+    episodic.arrays_from_tfds('ship_test_digits', 'train', data_dir=data_dir)
+  assert str(err.value) == (
+      "TFDS dataset 'ship_test_digits' has no feature image_key='image' and "
+      "label_key='label'; its features: digit, pixels")
+  images, labels = episodic.arrays_from_tfds(
+      'ship_test_digits', 'train', image_key='pixels', label_key='digit',
+      data_dir=data_dir)
+  assert images.shape == (4, 2, 2, 1)
+  assert sorted(labels.tolist()) == [0, 0, 1, 1]

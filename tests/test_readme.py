@@ -1,7 +1,10 @@
-"""README's commands and its "own loop" example are what they claim."""
+"""README's commands and its loop examples are what they claim."""
 
 import os
 import re
+
+import jax
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,3 +51,46 @@ def test_ci_runs_the_readme_test_command():
   assert 'pytest' in command and 'pip install' in command
   with open(os.path.join(REPO, '.ci', 'run')) as f:
     assert '<!-- test-command -->' in f.read()
+
+
+def _own_loop_setup(steps: int) -> dict:
+  """The own-loop example's namespace, its loop cut to `steps` steps."""
+  block = _block_after('<!-- own-loop-example -->')
+  assert 'range(1, 501)' in block
+  namespace = {}
+  exec(compile(block.replace('range(1, 501)', f'range(1, {steps + 1})'),
+               'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+def test_train_state_example_trains_saves_and_resumes(tmp_path, capsys):
+  namespace = _own_loop_setup(steps=1)
+  namespace['workdir'] = str(tmp_path)
+  block = compile(_block_after('<!-- train-state-example -->'), 'README.md',
+                  'exec')
+  exec(block, namespace)  # pylint: disable=exec-used
+  first = namespace['state']
+  assert type(first).__name__ == 'TrainState' and int(first.step) == 20
+  namespace['manager'].close()
+  exec(block, namespace)  # pylint: disable=exec-used  # Resumes at step 20.
+  resumed = namespace['state']
+  assert int(resumed.step) == 20
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(first)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  namespace['manager'].close()
+  capsys.readouterr()
+
+
+def test_nnx_loop_example_trains_the_module(capsys):
+  namespace = {}
+  exec(compile(_block_after('<!-- nnx-loop-example -->'), 'README.md',
+               'exec'), namespace)  # pylint: disable=exec-used
+  assert int(namespace['optimizer'].step[...]) == 100
+  metrics = namespace['metrics'].compute()
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  fresh = namespace['Model'](rngs=namespace['nnx'].Rngs(0))
+  trained = namespace['nnx'].state(namespace['model'], namespace['nnx'].Param)
+  assert not np.allclose(jax.tree.leaves(trained)[0],
+                         jax.tree.leaves(namespace['nnx'].state(
+                             fresh, namespace['nnx'].Param))[0])
+  assert 'query_loss_after' in capsys.readouterr().out

@@ -46,6 +46,26 @@ def test_main_and_evaluate_run_the_users_config(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'adaptation.png'))
 
 
+@pytest.mark.parametrize('override,expected', [
+    ('--config.inner_lr_scalee=1',
+     'maml_plugin: bad config: config.inner_lr_scalee=1: unknown field; did '
+     'you mean config.inner_lr_scale? '),
+    ('--config.inner_lr_scale=abc',
+     "maml_plugin: bad config: config.inner_lr_scale='abc': must be "),
+])
+def test_main_names_a_bad_override_of_a_users_field(tmp_path, override,
+                                                    expected):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'maml_plugin.main',
+       '--config=tests/user_project/config.py',
+       f'--workdir={tmp_path / "work"}', override],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(expected), (
+      proc.stderr[-2000:])
+  assert 'Traceback' not in proc.stderr
+
+
 def test_a_users_model_with_state_trains_and_keeps_its_state(tmp_path):
   config = user_config.get_config()
   problem = train.create_problem(config)

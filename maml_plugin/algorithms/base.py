@@ -202,6 +202,12 @@ def accepts_metric_fn(name: str) -> bool:
   return 'metric_fn' in inspect.signature(TRAIN_STEPS.lookup(name)).parameters
 
 
+def model_state_of(state) -> Any:
+  """``state.model_state``; None for a train state without that field (a
+  Flax `TrainState`, which then suits parameter-only models only)."""
+  return getattr(state, 'model_state', None)
+
+
 def apply_meta_gradient(state: MetaTrainState, grads: Any,
                         tx: optax.GradientTransformation) -> MetaTrainState:
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -236,7 +242,7 @@ def gradient_train_step(objective, tx: optax.GradientTransformation,
 
   def train_step(state, batch, rng: jax.Array):
     tasks = core.with_task_keys(batch, rng if stateful else None)
-    (_, aux), grads = grad_fn(state.params, tasks, state.model_state)
+    (_, aux), grads = grad_fn(state.params, tasks, model_state_of(state))
     new_state = apply_meta_gradient(state, grads, tx)
     if stateful:
       new_state = new_state.replace(model_state=aux.model_state)

@@ -63,5 +63,9 @@ def make_maml(hparams: MAMLHParams, *, loss_fn: core.LossFn,
   With `metric_fn` (classification accuracy) the metrics also hold
   ``query_accuracy_before`` and ``query_accuracy_after``.
   """
-  return sgd_meta_algorithm(loss_fn=loss_fn, tx=tx, metric_fn=metric_fn,
-                            **dataclasses.asdict(hparams))
+  return sgd_meta_algorithm(
+      loss_fn=loss_fn, tx=tx, inner_lr=hparams.inner_lr,
+      num_inner_steps=hparams.num_inner_steps,
+      first_order=hparams.first_order,
+      remat_inner_steps=hparams.remat_inner_steps,
+      task_batch_size=hparams.task_batch_size, metric_fn=metric_fn)

@@ -398,7 +398,8 @@ def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
 
   def train_step(state: base.MetaTrainState, batch, rng):
     tasks = core.with_task_keys(batch, rng if stateful else None)
-    args = (state.params, tasks, state.model_state, state.step)
+    args = (state.params, tasks, base.model_state_of(state),
+            state.step)
     if first_order_steps:
       (_, aux), grads = jax.lax.cond(state.step < first_order_steps, first,
                                      second, *args)

@@ -139,13 +139,12 @@ def make_reptile(hparams: ReptileHParams, *, loss_fn: core.LossFn,
   def train_step(state: base.MetaTrainState, batch, rng):
     tasks = core.with_task_keys(batch, rng if stateful else None)
     direction, (before, after, model_state) = update_fn(
-        state.params, tasks, state.model_state)
+        state.params, tasks, base.model_state_of(state))
     new_state = base.apply_meta_gradient(state, direction, tx)
     if stateful:
       new_state = new_state.replace(model_state=model_state)
     return (new_state,
-            base.train_metrics(core.MetaOutput(before, after),
-                                      direction))
+            base.train_metrics(core.MetaOutput(before, after), direction))
 
   def inner_loop_for(loss):
     def eval_step(meta_params, carry, support, k):

@@ -219,9 +219,19 @@ def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',
   Works with any dataset that has an image and an int label feature
   (``'omniglot'``, ``'mnist'``, ``'omniglot_tasks/...'``, your own); the
   dataset must already be prepared under `data_dir` (nothing downloads).
+  A dataset without `image_key` or `label_key` is an `EpisodeError` whose
+  one line lists the features it has.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
+  features = sorted(builder.info.features.keys())
+  missing = [f'{arg}={key!r}' for arg, key in (('image_key', image_key),
+                                               ('label_key', label_key))
+             if key not in features]
+  if missing:
+    raise EpisodeError(
+        f'TFDS dataset {name!r} has no feature {" and ".join(missing)}; '
+        f'its features: {", ".join(features)}')
   ds = builder.as_dataset(split=split, batch_size=-1)
   data = tfds.as_numpy(ds)
   return np.asarray(data[image_key]), np.asarray(data[label_key])
