@@ -18,6 +18,7 @@ copy it to add one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -119,7 +120,8 @@ def adaptation_picture(path: str, *, predict_fn, params, tasks, inner_loop,
   """The MAML paper's figure (a `base.Picture`): for the first `num_tasks`
   held-out tasks, the true curve, the support points and the prediction
   before adapting and after 1 and `max_steps` inner steps."""
-  # Drawing needs matplotlib; imported only when a report is written.
+  # Evaluation and matplotlib sit above the task sources: imported only
+  # when a report is drawn.
   from maml_plugin import evaluation  # pylint: disable=g-import-not-at-top
   from maml_plugin import plots  # pylint: disable=g-import-not-at-top
   steps = tuple(sorted({0, min(1, max_steps), max_steps}))
@@ -134,8 +136,8 @@ def make_sinusoid_problem(task_fields: SinusoidFields) -> base.TaskProblem:
   """Sinusoid regression: 1 input, 1 output, MSE, the fitted-curve figure."""
   picture = None
   if task_fields.num_plot_tasks:
-    def picture(path, **kwargs):
-      adaptation_picture(path, num_tasks=task_fields.num_plot_tasks, **kwargs)
+    picture = functools.partial(adaptation_picture,
+                                num_tasks=task_fields.num_plot_tasks)
   return base.TaskProblem(
       tasks=SinusoidTasks(num_support=task_fields.num_support,
                           num_query=task_fields.num_query),
