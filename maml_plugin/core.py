@@ -23,7 +23,7 @@ Models with state besides their parameters (an NNX model with `BatchNorm`,
                                          inner_lr=0.01, model_state=state,
                                          rng=task_key)
 
-(`maml_plugin.nnx_bridge.task_losses` builds one from any NNX module.) The
+(`maml_plugin.NNXModel(module).task_loss(fn)` builds one from any NNX module.) The
 state travels explicitly: each forward pass gets the state the previous one
 returned, and the key schedule of `support_key` / `query_key` gives every
 task, inner step and support or query pass its own key. The inner loop

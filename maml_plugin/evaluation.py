@@ -59,17 +59,26 @@ def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
 
   The inner loop (`inner_loop`, or SGD at `inner_lr` on `loss_fn`) adapts
   on the support set exactly as in training; `metric_fn(params, batch)`
-  may differ from the loss (e.g. accuracy).
+  may differ from the loss (e.g. accuracy). Where the query loss is NaN or
+  Inf the value is NaN, so a diverged task is counted as non-finite
+  (`summarize`) even by a metric that would hide it (argmax of NaN logits
+  reads as class 0, i.e. chance accuracy).
   """
   loop = _inner_loop(loss_fn, inner_lr, inner_loop)
 
+  def measure(p, k):
+    value = _measure(loop, metric_fn, k)(p, task['query'])
+    if metric_fn is loss_fn:
+      return value
+    loss = _measure(loop, loss_fn, k)(p, task['query'])
+    return jnp.where(jnp.isfinite(loss), value, jnp.nan)
+
   def body(carry, k):
     carry = loop.step(params, carry, task['support'], k)
-    return carry, _measure(loop, metric_fn, k + 1)(loop.params(carry),
-                                                   task['query'])
+    return carry, measure(loop.params(carry), k + 1)
 
   carry = loop.init(params)
-  before = _measure(loop, metric_fn, 0)(loop.params(carry), task['query'])
+  before = measure(loop.params(carry), 0)
   _, after = jax.lax.scan(body, carry, jnp.arange(max_steps, dtype=jnp.int32))
   return jnp.concatenate([before[None], after])
 

@@ -59,14 +59,14 @@ def test_byo_example_trains_evaluates_and_writes_back(omniglot_env, tmp_path,
   fresh = train.OmniglotCNN(ways=5, channels=8, dropout_rate=0.1,
                             rngs=nnx.Rngs(3))
   for i, (block, init) in enumerate(zip(net.blocks, fresh.blocks)):
-    mean, mean0 = np.asarray(block.norm.mean.value), np.asarray(
-        init.norm.mean.value)
+    mean, mean0 = np.asarray(block.norm.mean[...]), np.asarray(
+        init.norm.mean[...])
     assert np.all(np.isfinite(mean)), i
     assert not np.allclose(mean, mean0), (
         f'block {i}: BatchNorm running mean still at its initial value: '
         'the running averages were not updated or not written back')
-    assert not np.allclose(np.asarray(block.norm.var.value),
-                           np.asarray(init.norm.var.value)), i
+    assert not np.allclose(np.asarray(block.norm.var[...]),
+                           np.asarray(init.norm.var[...])), i
   trained = jax.tree.leaves(nnx.state(net, nnx.Param))
   initial = jax.tree.leaves(nnx.state(fresh, nnx.Param))
   assert all(a.shape == b.shape for a, b in zip(trained, initial))

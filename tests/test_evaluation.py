@@ -7,6 +7,7 @@ import math
 import statistics
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -114,3 +115,30 @@ def test_for_accuracy_diverged_counts_tasks_whose_accuracy_fell():
   summary = evaluation.summarize(curves, 'accuracy')[1]
   assert summary.median == pytest.approx(statistics.median(curves[:, 1]))
   assert summary.nonfinite == 0
+
+
+def test_accuracy_of_a_task_whose_loss_diverged_is_counted_non_finite():
+  """Argmax of NaN logits is class 0: without the loss check a diverged
+  task would read as a plausible accuracy."""
+  ev = evaluation
+
+  def logits(params, batch):
+    return batch['x'] * params['w']  # [examples, classes]
+
+  def loss_fn(params, batch):
+    lp = jax.nn.log_softmax(logits(params, batch))
+    return -jnp.mean(jnp.take_along_axis(lp, batch['y'][:, None], 1))
+
+  def accuracy(params, batch):
+    return jnp.mean(jnp.argmax(logits(params, batch), -1) == batch['y'])
+
+  x = np.ones((3, 4, 2), np.float32)
+  x[1, 0, 0] = np.nan          # task 1 has a NaN input
+  tasks = {'support': {'x': x, 'y': np.zeros((3, 4), np.int32)},
+           'query': {'x': x, 'y': np.zeros((3, 4), np.int32)}}
+  curves = np.asarray(ev.adaptation_curves(
+      loss_fn, {'w': jnp.ones((2,))}, tasks, inner_lr=0.1, max_steps=1,
+      metric_fn=accuracy))
+  assert np.isnan(curves[1]).all()
+  assert np.isfinite(curves[[0, 2]]).all()
+  assert ev.summarize(np.asarray(curves), metric='accuracy')[0].nonfinite == 1

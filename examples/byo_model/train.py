@@ -64,7 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--data_dir', default=None,
                  help='folder holding omniglot/ (default $MAML_PLUGIN_DATA_DIR)')
   p.add_argument('--output', default=None, help='write the results as JSON')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.num_steps < 1:
+    p.error(f'--num_steps={args.num_steps}: must be >= 1')
+  return args
 
 
 # The user's losses: functions of a merged module and a batch.
