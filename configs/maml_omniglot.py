@@ -70,6 +70,7 @@ def get_config(arg=None):
   config.num_support = 1  # images per class in the support set (K)
   config.num_query = 1  # query images per class in training (as MAML's code)
   # Model: Conv-4, 64 filters, stride-2 convolutions (MAML's Omniglot net).
+  config.model = 'conv4'
   config.num_filters = 64
   config.conv_downsample = 'stride'
   # Batch norm with the statistics of the batch it sees (the reference code's

@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.num_support = 10
   config.num_query = 10
   # Model: 1-40-40-1 ReLU MLP.
+  config.model = 'mlp'
   config.hidden_sizes = (40, 40)
   # Meta-learning algorithm (a registered train step) and its inner loop.
   config.train_step = 'maml'

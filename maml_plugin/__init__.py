@@ -35,11 +35,11 @@ from maml_plugin.core import maml_loss
 from maml_plugin.core import maml_loss_and_aux
 from maml_plugin.core import sgd_step
 from maml_plugin.nnx_bridge import NNXModel
-from maml_plugin.train_steps import MetaAlgorithm
-from maml_plugin.train_steps import MetaTrainState
-from maml_plugin.train_steps import TRAIN_STEPS
-from maml_plugin.train_steps import make_algorithm
-from maml_plugin.train_steps import make_train_step
+from maml_plugin.algorithms import MetaAlgorithm
+from maml_plugin.algorithms import MetaTrainState
+from maml_plugin.algorithms import TRAIN_STEPS
+from maml_plugin.algorithms import make_algorithm
+from maml_plugin.algorithms import make_train_step
 
 __all__ = [
     'adapt', 'maml_loss', 'maml_loss_and_aux', 'sgd_step', 'InnerLoop',

@@ -6,7 +6,7 @@ Usage::
   train_step = checked_train_step(train_step)   # checks every batch it gets
 
 Shapes are static under `jax.jit`, so the check runs while the step is
-traced and costs nothing per step; `train_steps.make_algorithm` applies it to
+traced and costs nothing per step; `algorithms.make_algorithm` applies it to
 every registered train step. The contract it enforces (see DESIGN.md):
 
 * the meta-batch is ``{'support': {...}, 'query': {...}}`` (other top-level

@@ -4,170 +4,83 @@ Usage::
 
   validate(config)   # raises ConfigError('config.inner_lr=-0.1: must be ...')
 
-Every field a config may hold is listed in `FIELDS` (all tasks) or
-`TASK_FIELDS[config.task]` with what is allowed; a field not listed is an
-error too (a typo must not be silently ignored), and so is a field of another
-task (it would be silently unused). Fields in `OPTIONAL` may be absent (the
-code's default applies); an optional hyper-parameter of one algorithm (e.g.
-`head_filter`) set to anything but its default is an error on a config whose
-`train_step` does not take it, since it would be ignored.
+A config names a task family (``config.task``), a model (``config.model``)
+and an algorithm (``config.train_step``), each found in its registry
+(`maml_plugin.tasks.TASKS`, `maml_plugin.models.MODELS`,
+`maml_plugin.algorithms.TRAIN_STEPS`); ``config.imports`` lists modules to
+import first, so that a user's own entries are registered. The known
+fields are the trainer's (`TrainerFields`) and the fields each registered
+entry declares (a `fields.Fields` dataclass); each is checked by its
+declaration. A field nobody declares is an error (a typo must not be
+silently ignored), and so is a field of another task family or model. A
+hyper-parameter of another algorithm is refused unless left at its
+default there, so ``--config.train_step=fomaml`` works on a MAML config
+while a value somebody chose is never silently ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import inspect
-import math
-import re
-from typing import Any, Callable
+import importlib
 
-from maml_plugin import train_steps
-from maml_plugin.tasks import omniglot
+from maml_plugin import fields
+from maml_plugin.algorithms import TRAIN_STEPS
+from maml_plugin.models import MODELS
+from maml_plugin.tasks import TASKS
 
 
 class ConfigError(ValueError):
   """A config field holds a value that is not allowed."""
 
 
-Check = Callable[[Any], bool]
+def _module_names(v) -> bool:
+  return isinstance(v, (list, tuple)) and all(
+      isinstance(m, str) and m for m in v)
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainerFields(fields.Fields):
+  """The fields the trainer itself reads (`maml_plugin.train`)."""
+
+  # What the config uses, by registered name (checked against the
+  # registries in `validate`), and the modules that register them.
+  task: str = fields.field(check=fields.string, allowed='a registered task')
+  model: str = fields.field(check=fields.string,
+                            allowed='a registered model')
+  train_step: str = fields.field(check=fields.string,
+                                 allowed='a registered train step')
+  imports: tuple[str, ...] = fields.field(
+      (), check=_module_names,
+      allowed='a list of module names to import before the names are '
+      'looked up')
+  # Outer loop.
+  meta_batch_size: int = fields.integer()
+  meta_lr: float = fields.positive()
+  meta_optimizer: str = fields.choice('adam', 'sgd', default='adam')
+  meta_lr_schedule: str = fields.choice('constant', 'linear', 'cosine',
+                                         default='constant')
+  num_train_steps: int = fields.integer()
+  steps_per_call: int = fields.integer()
+  seed: int = fields.integer(at_least=0)
+  on_nonfinite: str = fields.choice('stop', 'skip')
+  # Periodic actions.
+  log_every_steps: int = fields.integer()
+  eval_every_steps: int = fields.integer()
+  checkpoint_every_steps: int = fields.integer()
+  max_checkpoints_to_keep: int = fields.integer()
+  # Held-out evaluation.
+  eval_seed: int = fields.integer(at_least=0)
+  num_eval_tasks: int = fields.integer(at_least=2)
+  eval_num_query: int = fields.integer()
+  eval_num_inner_steps: int = fields.integer(at_least=0)
+  eval_task_batch_size: int | None = fields.field(
+      None, check=fields.or_none(fields.positive_int),
+      allowed='an int > 0, or None (all held-out tasks at once)')
 
 
-def _is_real(v) -> bool:
-  return (isinstance(v, (int, float)) and not isinstance(v, bool)
-          and math.isfinite(v))
-
-
-def positive_int(v) -> bool:
-  return _is_int(v) and v > 0
-
-
-def non_negative_int(v) -> bool:
-  return _is_int(v) and v >= 0
-
-
-def positive_real(v) -> bool:
-  return _is_real(v) and v > 0
-
-
-def boolean(v) -> bool:
-  return isinstance(v, bool)
-
-
-def positive_int_tuple(v) -> bool:
-  return (isinstance(v, (tuple, list)) and len(v) > 0
-          and all(positive_int(x) for x in v))
-
-
-def one_of(*choices) -> Check:
-  return lambda v: v in choices
-
-
-def regex_or_none(v) -> bool:
-  if v is None:
-    return True
-  if not isinstance(v, str) or not v:
-    return False
-  try:
-    re.compile(v)
-  except re.error:
-    return False
-  return True
-
-
-def regex(v) -> bool:
-  return v is not None and regex_or_none(v)
-
-
-def string(v) -> bool:
-  return isinstance(v, str)
-
-
-TASKS = ('sinusoid', 'omniglot')
-
-# field -> (check, what is allowed); fields of every task.
-FIELDS: dict[str, tuple[Check, str]] = {
-    'task': (one_of(*TASKS), 'one of ' + ', '.join(repr(t) for t in TASKS)),
-    'train_step': (lambda v: v in train_steps.TRAIN_STEPS,
-                   'a registered train step'),
-    'num_support': (positive_int, 'an int > 0'),
-    'num_query': (positive_int, 'an int > 0'),
-    'meta_batch_size': (positive_int, 'an int > 0'),
-    'inner_lr': (positive_real, 'a finite number > 0'),
-    'num_inner_steps': (positive_int, 'an int > 0'),
-    'first_order': (boolean, 'True or False'),
-    'meta_lr': (positive_real, 'a finite number > 0'),
-    'num_train_steps': (positive_int, 'an int > 0'),
-    'steps_per_call': (positive_int, 'an int > 0'),
-    'seed': (non_negative_int, 'an int >= 0'),
-    'log_every_steps': (positive_int, 'an int > 0'),
-    'eval_every_steps': (positive_int, 'an int > 0'),
-    'checkpoint_every_steps': (positive_int, 'an int > 0'),
-    'max_checkpoints_to_keep': (positive_int, 'an int > 0'),
-    'eval_seed': (non_negative_int, 'an int >= 0'),
-    'num_eval_tasks': (lambda v: _is_int(v) and v >= 2, 'an int >= 2'),
-    'eval_num_query': (positive_int, 'an int > 0'),
-    'eval_num_inner_steps': (non_negative_int, 'an int >= 0'),
-    # Optional (see OPTIONAL).
-    'meta_optimizer': (one_of('adam', 'sgd'), "one of 'adam', 'sgd'"),
-    'meta_lr_schedule': (one_of('constant', 'linear', 'cosine'),
-                         "one of 'constant', 'linear', 'cosine'"),
-    'remat_inner_steps': (boolean, 'True or False'),
-    'task_batch_size': (lambda v: v is None or positive_int(v),
-                        'an int > 0 that divides config.meta_batch_size, '
-                        'or None (all tasks in one vmap)'),
-    'inner_optimizer': (one_of('sgd', 'adam'), "one of 'sgd', 'adam'"),
-    'head_filter': (regex_or_none,
-                    'None (the last layer) or a non-empty regular expression '
-                    'searched in parameter paths like layers/2/kernel/value'),
-    'msl_anneal_steps': (non_negative_int, 'an int >= 0 (0: MSL off)'),
-    'learn_inner_lr': (boolean, 'True or False'),
-    'first_order_steps': (non_negative_int, 'an int >= 0'),
-    'rate_meta_lr': (positive_real, 'a finite number > 0'),
-    'per_step_bn': (boolean, 'True or False'),
-    'per_step_bn_filter': (regex,
-                           'a non-empty regular expression searched in '
-                           'parameter paths like blocks/0/scale/value'),
-    'on_nonfinite': (one_of('stop', 'skip'), "one of 'stop', 'skip'"),
-}
-
-_SPLITS = 'one of ' + ', '.join(repr(s) for s in omniglot.SPLITS)
-
-# Fields of one task only: task -> field -> (check, what is allowed).
-TASK_FIELDS: dict[str, dict[str, tuple[Check, str]]] = {
-    'sinusoid': {
-        'hidden_sizes': (positive_int_tuple, 'a non-empty tuple of ints > 0'),
-        'num_plot_tasks': (non_negative_int, 'an int >= 0'),
-    },
-    'omniglot': {
-        'data_dir': (string, "a folder path, or '' for $"
-                     f'{omniglot.DATA_DIR_ENV}'),
-        'train_split': (one_of(*omniglot.SPLITS), _SPLITS),
-        'eval_split': (one_of(*omniglot.SPLITS), _SPLITS),
-        'ways': (lambda v: _is_int(v) and v >= 2, 'an int >= 2'),
-        'num_filters': (positive_int, 'an int > 0'),
-        'conv_downsample': (one_of('stride', 'maxpool'),
-                            "'stride' or 'maxpool'"),
-        'eval_task_batch_size': (positive_int, 'an int > 0'),
-        'transductive': (boolean, 'True or False'),
-    },
-}
-
-# Fields that may be absent: the trainer's or the train step's default applies.
-OPTIONAL = frozenset({
-    'first_order', 'meta_optimizer', 'meta_lr_schedule', 'remat_inner_steps',
-    'task_batch_size',
-    'inner_optimizer', 'head_filter', 'msl_anneal_steps', 'learn_inner_lr',
-    'first_order_steps', 'rate_meta_lr', 'per_step_bn',
-    'per_step_bn_filter'})
-# Optional trainer fields that only make sense for some train steps.
-_TRAINER_FIELDS_FOR = {'rate_meta_lr': ('mamlpp', 'metasgd')}
-# Optional fields read only by the train steps that take them.
-_ALGORITHM_FIELDS = OPTIONAL - {'meta_optimizer', 'meta_lr_schedule',
-                                 'rate_meta_lr'}
+# The registries a config names entries of, by the field that names them.
+REGISTRIES = {'task': TASKS, 'model': MODELS, 'train_step': TRAIN_STEPS}
 
 # Fields whose value must divide by `steps_per_call`, so that periodic actions
 # see the state of exactly the step they fire on.
@@ -175,79 +88,102 @@ _ALIGNED = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
             'num_train_steps')
 
 
-def _defaults(name: str, train_step_names) -> list:
-  """The default values of hyper-parameter `name` in those factories."""
-  out = []
-  for step in train_step_names:
-    parameter = inspect.signature(
-        train_steps.TRAIN_STEPS.lookup(step)).parameters.get(name)
-    if parameter is not None and parameter.default is not parameter.empty:
-      out.append(parameter.default)
+def import_modules(config) -> None:
+  """Imports the modules ``config.imports`` names (they register entries)."""
+  names = config.get('imports') or ()
+  if not _module_names(names):
+    raise ConfigError(f'config.imports={names!r}: must be '
+                      f'{TrainerFields.allowed("imports")}')
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ConfigError(f'config.imports: cannot import {name!r} '
+                        f'({type(e).__name__}: {e}); is its folder on the '
+                        'Python path (the current directory with '
+                        'python -m)?') from None
+
+
+def _build(declared: type[fields.Fields], values: dict):
+  """`declared` from the config's values; its errors as `ConfigError`s."""
+  try:
+    return declared.from_config(values)
+  except fields.FieldError as e:
+    raise ConfigError(f'config.{e}') from None
+
+
+def _algorithm_fields() -> dict[str, list[str]]:
+  """Every registered algorithm's fields: field -> the algorithms."""
+  out: dict[str, list[str]] = {}
+  for name in TRAIN_STEPS.names():
+    for field in TRAIN_STEPS.fields(name).names():
+      out.setdefault(field, []).append(name)
   return out
 
 
 def validate(config, *, num_devices: int = 1) -> None:
   """Raises `ConfigError` naming the first bad field, its value and the rule.
 
-  `num_devices` is the number of devices the task axis is sharded over.
+  Imports ``config.imports`` first. `num_devices` is the number of devices
+  the task axis is sharded over.
   """
   values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-  check, allowed = FIELDS['task']
-  if not check(values.get('task')):
-    raise ConfigError(f'config.task={values.get("task")!r}: must be {allowed}')
-  fields = {**FIELDS, **TASK_FIELDS[values['task']]}
+  import_modules(values)
+  for kind, registry in REGISTRIES.items():
+    if values.get(kind) not in registry:
+      known = ', '.join(repr(n) for n in registry.names())
+      if kind not in values:
+        raise ConfigError(f'config.{kind} is missing: must be one of {known}')
+      raise ConfigError(f'config.{kind}={values[kind]!r}: must be one of '
+                        f'{known}')
+  used = {kind: registry.fields(values[kind])
+          for kind, registry in REGISTRIES.items()}
+  of_algorithms = _algorithm_fields()
+  known = set(TrainerFields.names()).union(
+      used['task'].names(), used['model'].names(), of_algorithms)
   for name in values:
-    if name not in fields:
-      raise ConfigError(f'config.{name}: unknown field for task '
-                        f'{values["task"]!r}; known fields: '
-                        f'{", ".join(sorted(fields))}')
-  for name, (check, allowed) in fields.items():
-    if name not in values:
-      if name in OPTIONAL:
-        continue
-      raise ConfigError(f'config.{name} is missing: must be {allowed}')
-    value = values[name]
-    if not check(value):
-      if name == 'train_step':
-        allowed = 'one of ' + ', '.join(
-            repr(n) for n in train_steps.TRAIN_STEPS.names())
-      raise ConfigError(f'config.{name}={value!r}: must be {allowed}')
-  taken = train_steps.hparam_names(values['train_step'])
-  for name in sorted(_ALGORITHM_FIELDS & set(values)):
-    if name not in taken:
-      users = [n for n in train_steps.TRAIN_STEPS.names()
-               if name in train_steps.hparam_names(n)]
-      # A field left at its default does nothing on any algorithm, so
-      # `--config.train_step=fomaml` works on a MAML config; a value
-      # somebody chose would be silently ignored, which is an error.
-      if values[name] in _defaults(name, users):
-        continue
+    if name not in known:
       raise ConfigError(
-          f'config.{name}={values[name]!r}: not used by '
-          f'config.train_step={values["train_step"]!r}; remove it or pick '
-          f'one of {", ".join(repr(n) for n in users)}')
-  for name, users in _TRAINER_FIELDS_FOR.items():
-    if name in values and values['train_step'] not in users:
-      raise ConfigError(
-          f'config.{name}={values[name]!r}: not used by '
-          f'config.train_step={values["train_step"]!r}; remove it or pick '
-          f'one of {", ".join(repr(n) for n in users)}')
-  every = values['steps_per_call']
-  for name in _ALIGNED:
-    if values[name] % every:
-      raise ConfigError(
-          f'config.{name}={values[name]!r}: must be a multiple of '
-          f'config.steps_per_call={every}')
-  if values['meta_batch_size'] % num_devices:
+          f'config.{name}: unknown field for task {values["task"]!r}, model '
+          f'{values["model"]!r} and train_step {values["train_step"]!r}; '
+          f'known fields: {", ".join(sorted(known))}')
+  trainer = _build(TrainerFields, values)
+  for declared in used.values():
+    _build(declared, values)
+  own = set(TrainerFields.names()).union(*(d.names() for d in used.values()))
+  for name in sorted(set(values) - own):
+    users = of_algorithms[name]
+    # A field left at its default does nothing on any algorithm, so
+    # `--config.train_step=fomaml` works on a MAML config; a value
+    # somebody chose would be silently ignored, which is an error.
+    defaults = [TRAIN_STEPS.fields(u).defaults().get(name,
+                                                     dataclasses.MISSING)
+                for u in users]
+    if values[name] in defaults:
+      continue
     raise ConfigError(
-        f'config.meta_batch_size={values["meta_batch_size"]!r}: must be a '
+        f'config.{name}={values[name]!r}: not used by '
+        f'config.train_step={values["train_step"]!r}; remove it or pick '
+        f'one of {", ".join(repr(n) for n in users)}')
+  _check_across_fields(trainer, values.get('task_batch_size'), num_devices)
+
+
+def _check_across_fields(trainer: TrainerFields, task_batch, num_devices):
+  every = trainer.steps_per_call
+  for name in _ALIGNED:
+    if getattr(trainer, name) % every:
+      raise ConfigError(
+          f'config.{name}={getattr(trainer, name)!r}: must be a multiple of '
+          f'config.steps_per_call={every}')
+  if trainer.meta_batch_size % num_devices:
+    raise ConfigError(
+        f'config.meta_batch_size={trainer.meta_batch_size!r}: must be a '
         f'multiple of the device count {num_devices} (the task axis is '
         f'sharded over the devices)')
-  task_batch = values.get('task_batch_size')
-  if task_batch is not None and values['meta_batch_size'] % task_batch:
+  if task_batch is not None and trainer.meta_batch_size % task_batch:
     raise ConfigError(
         f'config.task_batch_size={task_batch!r}: must divide '
-        f'config.meta_batch_size={values["meta_batch_size"]}')
+        f'config.meta_batch_size={trainer.meta_batch_size}')
   if task_batch is not None and task_batch % num_devices:
     raise ConfigError(
         f'config.task_batch_size={task_batch!r}: must be a multiple of the '
@@ -255,20 +191,23 @@ def validate(config, *, num_devices: int = 1) -> None:
         f'devices)')
 
 
-def _all_fields() -> dict[str, tuple[Check, str]]:
-  """The fields of every task (for command-line overrides, before the task
-  of the config is known to be valid)."""
-  out = dict(FIELDS)
-  for fields in TASK_FIELDS.values():
-    out.update(fields)
+def _all_fields() -> dict[str, str]:
+  """Every field anything registered declares -> what it allows (for
+  command-line overrides, before the config's names are known)."""
+  out = {name: TrainerFields.allowed(name) for name in TrainerFields.names()}
+  for registry in REGISTRIES.values():
+    for entry in registry.names():
+      declared = registry.fields(entry)
+      for name in declared.names():
+        out.setdefault(name, declared.allowed(name))
   return out
 
 
 def check_override(name: str, value: str) -> None:
   """Checks a command-line override ``--config.<name>=<value>`` by name.
 
-  Raises `ConfigError` for a field that does not exist, before ml_collections
-  would raise its own multi-line error.
+  Raises `ConfigError` for a field that nothing registered declares, with
+  the closest known name.
   """
   field = name.split('.', 1)[0]
   known = _all_fields()
@@ -282,6 +221,5 @@ def check_override(name: str, value: str) -> None:
 def describe_parse_error(name: str, value: str) -> str:
   """The one line for an override whose value does not parse as its type."""
   field = name.split('.', 1)[0]
-  known = _all_fields()
-  allowed = known[field][1] if field in known else 'a known field'
+  allowed = _all_fields().get(field, f'of the type config.{field} has')
   return f'config.{name}={value!r}: must be {allowed}'

@@ -74,6 +74,10 @@ def _explain_config_error(argv: list[str]) -> str | None:
   except Exception as e:  # The config file's own error, e.g. a bad `:arg`.
     return f'--config={value}: {type(e).__name__}: {_one_line(e)}'
   fields = list(config.keys()) if hasattr(config, 'keys') else []
+  try:  # The fields of the user's own entries become known too.
+    config_validation.import_modules(config)
+  except (config_validation.ConfigError, AttributeError):
+    pass  # Said in one line when the config is validated.
   for arg in argv[1:]:
     match = _OVERRIDE.match(arg)
     if not match:
@@ -82,6 +86,10 @@ def _explain_config_error(argv: list[str]) -> str | None:
     field = name.split('.', 1)[0]
     if field in fields:
       continue
+    try:  # A field nothing registered declares: the closest that exists.
+      config_validation.check_override(name, override)
+    except config_validation.ConfigError as e:
+      return str(e)
     close = difflib.get_close_matches(field, fields, n=3, cutoff=0.5)
     names = ', '.join(f'config.{f}' for f in (close or sorted(fields)))
     return (f'config.{name}={override}: {value} has no field {field!r} '
@@ -93,34 +101,27 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with config errors as one line (no traceback).
 
   A `--config` path that does not exist is looked up among the shipped
-  configs (`config_files.resolve`).
+  configs (`config_files.resolve`). Overrides are checked by name only when
+  ml_collections refuses them, so that a field only a user's module
+  declares (``config.imports``) is accepted.
   """
-  for arg in argv[1:]:
-    match = _OVERRIDE.match(arg)
-    if match:
-      try:
-        config_validation.check_override(*match.groups())
-      except config_validation.ConfigError as e:
-        _fail(f'bad config: {e}')
   try:
     resolved = config_files.resolve_argv(argv)
   except config_files.ConfigFileError as e:
     _fail(f'bad config: {e}')
   try:
     return FLAGS(resolved)
-  except flags.Error as e:
-    match = _PARSE_ERROR.search(str(e))
-    if match:
-      _fail('bad config: ' + config_validation.describe_parse_error(
-          *match.groups()))
+  except Exception as e:  # ml_collections raises many types while overriding.
     explained = _explain_config_error(argv)
     if explained:
       _fail(f'bad config: {explained}')
-    _fail(f'bad flag: {_one_line(e)}')
-  except Exception as e:  # ml_collections raises many types while overriding.
-    explained = _explain_config_error(argv)
-    _fail('bad config: '
-          + (explained or f'{type(e).__name__}: {_one_line(e)}'))
+    match = _PARSE_ERROR.search(str(e))
+    if isinstance(e, flags.Error) and match:
+      _fail('bad config: ' + config_validation.describe_parse_error(
+          *match.groups()))
+    if isinstance(e, flags.Error):
+      _fail(f'bad flag: {_one_line(e)}')
+    _fail(f'bad config: {type(e).__name__}: {_one_line(e)}')
 
 
 def main(argv):

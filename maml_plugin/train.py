@@ -27,25 +27,21 @@ from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
 from maml_plugin import actions
+from maml_plugin import algorithms
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import core
 from maml_plugin import distributed
 from maml_plugin import evaluation
+from maml_plugin import fields
 from maml_plugin import guards
-from maml_plugin import losses
-from maml_plugin import plots
-from maml_plugin import train_steps
-from maml_plugin.models import Conv4
-from maml_plugin.models import MLP
-from maml_plugin.tasks import EpisodicTasks
-from maml_plugin.tasks import SinusoidTasks
-from maml_plugin.tasks import omniglot
+from maml_plugin import models
+from maml_plugin import nnx_bridge
+from maml_plugin import tasks as tasks_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +52,11 @@ class Problem:
     tasks: sampler with `train_batch(rng, num_tasks)` and `held_out(...)`.
     graphdef: the model's static structure (from `nnx.split`).
     init_params: the model's parameters at initialization.
-    predict_fn: ``predict_fn(params, x) -> y``.
-    loss_fn: the task loss ``loss_fn(params, batch) -> scalar``.
-    metric: name of the evaluation metric ('mse' or 'accuracy').
+    predict_fn: ``predict_fn(params, x, model_state=None) -> y``, the model
+      in evaluation mode.
+    loss_fn: the task loss ``loss_fn(params, batch) -> scalar`` (a
+      `core.StatefulLoss` for a model with state).
+    metric: name of the evaluation metric ('mse', 'accuracy', ...).
     metric_fn: ``metric_fn(params, batch) -> scalar`` reported beside the
       loss in training and used by evaluation; None means the loss itself.
     eval_tasks: sampler of the held-out tasks; None means `tasks`.
@@ -68,6 +66,9 @@ class Problem:
     eval_loss_fn: the loss evaluation adapts with (dropout off, batch norm
       as configured); None means `loss_fn`.
     eval_metric_fn: the metric evaluation reports; None: `metric_fn`.
+    picture: the task family's figure for the report
+      (`tasks.base.Picture`), or None.
+    model: the model, split (`nnx_bridge.NNXModel`).
   """
 
   tasks: Any
@@ -82,30 +83,50 @@ class Problem:
   model_state: Any = None
   eval_loss_fn: Any = None
   eval_metric_fn: Any = None
+  picture: Any = None
+  model: Any = None
 
 
 def create_problem(config: ml_collections.ConfigDict) -> Problem:
-  """Tasks, model (split once into graphdef + params) and loss."""
-  if config.task == 'omniglot':
-    return create_omniglot_problem(config)
-  if config.task != 'sinusoid':
+  """The registered task family `config.task` and model `config.model`.
+
+  The family gives the tasks, the loss and metric on a merged model and
+  the data's shape; the model is built for that shape from its config
+  fields and split once (`nnx_bridge.NNXModel`): its parameters, its state
+  (BatchNorm running averages, ...) and RNG streams (Dropout).
+  """
+  config_validation.import_modules(config)
+  try:
+    task = tasks_lib.build_task_problem(config.task, config)
+    module = models.build_model(
+        config.model, config, input_shape=task.input_shape,
+        num_outputs=task.num_outputs, rngs=nnx.Rngs(config.seed))
+  except fields.FieldError as e:  # Sizes the data cannot supply, ...
+    raise config_validation.ConfigError(f'config.{e}') from None
+  try:
+    model = nnx_bridge.NNXModel(module)
+  except ValueError as e:  # A variable the core cannot carry.
     raise config_validation.ConfigError(
-        f'config.task={config.task!r}: must be one of '
-        + ', '.join(repr(t) for t in config_validation.TASKS))
-  tasks = SinusoidTasks(num_support=config.num_support,
-                        num_query=config.num_query)
-  model = MLP(1, tuple(config.hidden_sizes), 1,
-              rngs=nnx.Rngs(params=config.seed))
-  graphdef, params = nnx.split(model, nnx.Param)
+        f'config.model={config.model!r}: {e}') from None
 
-  def predict_fn(params, x):
-    return nnx.merge(graphdef, params)(x)
+  def predict_fn(params, x, model_state=None):
+    return model.merge(params, model_state, deterministic=True,
+                       use_running_average=False)(x)
 
-  def loss_fn(params, batch):
-    return losses.mse(predict_fn(params, batch['x']), batch['y'])
+  def measures(fn):
+    if fn is None:
+      return None, None
+    return model.task_loss(fn), model.eval_loss(fn)
 
-  return Problem(tasks=tasks, graphdef=graphdef, init_params=params,
-                 predict_fn=predict_fn, loss_fn=loss_fn, metric='mse')
+  loss_fn, eval_loss_fn = measures(task.loss)
+  metric_fn, eval_metric_fn = measures(task.metric_fn)
+  return Problem(
+      tasks=task.tasks, graphdef=model.graphdef, init_params=model.params,
+      predict_fn=predict_fn, loss_fn=loss_fn, metric=task.metric,
+      metric_fn=metric_fn, eval_tasks=task.eval_tasks,
+      eval_task_batch_size=config.get('eval_task_batch_size'),
+      model_state=model.model_state, eval_loss_fn=eval_loss_fn,
+      eval_metric_fn=eval_metric_fn, picture=task.picture, model=model)
 
 
 def meta_lr_schedule(config, lr: float | None = None) -> optax.Schedule:
@@ -136,82 +157,6 @@ def _rate_labels(params):
   return jax.tree.map(lambda _: 'model', params)
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchNormContextTasks:
-  """Task source whose query sets carry their support images as 'context'.
-
-  Used when `config.transductive` is False: batch norm then normalises the
-  query examples with the support set's statistics, so they never see each
-  other (`models.Conv4.__call__`).
-  """
-
-  tasks: Any
-
-  @staticmethod
-  def _add(batch):
-    return dict(batch, query=dict(batch['query'],
-                                  context=batch['support']['x']))
-
-  def train_batch(self, rng, num_tasks):
-    return self._add(self.tasks.train_batch(rng, num_tasks))
-
-  def held_out(self, *args, **kwargs):
-    return self._add(self.tasks.held_out(*args, **kwargs))
-
-
-def create_omniglot_problem(config: ml_collections.ConfigDict) -> Problem:
-  """N-way K-shot Omniglot: episodic tasks, Conv-4, cross-entropy, accuracy."""
-  def sampler(split_field, query_field):
-    split, num_query = config[split_field], config[query_field]
-    data = omniglot.load_split(split, data_dir=config.data_dir)
-    # Inconsistent sizes are config errors: say which fields, and the limit.
-    _, per_class = np.unique(data.labels, return_counts=True)
-    if config.ways > len(per_class):
-      raise config_validation.ConfigError(
-          f'config.ways={config.ways}: must be at most {len(per_class)}, the '
-          f'classes of config.{split_field}={split!r}')
-    need = config.num_support + num_query
-    if need > per_class.min():
-      raise config_validation.ConfigError(
-          f'config.num_support + config.{query_field} = {need}: must be at '
-          f'most {per_class.min()}, the images per class of '
-          f'config.{split_field}={split!r}')
-    return EpisodicTasks.from_arrays(
-        data.images, data.labels, ways=config.ways,
-        num_support=config.num_support, num_query=num_query)
-
-  tasks = sampler('train_split', 'num_query')
-  eval_tasks = sampler('eval_split', 'eval_num_query')
-  model = Conv4(config.ways, num_filters=config.num_filters,
-                downsample=config.conv_downsample,
-                rngs=nnx.Rngs(params=config.seed))
-  graphdef, params = nnx.split(model, nnx.Param)
-
-  def predict_fn(params, x, context=None):
-    return nnx.merge(graphdef, params)(x, context=context)
-
-  def logits_fn(params, batch):
-    # Non-transductive: query batches carry their task's support images as
-    # 'context' for batch norm (see `BatchNormContextTasks`); support batches
-    # normalise by their own statistics either way.
-    return predict_fn(params, batch['x'], batch.get('context'))
-
-  def loss_fn(params, batch):
-    return losses.softmax_cross_entropy(logits_fn(params, batch), batch['y'])
-
-  def accuracy_fn(params, batch):
-    return jnp.mean(jnp.argmax(logits_fn(params, batch), -1) == batch['y'])
-
-  if not config.transductive:
-    tasks, eval_tasks = (BatchNormContextTasks(tasks),
-                         BatchNormContextTasks(eval_tasks))
-
-  return Problem(tasks=tasks, graphdef=graphdef, init_params=params,
-                 predict_fn=predict_fn, loss_fn=loss_fn, metric='accuracy',
-                 metric_fn=accuracy_fn, eval_tasks=eval_tasks,
-                 eval_task_batch_size=config.eval_task_batch_size)
-
-
 def create_optimizer(config) -> optax.GradientTransformation:
   """The outer optimizer: `config.meta_optimizer` ('adam' default, 'sgd').
 
@@ -235,16 +180,21 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
 def create_algorithm(config, problem: Problem,
                      tx: optax.GradientTransformation
-                     ) -> train_steps.MetaAlgorithm:
-  """The registered algorithm `config.train_step`, its hparams from config."""
+                     ) -> algorithms.MetaAlgorithm:
+  """The registered algorithm `config.train_step`, its hparams from config
+  (the fields its `algorithms.HParams` declares)."""
   hparams = {name: config[name]
-             for name in train_steps.hparam_names(config.train_step)
+             for name in algorithms.hparam_names(config.train_step)
              if name in config}
   if (problem.metric_fn is not None
-      and train_steps.accepts_metric_fn(config.train_step)):
+      and algorithms.accepts_metric_fn(config.train_step)):
     hparams['metric_fn'] = problem.metric_fn
-  return train_steps.make_algorithm(config.train_step,
-                                    loss_fn=problem.loss_fn, tx=tx, **hparams)
+  try:
+    return algorithms.make_algorithm(config.train_step,
+                                     loss_fn=problem.loss_fn, tx=tx,
+                                     **hparams)
+  except fields.FieldError as e:
+    raise config_validation.ConfigError(f'config.{e}') from None
 
 
 def create_train_step(config, problem: Problem,
@@ -253,9 +203,9 @@ def create_train_step(config, problem: Problem,
   return create_algorithm(config, problem, tx).train_step
 
 
-def create_train_state(problem: Problem, algorithm: train_steps.MetaAlgorithm,
+def create_train_state(problem: Problem, algorithm: algorithms.MetaAlgorithm,
                        tx: optax.GradientTransformation
-                       ) -> train_steps.MetaTrainState:
+                       ) -> algorithms.MetaTrainState:
   """Step 0: the algorithm's params (model, and learned rates if any)."""
   try:
     params = algorithm.init_params(problem.init_params)
@@ -263,7 +213,7 @@ def create_train_state(problem: Problem, algorithm: train_steps.MetaAlgorithm,
                    algorithm.init_model_state(problem.model_state))
   except ValueError as e:  # A config value that does not fit the model.
     raise config_validation.ConfigError(str(e)) from None
-  return train_steps.MetaTrainState.create(params, tx, model_state)
+  return algorithms.MetaTrainState.create(params, tx, model_state)
 
 
 def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
@@ -310,7 +260,7 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
 
 
 def create_evaluator(config, problem: Problem, held_out=None,
-                     algorithm: train_steps.MetaAlgorithm | None = None
+                     algorithm: algorithms.MetaAlgorithm | None = None
                      ) -> evaluation.FewShotEvaluator:
   """Evaluation on the held-out tasks with the algorithm's own inner loop."""
   if held_out is None:
@@ -333,23 +283,21 @@ def create_evaluator(config, problem: Problem, held_out=None,
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
                         workdir: str, evaluator=None,
                         model_state=None) -> dict:
-  """Held-out evaluation: writes evaluation.json and adaptation.png."""
+  """Held-out evaluation: writes evaluation.json, and adaptation.png when
+  the task family draws a picture."""
   evaluator = evaluator or create_evaluator(config, problem)
   curves = evaluator(params, model_state)
   report = actions.evaluation_report(problem.metric, curves, train_step)
   if jax.process_index() > 0:  # Every host computes; the first one writes.
     return report
   actions.write_evaluation_report(workdir, report)
-  if config.task == 'sinusoid' and config.num_plot_tasks > 0:
-    steps = sorted({0, min(1, config.eval_num_inner_steps),
-                    config.eval_num_inner_steps})
-    panels = evaluation.sinusoid_fits(
-        problem.predict_fn, problem.loss_fn, params, evaluator.tasks,
-        inner_loop=evaluator.loop_for(model_state), inner_steps=tuple(steps),
-        num_tasks=min(config.num_plot_tasks, evaluator.num_tasks))
-    plots.save_sinusoid_adaptation(
-        os.path.join(workdir, 'adaptation.png'), panels,
-        inner_steps=tuple(steps))
+  if problem.picture is not None:  # The task family's own figure.
+    problem.picture(
+        os.path.join(workdir, 'adaptation.png'),
+        predict_fn=lambda p, x: problem.predict_fn(p, x, model_state),
+        params=params, tasks=evaluator.tasks,
+        inner_loop=evaluator.loop_for(model_state),
+        max_steps=config.eval_num_inner_steps)
   return report
 
 
@@ -373,7 +321,7 @@ def _hparams_for_writer(config) -> dict:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> train_steps.MetaTrainState:
+                       workdir: str) -> algorithms.MetaTrainState:
   """Meta-trains on `config`, checkpoints in `workdir`, evaluates at the end.
 
   Resumes from the latest checkpoint in `workdir` if there is one.

@@ -17,9 +17,9 @@ from flax import nnx
 
 from maml_plugin import core
 from maml_plugin import evaluation
-from maml_plugin import mamlpp
-from maml_plugin import reptile
 from maml_plugin import train_steps
+from maml_plugin.algorithms import mamlpp
+from maml_plugin.algorithms import reptile
 from maml_plugin.models import MLP
 from maml_plugin.tasks import SinusoidTasks
 
@@ -93,7 +93,8 @@ def test_reptile_update_is_step_size_times_mean_of_adapted_minus_theta(
 
 def test_reptile_rejects_an_unknown_inner_optimizer():
   loss_fn, _, _ = _problem()
-  with pytest.raises(ValueError, match="config.inner_optimizer='rmsprop'"):
+  with pytest.raises(ValueError, match=(
+      "^inner_optimizer='rmsprop': must be one of 'sgd', 'adam'$")):
     train_steps.make_algorithm('reptile', loss_fn=loss_fn, tx=optax.sgd(1.),
                                inner_lr=0.1, inner_optimizer='rmsprop')
 

@@ -17,27 +17,27 @@ from maml_plugin import checkpointing
 from maml_plugin import guards
 from maml_plugin import train
 from maml_plugin import train_steps
+from maml_plugin.algorithms import maml
 from tests import event_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POISONED = range(120, 140)  # Meta-steps (0-based) whose query targets are NaN.
 
 
-@train_steps.TRAIN_STEPS.register('maml_poisoned_for_tests')
-def make_poisoned_train_step(*, loss_fn, tx, inner_lr, num_inner_steps=1,
-                             first_order=False):
+@train_steps.TRAIN_STEPS.register('maml_poisoned_for_tests',
+                                  fields=maml.MAMLHParams)
+def make_poisoned_train_step(hparams, *, loss_fn, tx):
   """MAML whose query targets are NaN on the meta-steps in `POISONED`."""
-  maml = train_steps.make_maml_train_step(
-      loss_fn=loss_fn, tx=tx, inner_lr=inner_lr,
-      num_inner_steps=num_inner_steps, first_order=first_order)
+  maml_step = train_steps.make_algorithm(
+      'maml', loss_fn=loss_fn, tx=tx, **dataclasses.asdict(hparams))
 
   def train_step(state, batch, rng):
     bad = (state.step >= POISONED.start) & (state.step < POISONED.stop)
     query = dict(batch['query'],
                  y=jnp.where(bad, jnp.nan, batch['query']['y']))
-    return maml.train_step(state, dict(batch, query=query), rng)
+    return maml_step.train_step(state, dict(batch, query=query), rng)
 
-  return dataclasses.replace(maml, train_step=train_step)
+  return dataclasses.replace(maml_step, train_step=train_step)
 
 
 def small_config(**overrides):

@@ -16,8 +16,8 @@ from flax import nnx
 
 from maml_plugin import checkpointing
 from maml_plugin import evaluation
-from maml_plugin import mamlpp
 from maml_plugin import train_steps
+from maml_plugin.algorithms import mamlpp
 from maml_plugin.models import Conv4
 from maml_plugin.models import MLP
 

@@ -22,9 +22,9 @@ import pytest
 
 from configs import maml_omniglot
 from configs import maml_sine
+from maml_plugin import algorithms
 from maml_plugin import config_files
 from maml_plugin import config_validation
-from maml_plugin import train_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, 'configs')
@@ -103,20 +103,18 @@ README_OVERRIDES = _readme_overrides()
 
 
 def _documented_for(field, name, arg):
-  """Whether a prose override of `field` is meant for this config: a task's
-  own field (config_validation.TASK_FIELDS) for that task's configs, an
+  """Whether a prose override of `field` is meant for this config: a field
+  that task families or models declare for configs of those, an
   algorithm's hyper-parameter for configs whose train step takes it, any
   other field for every config."""
   config = _ours(config_files.load(
       os.path.join(CONFIG_DIR, name + '.py') + (f':{arg}' if arg else '')))
-  owners = [task for task, fields in config_validation.TASK_FIELDS.items()
-            if field in fields]
-  if owners:
-    return config.task in owners
-  takers = [step for step in train_steps.TRAIN_STEPS.names()
-            if field in train_steps.hparam_names(step)]
-  if takers:
-    return config.train_step in takers
+  for kind in ('task', 'model', 'train_step'):
+    registry = config_validation.REGISTRIES[kind]
+    owners = [entry for entry in registry.names()
+              if field in registry.fields(entry).names()]
+    if owners:
+      return config[kind] in owners
   return True
 
 
@@ -161,13 +159,13 @@ def test_override_values_reach_the_config_and_the_algorithm(monkeypatch):
                                          '--config.remat_inner_steps=True'])
   config_validation.validate(config)
   seen = {}
-  real = train_steps.make_algorithm
+  real = algorithms.make_algorithm
 
   def spy(name, **kwargs):
     seen.update(kwargs)
     return real(name, **kwargs)
 
-  monkeypatch.setattr(train_steps, 'make_algorithm', spy)
+  monkeypatch.setattr(algorithms, 'make_algorithm', spy)
   problem = train.create_problem(config)
   train.create_algorithm(config, problem, train.create_optimizer(config))
   assert seen['task_batch_size'] == 5 and seen['remat_inner_steps'] is True

@@ -22,16 +22,24 @@ first for the support set and the rest for the query set, so the two never
 share an image. Sampling is pure `jax.random` over arrays kept on device,
 so it runs inside a jitted train step (`train.make_train_chunk`); the same
 key gives the same tasks. Classes may hold different numbers of images.
+
+For a task family of classification episodes (`omniglot.py`): the loss
+and metric on a merged model (`cross_entropy`, `accuracy`), and
+`SupportContextTasks` for batch norm that normalises query examples with
+their task's support statistics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maml_plugin import losses
 
 # Training tasks come from `fold_in(key, _TRAIN_STREAM)`, held-out ones from
 # `fold_in(key(seed), _HELD_OUT_STREAM)`.
@@ -159,6 +167,48 @@ def _sample(tasks: EpisodicTasks, rng: jax.Array, num_tasks: int,
             num_query: int) -> dict:
   return jax.vmap(lambda k: tasks._one_task(k, num_query))(  # pylint: disable=protected-access
       jax.random.split(rng, num_tasks))
+
+
+def logits(model, batch) -> jax.Array:
+  """`model`'s logits for ``batch['x']``; a batch that carries its task's
+  support images as ``'context'`` (`SupportContextTasks`) passes them on
+  (``model(x, context=...)``, as `models.Conv4` takes them)."""
+  if 'context' in batch:
+    return model(batch['x'], context=batch['context'])
+  return model(batch['x'])
+
+
+def cross_entropy(model, batch) -> jax.Array:
+  """The classification task loss on a merged model."""
+  return losses.softmax_cross_entropy(logits(model, batch), batch['y'])
+
+
+def accuracy(model, batch) -> jax.Array:
+  """The fraction of ``batch`` that `model` classifies right."""
+  return jnp.mean(jnp.argmax(logits(model, batch), -1) == batch['y'])
+
+
+@dataclasses.dataclass(frozen=True)
+class SupportContextTasks:
+  """Task source whose query sets carry their support images as 'context'.
+
+  For non-transductive batch norm: a model that takes ``context``
+  (`models.Conv4`) then normalises the query examples with the support
+  set's statistics, so they never see each other.
+  """
+
+  tasks: Any
+
+  @staticmethod
+  def _add(batch):
+    return dict(batch, query=dict(batch['query'],
+                                  context=batch['support']['x']))
+
+  def train_batch(self, rng, num_tasks):
+    return self._add(self.tasks.train_batch(rng, num_tasks))
+
+  def held_out(self, *args, **kwargs):
+    return self._add(self.tasks.held_out(*args, **kwargs))
 
 
 def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',

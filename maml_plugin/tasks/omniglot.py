@@ -1,4 +1,4 @@
-"""Real Omniglot from the two official zips: 28x28 images, standard splits.
+"""Omniglot: the two official zips, its splits, and the ``'omniglot'`` family.
 
 Usage::
 
@@ -27,6 +27,11 @@ Splits (`SPLITS`):
 Decoding the 32,460 PNGs takes seconds, so the decoded characters are cached
 as one ``.npz`` under `cache_dir` (default ``$MAML_PLUGIN_CACHE_DIR`` or
 ``~/.cache/maml_plugin``), keyed by the zips' sizes and modification times.
+
+From a config (``config.task = 'omniglot'``, `OmniglotFields`): N-way
+K-shot episodes of a training and an evaluation split (`EpisodicTasks`),
+cross-entropy loss and accuracy, for any classifier model of 28x28x1
+images (``config.model = 'conv4'``: MAML's network).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ import os
 import zipfile
 
 import numpy as np
+
+from maml_plugin import fields
+from maml_plugin.tasks import base
+from maml_plugin.tasks import episodic
 
 DATA_DIR_ENV = 'MAML_PLUGIN_DATA_DIR'
 CACHE_DIR_ENV = 'MAML_PLUGIN_CACHE_DIR'
@@ -234,3 +243,69 @@ def load_split(split: str, data_dir: str | None = None,
                             1),
       labels=np.repeat(np.arange(num_classes, dtype=np.int32), per_class),
       class_names=tuple(f'{c}/rot{deg:03d}' for c, deg in classes))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OmniglotFields(fields.Fields):
+  """The Omniglot family's config fields.
+
+  Attributes:
+    data_dir: the folder holding ``omniglot/`` ('': $MAML_PLUGIN_DATA_DIR).
+    train_split, eval_split: one of `SPLITS` each.
+    ways: classes per task (N).
+    num_support: images per class in the support set (K).
+    num_query: query images per class in training.
+    eval_num_query: query images per class in evaluation (the trainer's
+      field too): checked against the evaluation split's classes.
+    transductive: batch norm normalises with the statistics of the batch it
+      sees (the reference code); False: query examples with their task's
+      support statistics (`episodic.SupportContextTasks`).
+  """
+
+  data_dir: str = fields.field(
+      '', check=fields.string,
+      allowed=f"a folder path, or '' for ${DATA_DIR_ENV}")
+  train_split: str = fields.choice(*SPLITS, default='vinyals_train')
+  eval_split: str = fields.choice(*SPLITS, default='vinyals_test')
+  ways: int = fields.integer(at_least=2)
+  num_support: int = fields.integer()
+  num_query: int = fields.integer()
+  eval_num_query: int = fields.integer()
+  transductive: bool = fields.flag(True)
+
+
+def _episodes(task_fields: OmniglotFields, split_field: str,
+              query_field: str) -> episodic.EpisodicTasks:
+  """Episodes of one split; sizes the split cannot supply name the fields."""
+  split = getattr(task_fields, split_field)
+  num_query = getattr(task_fields, query_field)
+  data = load_split(split, data_dir=task_fields.data_dir)
+  _, per_class = np.unique(data.labels, return_counts=True)
+  where = f'config.{split_field}={split!r}'
+  if task_fields.ways > len(per_class):
+    raise fields.FieldError(
+        f'ways={task_fields.ways}: must be at most {len(per_class)}, the '
+        f'classes of {where}')
+  need = task_fields.num_support + num_query
+  if need > per_class.min():
+    raise fields.FieldError(
+        f'num_support + config.{query_field} = {need}: must be at most '
+        f'{per_class.min()}, the images per class of {where}')
+  return episodic.EpisodicTasks.from_arrays(
+      data.images, data.labels, ways=task_fields.ways,
+      num_support=task_fields.num_support, num_query=num_query)
+
+
+@base.TASKS.register('omniglot', fields=OmniglotFields)
+def make_omniglot_problem(task_fields: OmniglotFields) -> base.TaskProblem:
+  """N-way K-shot Omniglot: episodic tasks, cross-entropy, accuracy."""
+  tasks = _episodes(task_fields, 'train_split', 'num_query')
+  eval_tasks = _episodes(task_fields, 'eval_split', 'eval_num_query')
+  if not task_fields.transductive:
+    tasks = episodic.SupportContextTasks(tasks)
+    eval_tasks = episodic.SupportContextTasks(eval_tasks)
+  return base.TaskProblem(
+      tasks=tasks, eval_tasks=eval_tasks,
+      input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), num_outputs=task_fields.ways,
+      loss=episodic.cross_entropy, metric='accuracy',
+      metric_fn=episodic.accuracy)

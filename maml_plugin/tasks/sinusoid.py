@@ -1,4 +1,4 @@
-"""Sinusoid regression tasks of the MAML paper (Finn et al. 2017, sec. 5.1).
+"""Sinusoid regression (Finn et al. 2017, sec. 5.1), registered as 'sinusoid'.
 
 A task is ``y = A * sin(x - phase)`` with ``A ~ U[0.1, 5]``,
 ``phase ~ U[0, pi]`` and inputs ``x ~ U[-5, 5]``; support and query points are
@@ -8,15 +8,25 @@ train step with no host round trip::
   sampler = SinusoidTasks(num_support=10, num_query=10)
   meta_batch = sampler.sample(rng, num_tasks=25)      # jittable
   eval_tasks = sampler.held_out(seed=0, num_tasks=600, num_query=100)
+
+From a config (``config.task = 'sinusoid'``): `SinusoidFields` are its
+fields; the loss is the MSE and the report gets the MAML paper's figure of
+fitted sinusoids (`adaptation_picture`). The smallest task family here:
+copy it to add one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+
+from maml_plugin import fields
+from maml_plugin import losses
+from maml_plugin.tasks import base
 
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
@@ -83,3 +93,53 @@ class SinusoidTasks:
     """A fixed, seeded set of evaluation tasks, disjoint from training keys."""
     rng = jax.random.fold_in(jax.random.key(seed), _HELD_OUT_STREAM)
     return self.sample(rng, num_tasks, num_query=num_query)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SinusoidFields(fields.Fields):
+  """The sinusoid family's config fields.
+
+  Attributes:
+    num_support: K, support points per task.
+    num_query: query points per training task.
+    num_plot_tasks: held-out tasks drawn in ``adaptation.png`` (0: none).
+  """
+
+  num_support: int = fields.integer()
+  num_query: int = fields.integer()
+  num_plot_tasks: int = fields.integer(3, at_least=0)
+
+
+def mse_loss(model, batch) -> jax.Array:
+  """The task loss on a merged model: MSE of its predictions."""
+  return losses.mse(model(batch['x']), batch['y'])
+
+
+def adaptation_picture(path: str, *, predict_fn, params, tasks, inner_loop,
+                       max_steps: int, num_tasks: int) -> None:
+  """The MAML paper's figure (a `base.Picture`): for the first `num_tasks`
+  held-out tasks, the true curve, the support points and the prediction
+  before adapting and after 1 and `max_steps` inner steps."""
+  # Evaluation and matplotlib sit above the task sources: imported only
+  # when a report is drawn.
+  from maml_plugin import evaluation  # pylint: disable=g-import-not-at-top
+  from maml_plugin import plots  # pylint: disable=g-import-not-at-top
+  steps = tuple(sorted({0, min(1, max_steps), max_steps}))
+  panels = evaluation.sinusoid_fits(
+      predict_fn, None, params, tasks, inner_loop=inner_loop,
+      inner_steps=steps, num_tasks=min(num_tasks, len(tasks['amplitude'])))
+  plots.save_sinusoid_adaptation(path, panels, inner_steps=steps)
+
+
+@base.TASKS.register('sinusoid', fields=SinusoidFields)
+def make_sinusoid_problem(task_fields: SinusoidFields) -> base.TaskProblem:
+  """Sinusoid regression: 1 input, 1 output, MSE, the fitted-curve figure."""
+  picture = None
+  if task_fields.num_plot_tasks:
+    picture = functools.partial(adaptation_picture,
+                                num_tasks=task_fields.num_plot_tasks)
+  return base.TaskProblem(
+      tasks=SinusoidTasks(num_support=task_fields.num_support,
+                          num_query=task_fields.num_query),
+      input_shape=(1,), num_outputs=1, loss=mse_loss, metric='mse',
+      picture=picture)

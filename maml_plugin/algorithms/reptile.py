@@ -22,14 +22,28 @@ Evaluation adapts with the same inner optimizer and rate, on the support set.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from maml_plugin import core
-from maml_plugin import train_steps
+from maml_plugin import fields
+from maml_plugin.algorithms import base
 
 INNER_OPTIMIZERS = ('sgd', 'adam')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReptileHParams(base.HParams):
+  """`base.HParams` (`inner_lr`: the inner optimizer's step size) and:
+
+  Attributes:
+    inner_optimizer: 'adam' (beta1 = 0, the paper's) or 'sgd'.
+  """
+
+  inner_optimizer: str = fields.choice(*INNER_OPTIMIZERS, default='adam')
 
 
 def inner_optimizer_for(name: str, inner_lr: float
@@ -102,39 +116,35 @@ def reptile_update(loss_fn: core.LossFn, params, meta_batch, *,
   return direction, (jnp.mean(before), jnp.mean(after), new_state)
 
 
-@train_steps.TRAIN_STEPS.register('reptile')
-def make_reptile_train_step(*, loss_fn: core.LossFn,
-                            tx: optax.GradientTransformation, inner_lr: float,
-                            num_inner_steps: int = 1,
-                            inner_optimizer: str = 'adam',
-                            task_batch_size: int | None = None
-                            ) -> train_steps.MetaAlgorithm:
+@base.TRAIN_STEPS.register('reptile', fields=ReptileHParams)
+def make_reptile(hparams: ReptileHParams, *, loss_fn: core.LossFn,
+                 tx: optax.GradientTransformation) -> base.MetaAlgorithm:
   """Reptile: meta-update toward the task-adapted weights (module docstring).
 
   `task_batch_size`: adapt that many tasks at a time
   (`core.over_task_batches`); the same update.
   """
-  inner_tx = inner_optimizer_for(inner_optimizer, inner_lr)
+  inner_tx = inner_optimizer_for(hparams.inner_optimizer, hparams.inner_lr)
   stateful = core.is_stateful(loss_fn)
 
   def keyed_update(params, tasks, model_state):
     batch, keys = tasks
     return reptile_update(loss_fn, params, batch, inner_tx=inner_tx,
-                          num_steps=num_inner_steps, model_state=model_state,
+                          num_steps=hparams.num_inner_steps,
+                          model_state=model_state,
                           rng=keys)
 
-  update_fn = core.over_task_batches(keyed_update, task_batch_size)
+  update_fn = core.over_task_batches(keyed_update, hparams.task_batch_size)
 
-  def train_step(state: train_steps.MetaTrainState, batch, rng):
+  def train_step(state: base.MetaTrainState, batch, rng):
     tasks = core.with_task_keys(batch, rng if stateful else None)
     direction, (before, after, model_state) = update_fn(
-        state.params, tasks, train_steps.model_state_of(state))
-    new_state = train_steps.apply_meta_gradient(state, direction, tx)
+        state.params, tasks, base.model_state_of(state))
+    new_state = base.apply_meta_gradient(state, direction, tx)
     if stateful:
       new_state = new_state.replace(model_state=model_state)
     return (new_state,
-            train_steps.train_metrics(core.MetaOutput(before, after),
-                                      direction))
+            base.train_metrics(core.MetaOutput(before, after), direction))
 
   def inner_loop_for(loss):
     def eval_step(meta_params, carry, support, k):
@@ -146,5 +156,5 @@ def make_reptile_train_step(*, loss_fn: core.LossFn,
     return core.InnerLoop(init=lambda p: (p, inner_tx.init(p)),
                           step=eval_step, params=lambda carry: carry[0])
 
-  return train_steps.MetaAlgorithm(
+  return base.MetaAlgorithm(
       train_step=train_step, inner_loop_for=inner_loop_for, loss_fn=loss_fn)

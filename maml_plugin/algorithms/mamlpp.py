@@ -64,7 +64,8 @@ import jax.numpy as jnp
 import optax
 
 from maml_plugin import core
-from maml_plugin import train_steps
+from maml_plugin import fields
+from maml_plugin.algorithms import base
 
 MSL_FLOOR = 0.03  # times 1/N: the smallest weight of a non-final step.
 # The batch-norm scale and shift of `models.ConvBlock` (Conv4's blocks).
@@ -124,7 +125,7 @@ class PerStepBatchNorm:
   @classmethod
   def from_params(cls, model_params, pattern: str) -> 'PerStepBatchNorm':
     """Raises ValueError (a config error) if `pattern` selects no leaf."""
-    mask = train_steps.select_leaves(model_params, pattern,
+    mask = base.select_leaves(model_params, pattern,
                                      'per_step_bn_filter')
     paths = jax.tree_util.tree_flatten_with_path(model_params)[0]
     names = [tuple(core.key_path_names(p)) for (p, _), m in zip(paths, mask)
@@ -133,7 +134,7 @@ class PerStepBatchNorm:
 
   def init(self, model_params, num_steps: int) -> dict:
     """`num_steps` copies of the model's own batch-norm leaves."""
-    leaves, _ = train_steps.split_leaves(model_params, list(self.mask))
+    leaves, _ = base.split_leaves(model_params, list(self.mask))
     return self.nest([jnp.broadcast_to(l, (num_steps, *l.shape))
                       for l in leaves])
 
@@ -164,8 +165,8 @@ class PerStepBatchNorm:
 
   def put(self, model_params, bn_leaves: list):
     """`model_params` with its batch-norm leaves replaced by `bn_leaves`."""
-    _, others = train_steps.split_leaves(model_params, list(self.mask))
-    return train_steps.merge_leaves(model_params, bn_leaves, others,
+    _, others = base.split_leaves(model_params, list(self.mask))
+    return base.merge_leaves(model_params, bn_leaves, others,
                                     list(self.mask))
 
 
@@ -185,15 +186,15 @@ def inner_step(loss_fn: core.LossFn, params, support, *, rates, bn=None,
                          first_order=first_order, **state_kw)
   mask = list(bn.mask)
   params = bn.put(params, bn_leaves)
-  _, adapted = train_steps.split_leaves(params, mask)
-  _, adapted_rates = train_steps.split_leaves(rates, mask)
-  adapted_loss = train_steps.restrict_loss(
-      loss_fn, lambda leaves: train_steps.merge_leaves(params, bn_leaves,
+  _, adapted = base.split_leaves(params, mask)
+  _, adapted_rates = base.split_leaves(rates, mask)
+  adapted_loss = base.restrict_loss(
+      loss_fn, lambda leaves: base.merge_leaves(params, bn_leaves,
                                                        leaves, mask))
   out = core.sgd_step(adapted_loss, adapted, support, inner_lr=adapted_rates,
                       first_order=first_order, **state_kw)
   adapted, state = out if core.is_stateful(loss_fn) else (out, None)
-  adapted = train_steps.merge_leaves(params, bn_leaves, adapted, mask)
+  adapted = base.merge_leaves(params, bn_leaves, adapted, mask)
   return (adapted, state) if core.is_stateful(loss_fn) else adapted
 
 
@@ -317,20 +318,43 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
       jax.lax.stop_gradient(after[-1]), *metrics, model_state=new_state)
 
 
-@train_steps.TRAIN_STEPS.register('mamlpp')
-def make_mamlpp_train_step(*, loss_fn: core.LossFn,
-                           tx: optax.GradientTransformation, inner_lr: float,
-                           num_inner_steps: int = 1,
-                           msl_anneal_steps: int = 0,
-                           learn_inner_lr: bool = True,
-                           first_order_steps: int = 0,
-                           per_step_bn: bool = False,
-                           per_step_bn_filter: str = PER_STEP_BN_FILTER,
-                           per_step_bn_stats: bool = False,
-                           remat_inner_steps: bool = False,
-                           task_batch_size: int | None = None,
-                           metric_fn: core.LossFn | None = None
-                           ) -> train_steps.MetaAlgorithm:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MAMLPPHParams(base.HParams):
+  """`base.HParams` (`inner_lr`: every learned rate's initial value) and
+  the parts of MAML++ (module docstring).
+
+  Attributes:
+    msl_anneal_steps: meta-steps over which the multi-step loss weights
+      anneal to the final step's (0: MSL off).
+    learn_inner_lr: meta-learn the per-layer, per-step rates (LSLR).
+    first_order_steps: first-order meta-gradients for this many meta-steps.
+    per_step_bn: one meta-learned copy per inner step of the batch-norm
+      leaves that `per_step_bn_filter` selects (BNWB).
+    per_step_bn_filter: regular expression over parameter paths.
+    per_step_bn_stats: one copy per inner step of the model's batch-norm
+      statistics (BNRS; a model with state, `core.StatefulLoss`).
+    remat_inner_steps: rematerialize each inner step (same gradient).
+    rate_meta_lr: the outer step size of the rates (`base.rate_meta_lr_field`).
+  """
+
+  msl_anneal_steps: int = fields.field(0, check=fields.non_negative_int,
+                                       allowed='an int >= 0 (0: MSL off)')
+  learn_inner_lr: bool = fields.flag(True)
+  first_order_steps: int = fields.integer(0, at_least=0)
+  per_step_bn: bool = fields.flag(False)
+  per_step_bn_filter: str = fields.field(
+      PER_STEP_BN_FILTER, check=fields.regex,
+      allowed='a non-empty regular expression searched in parameter paths '
+      'like blocks/0/scale/value')
+  per_step_bn_stats: bool = fields.flag(False)
+  remat_inner_steps: bool = fields.flag(False)
+  rate_meta_lr: float | None = base.rate_meta_lr_field()
+
+
+@base.TRAIN_STEPS.register('mamlpp', fields=MAMLPPHParams)
+def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
+                tx: optax.GradientTransformation,
+                metric_fn: core.LossFn | None = None) -> base.MetaAlgorithm:
   """MAML++ (see module docstring); `per_step_bn` needs batch norm.
 
   With `metric_fn` (classification accuracy) the metrics also hold
@@ -340,46 +364,51 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
   holds the statistics. `task_batch_size`: meta-gradient that many tasks
   at a time (`core.over_task_batches`); the same gradient.
   """
+  inner_lr, num_inner_steps = hparams.inner_lr, hparams.num_inner_steps
+  per_step_bn_stats = hparams.per_step_bn_stats
+  first_order_steps = hparams.first_order_steps
   stateful = core.is_stateful(loss_fn)
   if per_step_bn_stats and not stateful:
-    raise ValueError(
+    raise fields.FieldError(
         'per_step_bn_stats=True: needs a model with batch-norm statistics '
         '(a core.StatefulLoss, e.g. an NNX model with nnx.BatchNorm); this '
         'loss is parameter-only')
 
   def batch_norm(model_params):
-    if not per_step_bn:
+    if not hparams.per_step_bn:
       return None
-    return PerStepBatchNorm.from_params(model_params, per_step_bn_filter)
+    return PerStepBatchNorm.from_params(model_params,
+                                        hparams.per_step_bn_filter)
 
   def grad_fn(first_order):
     def objective(params, tasks, model_state, step):
       batch, keys = tasks
       return mamlpp_loss_and_aux(
           loss_fn, params, batch, step=step, num_inner_steps=num_inner_steps,
-          msl_anneal_steps=msl_anneal_steps, learn_inner_lr=learn_inner_lr,
-          first_order=first_order, remat=remat_inner_steps,
+          msl_anneal_steps=hparams.msl_anneal_steps,
+          learn_inner_lr=hparams.learn_inner_lr, first_order=first_order,
+          remat=hparams.remat_inner_steps,
           bn=batch_norm(params['model']), metric_fn=metric_fn,
           model_state=model_state, rng=keys,
           per_step_stats=per_step_bn_stats)
     return core.over_task_batches(
-        jax.value_and_grad(objective, has_aux=True), task_batch_size)
+        jax.value_and_grad(objective, has_aux=True), hparams.task_batch_size)
 
   first, second = grad_fn(True), grad_fn(False)
 
-  def train_step(state: train_steps.MetaTrainState, batch, rng):
+  def train_step(state: base.MetaTrainState, batch, rng):
     tasks = core.with_task_keys(batch, rng if stateful else None)
-    args = (state.params, tasks, train_steps.model_state_of(state),
+    args = (state.params, tasks, base.model_state_of(state),
             state.step)
     if first_order_steps:
       (_, aux), grads = jax.lax.cond(state.step < first_order_steps, first,
                                      second, *args)
     else:
       (_, aux), grads = second(*args)
-    new_state = train_steps.apply_meta_gradient(state, grads, tx)
+    new_state = base.apply_meta_gradient(state, grads, tx)
     if stateful:
       new_state = new_state.replace(model_state=aux.model_state)
-    return new_state, train_steps.train_metrics(aux, grads)
+    return new_state, base.train_metrics(aux, grads)
 
   def inner_loop(loss, loss_at=None):
     def init(meta_params):
@@ -424,7 +453,7 @@ def make_mamlpp_train_step(*, loss_fn: core.LossFn,
     return jax.tree.map(
         lambda s: jnp.repeat(s[None], num_inner_steps, axis=0), model_state)
 
-  return train_steps.MetaAlgorithm(
+  return base.MetaAlgorithm(
       train_step=train_step, inner_loop_for=inner_loop,
       init_params=init_params, loss_fn=loss_fn,
       stateful_inner_loop=per_step_inner_loop if per_step_bn_stats else None,

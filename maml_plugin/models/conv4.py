@@ -1,34 +1,24 @@
-"""Flax NNX models. Modules only: no training logic here.
+"""Conv-4, the MAML paper's few-shot image network, registered as ``'conv4'``.
 
 Usage::
 
-  model = MLP(hidden_sizes=(40, 40), rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model, nnx.Param)   # split once
-  y = nnx.merge(graphdef, params)(x)               # inside pure functions
+  model = Conv4(num_classes=5, rngs=nnx.Rngs(0))
+  logits = model(images)          # [batch, 28, 28, 1] -> [batch, 5]
+
+From a config (``config.model = 'conv4'``): `Conv4Fields` are its config
+fields; the task family gives the image shape and the number of classes.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-class MLP(nnx.Module):
-  """A ReLU multi-layer perceptron regressor (1-40-40-1 in the MAML paper)."""
-
-  def __init__(self, in_features: int = 1, hidden_sizes: Sequence[int] = (40, 40),
-               out_features: int = 1, *, rngs: nnx.Rngs):
-    sizes = [in_features, *hidden_sizes, out_features]
-    self.layers = nnx.List([
-        nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = nnx.relu(layer(x))
-    return self.layers[-1](x)
+from maml_plugin import fields
+from maml_plugin.models import base
 
 
 def conv3x3_as_matmul(x: jax.Array, kernel: jax.Array, stride: int
@@ -160,3 +150,29 @@ class Conv4(nnx.Module):
     else:
       x = x.reshape(x.shape[0], -1)
     return self.head(x)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Conv4Fields(fields.Fields):
+  """Conv-4's config fields.
+
+  Attributes:
+    num_filters: filters of each convolution (64 in the paper).
+    conv_downsample: 'stride' (MAML's Omniglot network) or 'maxpool'
+      (MAML++).
+  """
+
+  num_filters: int = fields.integer(64)
+  conv_downsample: str = fields.field(
+      'stride', check=fields.one_of('stride', 'maxpool'),
+      allowed="'stride' or 'maxpool'")
+
+
+@base.MODELS.register('conv4', fields=Conv4Fields)
+def make_conv4(model_fields: Conv4Fields, *, input_shape: tuple[int, ...],
+               num_outputs: int, rngs: nnx.Rngs) -> Conv4:
+  """Conv-4 for square images ``input_shape = (size, size, channels)``."""
+  size, _, channels = input_shape
+  return Conv4(num_outputs, in_features=channels,
+               num_filters=model_fields.num_filters, image_size=size,
+               downsample=model_fields.conv_downsample, rngs=rngs)

@@ -1,0 +1,327 @@
+"""What every algorithm shares: the train state, `MetaAlgorithm`, the registry.
+
+Usage in any Flax-examples-style loop::
+
+  train_step = maml_plugin.make_train_step(
+      'maml', loss_fn=loss_fn, tx=optax.adam(1e-3), inner_lr=0.01,
+      num_inner_steps=1)
+  state = maml_plugin.MetaTrainState.create(params, tx)
+  train_step = jax.jit(train_step, donate_argnums=0)
+  for step in range(num_steps):
+    state, metrics = train_step(state, meta_batch, jax.random.fold_in(key, step))
+
+An algorithm is one module of this package that registers a factory with
+its typed hyper-parameters (copy `fomaml.py`, the smallest)::
+
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class MyHParams(base.HParams):  # inner_lr, num_inner_steps,
+    temperature: float = fields.positive(1.0)  # task_batch_size, and yours
+
+  @base.TRAIN_STEPS.register('mine', fields=MyHParams)
+  def make_mine(hparams: MyHParams, *, loss_fn, tx) -> base.MetaAlgorithm:
+    ...
+
+The hyper-parameters are config fields of the same names: the trainer
+fills them from the config (``config.temperature``) and
+`config_validation` checks them, so a new field needs no other change.
+A factory may also take ``metric_fn`` (e.g. accuracy), which it reports
+beside the loss. It returns a `MetaAlgorithm`: the train step plus what the
+rest of the plugin needs to know about the algorithm,
+
+* ``init_params(model_params) -> params``: what the train state holds
+  (Meta-SGD and MAML++ hold their learned inner rates beside the model, so
+  they are meta-trained, checkpointed and restored with it);
+* ``inner_loop``: how the algorithm adapts one task (a `core.InnerLoop`),
+  which evaluation runs for 0..N steps, so every algorithm is evaluated
+  with its own inner loop (learned rates, head only, its inner optimizer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from maml_plugin import checks
+from maml_plugin import core
+from maml_plugin import fields
+from maml_plugin.metrics import ClassificationTrainMetrics
+from maml_plugin.metrics import TrainMetrics
+from maml_plugin.registry import Registry
+
+TrainStep = Callable[[Any, Any, jax.Array], tuple[Any, Any]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HParams(fields.Fields):
+  """The hyper-parameters every algorithm takes (its own add to these).
+
+  Attributes:
+    inner_lr: the inner loop's step size (the initial one, where learned).
+    num_inner_steps: inner steps per task in meta-training.
+    task_batch_size: tasks whose meta-gradient is computed at once
+      (`core.over_task_batches`: the same update, faster on CPU); None:
+      all tasks of the meta-batch in one `vmap`.
+  """
+
+  inner_lr: float = fields.positive()
+  num_inner_steps: int = fields.integer(1)
+  task_batch_size: int | None = fields.field(
+      None, check=fields.or_none(fields.positive_int),
+      allowed='an int > 0 that divides config.meta_batch_size, or None '
+      '(all tasks in one vmap)')
+
+
+TRAIN_STEPS = Registry('train_step', default_fields=HParams)
+
+
+def rate_meta_lr_field():
+  """``rate_meta_lr``, of algorithms that learn inner rates
+  (``params['inner_lr']``): the outer optimizer's step size for the rates
+  (`train.create_optimizer`); None: the weights' `meta_lr`."""
+  return fields.field(None, check=fields.or_none(fields.positive_real),
+                      allowed='a finite number > 0')
+
+
+@flax.struct.dataclass
+class MetaTrainState:
+  """Everything a meta train step updates: a pytree, checkpointed whole.
+
+  Attributes:
+    step: number of meta-updates applied so far (int32 scalar).
+    params: the meta-parameters (the initialization the inner loop adapts).
+    opt_state: state of the outer optax optimizer.
+    model_state: the model's state besides its parameters (NNX batch-norm
+      running averages, ...; `core.StatefulLoss`), updated by the train
+      step; None for a parameter-only model.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any = None
+
+  @classmethod
+  def create(cls, params: Any, tx: optax.GradientTransformation,
+             model_state: Any = None) -> 'MetaTrainState':
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=tx.init(params), model_state=model_state)
+
+
+def _identity(model_params):
+  return model_params
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaAlgorithm:
+  """What a registered factory returns (see module docstring).
+
+  Attributes:
+    train_step: ``train_step(state, batch, rng) -> (state, metrics)``.
+    inner_loop_for: ``inner_loop_for(loss_fn) -> core.InnerLoop``: the
+      algorithm's own adaptation of one task, for evaluation, given a
+      parameter-only loss (a model's state is bound first, `eval_inner_loop`).
+    init_params: maps the model's params to the train state's params.
+    loss_fn: the training loss the factory was built with.
+    stateful_inner_loop: optional ``(loss_fn, model_state) -> InnerLoop``
+      for algorithms that use the model state step by step (MAML++'s
+      per-step batch-norm statistics); None binds the state once.
+    init_model_state: maps the model's state to the train state's
+      (MAML++ keeps one copy per inner step).
+  """
+
+  train_step: TrainStep
+  inner_loop_for: Callable[[core.LossFn], core.InnerLoop]
+  init_params: Callable[[Any], Any] = _identity
+  loss_fn: Any = None
+  stateful_inner_loop: Callable[[Any, Any], core.InnerLoop] | None = None
+  init_model_state: Callable[[Any], Any] = _identity
+
+  def eval_inner_loop(self, loss_fn=None, model_state=None) -> core.InnerLoop:
+    """The inner loop evaluation runs with `loss_fn` (default: the training
+    loss; for a model with state pass its evaluation loss) and the stored
+    `model_state`, which evaluation reads and never changes."""
+    loss_fn = self.loss_fn if loss_fn is None else loss_fn
+    if core.is_stateful(loss_fn) and self.stateful_inner_loop is not None:
+      return self.stateful_inner_loop(loss_fn, model_state)
+    loop = self.inner_loop_for(core.bind_state(loss_fn, model_state))
+    if core.is_stateful(loss_fn):
+      loop = loop._replace(
+          loss_at=lambda fn, k: core.bind_state(fn, model_state))
+    return loop
+
+  @property
+  def inner_loop(self) -> core.InnerLoop:
+    """`eval_inner_loop` of the training loss (parameter-only models)."""
+    return self.eval_inner_loop()
+
+
+def make_algorithm(name: str, *, loss_fn: core.LossFn,
+                   tx: optax.GradientTransformation,
+                   metric_fn: core.LossFn | None = None, **hparams
+                   ) -> MetaAlgorithm:
+  """Builds the registered algorithm `name`: train step, inner loop, params.
+
+  `hparams` are checked by the algorithm's `HParams` (a `fields.FieldError`,
+  a ValueError, names a bad or unknown one). The train step checks its
+  meta-batch's shapes when traced (`checks.check_meta_batch`).
+  """
+  factory = TRAIN_STEPS.lookup(name)
+  values = TRAIN_STEPS.fields(name).build(hparams,
+                                          owner=f'train_step {name!r}')
+  extra = {}
+  if metric_fn is not None:
+    if not accepts_metric_fn(name):
+      raise ValueError(f'train_step {name!r} reports no metric: its factory '
+                       'takes no metric_fn')
+    extra['metric_fn'] = metric_fn
+  algorithm = factory(values, loss_fn=loss_fn, tx=tx, **extra)
+  return dataclasses.replace(
+      algorithm, train_step=checks.checked_train_step(algorithm.train_step))
+
+
+def make_train_step(name: str, *, loss_fn: core.LossFn,
+                    tx: optax.GradientTransformation, **hparams) -> TrainStep:
+  """Builds the train step of the registered algorithm `name`."""
+  return make_algorithm(name, loss_fn=loss_fn, tx=tx, **hparams).train_step
+
+
+def hparam_names(name: str) -> list[str]:
+  """The hyper-parameters (config fields) of the algorithm `name`."""
+  return TRAIN_STEPS.fields(name).names()
+
+
+def accepts_metric_fn(name: str) -> bool:
+  """Whether the factory `name` reports a metric (takes ``metric_fn``)."""
+  return 'metric_fn' in inspect.signature(TRAIN_STEPS.lookup(name)).parameters
+
+
+def model_state_of(state) -> Any:
+  """``state.model_state``; None for a train state without that field (a
+  Flax `TrainState`, which then suits parameter-only models only)."""
+  return getattr(state, 'model_state', None)
+
+
+def apply_meta_gradient(state: MetaTrainState, grads: Any,
+                        tx: optax.GradientTransformation) -> MetaTrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1,
+                       params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state)
+
+
+def gradient_train_step(objective, tx: optax.GradientTransformation,
+                        task_batch_size: int | None = None,
+                        stateful: bool = False) -> TrainStep:
+  """A train step descending ``objective(params, batch, model_state, rng) ->
+  (loss, MetaOutput)``.
+
+  With `task_batch_size` the gradient is computed that many tasks at a time
+  (`core.over_task_batches`): the same meta-gradient, faster on CPU. With
+  `stateful` (a `core.StatefulLoss`), the step key is split into one key
+  per task before the task batching (the same keys whatever the batching),
+  and the new model state (``MetaOutput.model_state``) goes into the train
+  state; otherwise the objective gets ``rng=None``.
+
+  When the objective reports a query metric (classification accuracy), the
+  metrics are a `ClassificationTrainMetrics` with ``query_accuracy_before``
+  and ``query_accuracy_after``; otherwise a `TrainMetrics`.
+  """
+  def keyed_objective(params, tasks, model_state, *args):
+    batch, keys = tasks
+    return objective(params, batch, model_state, keys, *args)
+
+  grad_fn = core.over_task_batches(
+      jax.value_and_grad(keyed_objective, has_aux=True), task_batch_size)
+
+  def train_step(state, batch, rng: jax.Array):
+    tasks = core.with_task_keys(batch, rng if stateful else None)
+    (_, aux), grads = grad_fn(state.params, tasks, model_state_of(state))
+    new_state = apply_meta_gradient(state, grads, tx)
+    if stateful:
+      new_state = new_state.replace(model_state=aux.model_state)
+    return new_state, train_metrics(aux, grads)
+
+  return train_step
+
+
+def train_metrics(aux: core.MetaOutput, grads):
+  """The step's metrics: `TrainMetrics`, or `ClassificationTrainMetrics`
+  when `aux` holds a query metric (accuracy) before and after adapting."""
+  outputs = dict(query_loss_before=aux.query_loss_before,
+                 query_loss_after=aux.query_loss_after,
+                 meta_grad_norm=optax.global_norm(grads))
+  if aux.query_metric_before is None:
+    return TrainMetrics.single_from_model_output(**outputs)
+  return ClassificationTrainMetrics.single_from_model_output(
+      query_accuracy_before=aux.query_metric_before,
+      query_accuracy_after=aux.query_metric_after, **outputs)
+
+
+# --- Parameter leaves: which ones an algorithm adapts or copies ------------
+
+
+def param_path(path) -> str:
+  """``'layers/2/kernel/value'`` for a `jax.tree_util` key path."""
+  return '/'.join(core.key_path_names(path))
+
+
+def leaf_paths(params) -> list[str]:
+  """`param_path` of every leaf, in `jax.tree.leaves` order."""
+  return [param_path(p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def select_leaves(params, pattern: str, field: str) -> list[bool]:
+  """Which leaves' paths (`param_path`) the regular expression `pattern`
+  matches, in `jax.tree.leaves` order.
+
+  Raises:
+    ValueError: naming ``config.<field>``, the pattern and the paths, if it
+      selects no leaf or every leaf (nothing would be left on one side).
+  """
+  paths = leaf_paths(params)
+  regex = re.compile(pattern)
+  return some_but_not_all([bool(regex.search(p)) for p in paths], paths,
+                          f'config.{field}={pattern!r}')
+
+
+def some_but_not_all(mask, paths, what) -> list[bool]:
+  """`mask`, if it selects some leaves but not all; else a ValueError that
+  names `what` and the parameter `paths`."""
+  if not any(mask) or all(mask):
+    raise ValueError(
+        f'{what}: must select some but not all parameters; it selects '
+        f'{sum(mask)} of {len(mask)}; parameter paths: {", ".join(paths)}')
+  return mask
+
+
+def split_leaves(params, mask: list[bool]) -> tuple[list, list]:
+  """The leaves `mask` selects and the others, each in leaf order."""
+  leaves = jax.tree.leaves(params)
+  return ([l for l, m in zip(leaves, mask) if m],
+          [l for l, m in zip(leaves, mask) if not m])
+
+
+def merge_leaves(treedef_of, selected: list, others: list, mask: list[bool]):
+  """Inverse of `split_leaves`, in the tree of `treedef_of`."""
+  selected, others = iter(selected), iter(others)
+  return jax.tree.unflatten(
+      jax.tree.structure(treedef_of),
+      [next(selected) if m else next(others) for m in mask])
+
+
+def restrict_loss(loss_fn, full_params: Callable[[Any], Any]):
+  """`loss_fn` as a function of part of the params: ``full_params(part)``
+  builds the whole tree (ANIL's head with the body held fixed). Keeps the
+  form of `loss_fn` (parameter-only or `core.StatefulLoss`)."""
+  if core.is_stateful(loss_fn):
+    return core.StatefulLoss(lambda part, state, batch, rng: loss_fn.fn(
+        full_params(part), state, batch, rng))
+  return lambda part, batch: loss_fn(full_params(part), batch)

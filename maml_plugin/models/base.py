@@ -1,0 +1,44 @@
+"""The `MODELS` registry: NNX models built by name from a config.
+
+A model is one module of this package (copy `mlp.py`, the smallest) that
+registers a factory with its config fields::
+
+  @MODELS.register('mlp', fields=MLPFields)
+  def make_mlp(model_fields: MLPFields, *, input_shape, num_outputs, rngs):
+    return MLP(input_shape[-1], model_fields.hidden_sizes, num_outputs,
+               rngs=rngs)
+
+`input_shape` (one example's, e.g. ``(1,)`` or ``(28, 28, 1)``) and
+`num_outputs` (regression targets or classes) come from the task family
+(`maml_plugin.tasks.TaskProblem`), `rngs` from ``config.seed``. The module
+may hold any NNX state (BatchNorm running averages, Dropout): the trainer
+splits it with `maml_plugin.nnx_bridge.NNXModel`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from flax import nnx
+
+from maml_plugin import fields
+from maml_plugin.registry import Registry
+
+MODELS = Registry('model')
+
+
+class ModelFactory(Protocol):
+  """What `MODELS` holds: config fields and data shapes in, a module out."""
+
+  def __call__(self, model_fields: fields.Fields, *,
+               input_shape: tuple[int, ...], num_outputs: int,
+               rngs: nnx.Rngs) -> nnx.Module:
+    ...
+
+
+def build_model(name: str, config, *, input_shape: tuple[int, ...],
+                num_outputs: int, rngs: nnx.Rngs) -> nnx.Module:
+  """The registered model `name`, its fields read from `config`."""
+  return MODELS.lookup(name)(MODELS.fields(name).from_config(config),
+                             input_shape=tuple(input_shape),
+                             num_outputs=num_outputs, rngs=rngs)
