@@ -98,10 +98,14 @@ def mamlpp_params(model_params, *, inner_lr: float, num_inner_steps: int,
   return params
 
 
-def rates_at(inner_lr, k, num_inner_steps: int):
-  """The rates of inner step `k`; steps past training reuse the last one."""
+def at_step(per_step, k, num_inner_steps: int):
+  """Row `k` of every leaf of a per-step tree (LSLR rates ``[N]``, per-step
+  statistics ``[N, ...]``); steps past training reuse the last row."""
   k = jnp.minimum(k, num_inner_steps - 1)
-  return jax.tree.map(lambda r: r[k], inner_lr)
+  return jax.tree.map(lambda r: r[k], per_step)
+
+
+rates_at = at_step  # The rates of inner step `k`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,12 +255,6 @@ def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
   return params, losses, state
 
 
-def state_at(model_state, k, num_steps: int):
-  """Copy `k` of per-step statistics; steps past training reuse the last."""
-  k = jnp.minimum(k, num_steps - 1)
-  return jax.tree.map(lambda s: s[k], model_state)
-
-
 def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
                         num_inner_steps: int, msl_anneal_steps: int,
                         learn_inner_lr: bool, first_order: bool,
@@ -286,7 +284,7 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
       model, bn.at(copies, 0, num_inner_steps))
   fn = core.as_stateful(loss_fn)
   metric = None if metric_fn is None else core.as_stateful(metric_fn)
-  state_before = (state_at(model_state, 0, num_inner_steps)
+  state_before = (at_step(model_state, 0, num_inner_steps)
                   if per_step_stats else model_state)
 
   def per_task(task, key):
@@ -297,7 +295,7 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
     qkey = core.query_key(key, num_inner_steps)
     out = (fn(unadapted, state_before, task['query'], qkey)[0], after)
     if metric is not None:
-      state_last = (state_at(state, num_inner_steps - 1, num_inner_steps)
+      state_last = (at_step(state, num_inner_steps - 1, num_inner_steps)
                     if per_step_stats else state)
       out += (metric(unadapted, state_before, task['query'], qkey)[0],
               metric(adapted, state_last, task['query'], qkey)[0])
@@ -438,7 +436,7 @@ def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
     after k steps copy k - 1 (copy 0 before adapting)."""
     def loss_at(fn, k, support):
       k = k if support else jnp.maximum(k - 1, 0)
-      return core.bind_state(fn, state_at(model_state, k, num_inner_steps))
+      return core.bind_state(fn, at_step(model_state, k, num_inner_steps))
     return inner_loop(loss, loss_at)
 
   def init_params(model_params):
