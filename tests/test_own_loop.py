@@ -71,7 +71,11 @@ def test_a_flax_examples_loop_trains_on_the_sine_config(tmp_path):
   config = config_files.load('configs/maml_sine.py:quick')
   workdir = str(tmp_path)
   before = maml_plugin.build_components(config)
-  initial = np.mean(before.evaluator(before.state.params)[:, 1])
+  curves = before.evaluator(before.state.params)  # [tasks, inner steps]
+  # The untrained MLP's first inner step raises the loss (4.3 -> 10.7):
+  # the trained one must beat both.
+  initial = np.mean(curves[:, 1])
+  unadapted = np.mean(curves[:, 0])
   state = train_and_evaluate(config, workdir)
   assert int(state.step) == config.num_train_steps == 200
   scalars = event_files.read_scalars(workdir)
@@ -80,7 +84,8 @@ def test_a_flax_examples_loop_trains_on_the_sine_config(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
       '100', '200']
   final = float(scalars[('eval/mse_step1', 200)][-1])
-  assert final < 0.8 * initial, (initial, final)
+  assert final < 0.8 * initial and final < unadapted, (initial, unadapted,
+                                                         final)
   logged = sorted(step for tag, step in scalars if tag == 'query_loss_after')
   assert logged == [50, 100, 150, 200]
 
