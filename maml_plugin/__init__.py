@@ -26,6 +26,12 @@ the params its train state holds)::
   algorithm = maml_plugin.make_algorithm('metasgd', loss_fn=loss_fn, tx=tx,
                                          inner_lr=0.01)
   state = maml_plugin.MetaTrainState.create(algorithm.init_params(params), tx)
+
+Everything a config names, for a training loop of your own (the initial
+state, the train step, the meta-batch sampler, the evaluator and our
+periodic actions; docs/own_loop.md)::
+
+  components = maml_plugin.build_components(config)
 """
 
 from maml_plugin.core import InnerLoop
@@ -45,6 +51,16 @@ __all__ = [
     'adapt', 'maml_loss', 'maml_loss_and_aux', 'sgd_step', 'InnerLoop',
     'StatefulLoss', 'NNXModel',
     'MetaAlgorithm', 'MetaTrainState', 'TRAIN_STEPS', 'make_algorithm',
-    'make_train_step',
+    'make_train_step', 'build_components', 'Components',
 ]
 __version__ = '0.1.0'
+
+# The trainer's modules (CLU, orbax) load on first use, not on import.
+_FROM_TRAIN = ('build_components', 'Components')
+
+
+def __getattr__(name):
+  if name in _FROM_TRAIN:
+    from maml_plugin import train  # pylint: disable=g-import-not-at-top
+    return getattr(train, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

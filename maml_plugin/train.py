@@ -280,6 +280,90 @@ def create_evaluator(config, problem: Problem, held_out=None,
       task_batch_size=problem.eval_task_batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class Components:
+  """What a config gives a training loop (`build_components`).
+
+  Attributes:
+    state: the train state at step 0 (`algorithms.MetaTrainState`).
+    train_step: ``train_step(state, batch, rng) -> (state, metrics)``,
+      pure: jit it; ``metrics.compute()`` is a dict of scalars.
+    evaluator: few-shot evaluation on the config's held-out tasks,
+      ``evaluator(params, model_state) -> curves`` (`evaluation.FewShotEvaluator`).
+    problem: the task family and model (`Problem`).
+    algorithm: the registered algorithm (`algorithms.MetaAlgorithm`).
+    config: the config they were built from.
+  """
+
+  state: algorithms.MetaTrainState
+  train_step: Callable
+  evaluator: evaluation.FewShotEvaluator
+  problem: Problem
+  algorithm: algorithms.MetaAlgorithm
+  config: ml_collections.ConfigDict
+
+  def meta_batch(self, rng: jax.Array) -> dict:
+    """The `config.meta_batch_size` training tasks of one step's key
+    (pure, jittable)."""
+    return self.problem.tasks.train_batch(rng, self.config.meta_batch_size)
+
+  def periodic_actions(self, writer: metric_writers.MetricWriter,
+                       workdir: str, *, state_fn: Callable[[], Any],
+                       rng: jax.Array, manager=None
+                       ) -> list[periodic_actions.PeriodicAction]:
+    """Our CLU actions for a loop that calls each with the step just done:
+    few-shot evaluation every `config.eval_every_steps` (scalars to
+    `writer`) and a checkpoint of ``state_fn()`` and `rng` in
+    ``workdir/checkpoints`` every `config.checkpoint_every_steps` and at
+    `config.num_train_steps`. `manager`: an orbax manager of your own
+    (default: one for `workdir`)."""
+    config = self.config
+    if manager is None:
+      manager = checkpointing.create_manager(
+          workdir, max_to_keep=config.max_checkpoints_to_keep)
+    return [
+        actions.FewShotEvaluation(evaluator=self.evaluator, writer=writer,
+                                  state_fn=state_fn,
+                                  every_steps=config.eval_every_steps),
+        actions.Checkpoint(manager=manager, state_fn=state_fn, rng=rng,
+                           every_steps=config.checkpoint_every_steps,
+                           on_steps=[config.num_train_steps]),
+    ]
+
+
+def build_components(config: ml_collections.ConfigDict) -> Components:
+  """Everything a Flax-examples `train_and_evaluate` needs, from a config.
+
+  For a loop of your own (docs/own_loop.md)::
+
+    components = maml_plugin.build_components(config)
+    state = components.state
+    p_train_step = jax.jit(components.train_step)
+    hooks = components.periodic_actions(writer, workdir,
+                                        state_fn=lambda: state, rng=rng)
+    for step in range(1, config.num_train_steps + 1):
+      batch_rng, step_rng = jax.random.split(jax.random.fold_in(rng, step))
+      state, metrics = p_train_step(state, components.meta_batch(batch_rng),
+                                    step_rng)
+      for hook in hooks:
+        hook(step)
+
+  Validates the config (importing ``config.imports``) and builds the task
+  family, model, algorithm, optimizer, initial state and evaluator; no
+  file is written.
+  """
+  config_validation.validate(config,
+                             num_devices=distributed.num_task_devices())
+  problem = create_problem(config)
+  tx = create_optimizer(config)
+  algorithm = create_algorithm(config, problem, tx)
+  return Components(
+      state=create_train_state(problem, algorithm, tx),
+      train_step=algorithm.train_step,
+      evaluator=create_evaluator(config, problem, algorithm=algorithm),
+      problem=problem, algorithm=algorithm, config=config)
+
+
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
                         workdir: str, evaluator=None,
                         model_state=None) -> dict:
@@ -329,11 +413,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The final `MetaTrainState`.
   """
-  config_validation.validate(config,
-                             num_devices=distributed.num_task_devices())
-  # Tasks and model first: bad data stops the run before the workdir is
-  # touched.
-  problem = create_problem(config)
+  # Tasks, model, algorithm and state first: a bad config or bad data stops
+  # the run before the workdir is touched.
+  components = build_components(config)
+  problem, algorithm = components.problem, components.algorithm
 
   # Writer.
   os.makedirs(workdir, exist_ok=True)
@@ -342,9 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer.write_hparams(_hparams_for_writer(config))
 
   # State.
-  tx = create_optimizer(config)
-  algorithm = create_algorithm(config, problem, tx)
-  state = create_train_state(problem, algorithm, tx)
+  state = components.state
   rng = jax.random.key(config.seed)
 
   # Restore.
@@ -375,22 +456,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def state_fn():
     return state
 
-  evaluator = create_evaluator(config, problem, algorithm=algorithm)
+  evaluator = components.evaluator
   # Only on log steps (chunk boundaries): the hooks see the steps of a chunk
   # in one burst, so a time-triggered report mid-chunk would divide a burst
   # of steps by microseconds and log a meaningless steps_per_sec.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
-  hooks = [
-      report_progress,
-      actions.FewShotEvaluation(evaluator=evaluator, writer=writer,
-                                state_fn=state_fn,
-                                every_steps=config.eval_every_steps),
-      actions.Checkpoint(manager=manager, state_fn=state_fn, rng=rng,
-                         every_steps=config.checkpoint_every_steps,
-                         on_steps=[config.num_train_steps]),
-  ]
+  hooks = [report_progress, *components.periodic_actions(
+      writer, workdir, state_fn=state_fn, rng=rng, manager=manager)]
 
   # Loop.
   logging.info('Meta-training from step %d to %d.', first_step,

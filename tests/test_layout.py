@@ -28,7 +28,8 @@ REGISTERED_BY = {
     models.MODELS: {'mlp': 'maml_plugin.models.mlp',
                     'conv4': 'maml_plugin.models.conv4'},
     tasks.TASKS: {'sinusoid': 'maml_plugin.tasks.sinusoid',
-                  'omniglot': 'maml_plugin.tasks.omniglot'},
+                  'omniglot': 'maml_plugin.tasks.omniglot',
+                  'tfds_episodic': 'maml_plugin.tasks.tfds_episodic'},
 }
 
 

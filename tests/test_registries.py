@@ -1,7 +1,7 @@
 """Open registries: a user's own task family, model and algorithm, by name.
 
-`tests/user_project/` is a project outside the package: it registers a
-task family (`line_tasks`), a model with BatchNorm and Dropout
+`examples/my_project/`, the example project users copy, lives outside the
+package: it registers a task family (`line_tasks`), a model with BatchNorm and Dropout
 (`norm_mlp`) and an algorithm with a field of its own (`scaled_maml`);
 its config names them and lists the modules in ``config.imports``.
 """
@@ -22,18 +22,22 @@ from maml_plugin import fields
 from maml_plugin import train
 from maml_plugin.config_validation import ConfigError
 from maml_plugin.registry import Registry
-from tests.user_project import config as user_config
+from examples.my_project import config as user_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_main_and_evaluate_run_the_users_config(tmp_path):
+def test_main_and_evaluate_run_the_example_project(tmp_path):
+  """`python -m maml_plugin.main` and `maml_plugin.evaluate` on
+  examples/my_project/config.py:quick, as its docstring says, with an
+  override of the project's own field."""
   workdir = str(tmp_path / 'work')
   for command, extra in (('main', ['--config.inner_lr_scale=0.25']),
                          ('evaluate', [])):
     proc = subprocess.run(
         [sys.executable, '-m', f'maml_plugin.{command}',
-         '--config=tests/user_project/config.py', f'--workdir={workdir}',
+         '--config=examples/my_project/config.py:quick',
+         f'--workdir={workdir}',
          *extra],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,7 +61,7 @@ def test_main_names_a_bad_override_of_a_users_field(tmp_path, override,
                                                     expected):
   proc = subprocess.run(
       [sys.executable, '-m', 'maml_plugin.main',
-       '--config=tests/user_project/config.py',
+       '--config=examples/my_project/config.py:quick',
        f'--workdir={tmp_path / "work"}', override],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1
@@ -67,7 +71,7 @@ def test_main_names_a_bad_override_of_a_users_field(tmp_path, override,
 
 
 def test_a_users_model_with_state_trains_and_keeps_its_state(tmp_path):
-  config = user_config.get_config()
+  config = user_config.get_config('quick')
   problem = train.create_problem(config)
   assert core.is_stateful(problem.loss_fn)  # BatchNorm and Dropout.
   assert core.is_stateful(problem.eval_loss_fn)
@@ -80,7 +84,7 @@ def test_a_users_model_with_state_trains_and_keeps_its_state(tmp_path):
 
 
 def test_a_users_algorithm_gets_its_own_field_from_the_config():
-  config = user_config.get_config()
+  config = user_config.get_config('quick')
   config_validation.validate(config)
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)
@@ -101,19 +105,19 @@ def test_a_users_algorithm_gets_its_own_field_from_the_config():
     ('width', 0, 'config.width=0: must be an int > 0'),
     ('max_slope', 'steep', "config.max_slope='steep': must be a finite"),
     ('task', 'lines', "config.task='lines': must be one of 'line_tasks', "
-     "'omniglot', 'sinusoid'"),
+     "'omniglot', 'sinusoid', 'tfds_episodic'"),
     ('model', 'mlpp', "config.model='mlpp': must be one of 'conv4', 'mlp', "
      "'norm_mlp'"),
     ('train_step', 'scaled', "config.train_step='scaled': must be one of "
      "'anil', 'fomaml', 'maml'"),  # ... and 'scaled_maml', checked below
     ('hidden_sizes', (4,), "config.hidden_sizes: unknown field for task "
      "'line_tasks', model 'norm_mlp' and train_step 'scaled_maml'"),
-    ('imports', ('tests.user_project.nope',),
-     "config.imports: cannot import 'tests.user_project.nope' "
+    ('imports', ('examples.my_project.nope',),
+     "config.imports: cannot import 'examples.my_project.nope' "
      '(ModuleNotFoundError: '),
 ])
 def test_a_bad_field_of_a_users_entry_is_one_line(field, value, message):
-  config = user_config.get_config().to_dict()
+  config = user_config.get_config('quick').to_dict()
   config[field] = value
   with pytest.raises(ConfigError) as err:
     config_validation.validate(config)
@@ -124,7 +128,7 @@ def test_a_bad_field_of_a_users_entry_is_one_line(field, value, message):
 
 
 def test_a_users_algorithm_field_on_another_algorithm_is_refused():
-  config = user_config.get_config()
+  config = user_config.get_config('quick')
   config.train_step = 'maml'
   with pytest.raises(ConfigError, match=(
       r"^config.inner_lr_scale=0.5: not used by config.train_step='maml'; "

@@ -34,10 +34,11 @@ VARIANTS = {
     'maml_sine': (None, 'quick') + maml_sine.ALGORITHMS,
     'maml_omniglot': (None, 'quick', 'mamlpp') + maml_omniglot.PROTOCOLS,
     'jaxline_sine': (None, 'quick') + maml_sine.ALGORITHMS,
+    'maml_tfds': (None, 'quick'),
 }
 # The configs of `maml_plugin.main`, those README's prose overrides are for
 # (jaxline_sine's own fields are at the top level, ours one level down).
-FOR_MAIN = ('maml_sine', 'maml_omniglot')
+FOR_MAIN = ('maml_sine', 'maml_omniglot', 'maml_tfds')
 # Configs that need an optional dependency: config -> module.
 NEEDS = {'jaxline_sine': 'jaxline'}
 

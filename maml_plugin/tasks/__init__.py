@@ -8,8 +8,9 @@ Usage::
 
 `base` holds the `TASKS` registry and `TaskProblem` (what a family gives
 the trainer); each family is one module that registers itself:
-`sinusoid` (the smallest: copy it to add one) and `omniglot` (episodes
-from `episodic`, which samples N-way K-shot tasks from any image arrays).
+`sinusoid` (the smallest: copy it to add one), `omniglot` and
+`tfds_episodic` (any TFDS image-classification dataset), both episodes
+from `episodic`, which samples N-way K-shot tasks from any image arrays.
 
 Importing this package also registers the TFDS builders `sinusoid_tasks`
 and `omniglot_tasks`, one per module (`sinusoid_tfds`, `omniglot_tfds`),
@@ -20,6 +21,7 @@ maml_plugin/tasks/sinusoid_tfds.py`` both work.
 
 from maml_plugin.tasks import omniglot
 from maml_plugin.tasks import sinusoid
+from maml_plugin.tasks import tfds_episodic
 from maml_plugin.tasks.base import TASKS
 from maml_plugin.tasks.base import TaskProblem
 from maml_plugin.tasks.base import TaskSource

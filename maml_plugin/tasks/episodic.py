@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maml_plugin import fields
 from maml_plugin import losses
+from maml_plugin.tasks import base
 
 # Training tasks come from `fold_in(key, _TRAIN_STREAM)`, held-out ones from
 # `fold_in(key(seed), _HELD_OUT_STREAM)`.
@@ -211,19 +213,83 @@ class SupportContextTasks:
     return self._add(self.tasks.held_out(*args, **kwargs))
 
 
+def episodes_for_fields(images, labels, task_fields, *, query_field: str,
+                        source: str) -> EpisodicTasks:
+  """`EpisodicTasks` sized by a task family's fields (``ways``,
+  ``num_support`` and the query count `query_field`); a size the data
+  cannot supply is a `fields.FieldError` naming the field and `source`."""
+  _, per_class = np.unique(np.asarray(labels), return_counts=True)
+  ways = task_fields.ways
+  num_query = getattr(task_fields, query_field)
+  if ways > len(per_class):
+    raise fields.FieldError(f'ways={ways}: must be at most {len(per_class)}, '
+                            f'the classes of {source}')
+  need = task_fields.num_support + num_query
+  if need > per_class.min():
+    raise fields.FieldError(
+        f'num_support + config.{query_field} = {need}: must be at most '
+        f'{per_class.min()}, the images per class of {source}')
+  return EpisodicTasks.from_arrays(images, labels, ways=ways,
+                                   num_support=task_fields.num_support,
+                                   num_query=num_query)
+
+
+def classification_problem(tasks: EpisodicTasks, eval_tasks: EpisodicTasks,
+                           *, transductive: bool = True) -> base.TaskProblem:
+  """The `base.TaskProblem` of a family of classification episodes:
+  cross-entropy loss, accuracy, inputs shaped as the images; with
+  ``transductive=False`` query sets carry their support images
+  (`SupportContextTasks`)."""
+  input_shape = tuple(tasks.images.shape[1:])
+  eval_ways = eval_tasks.ways
+  if not transductive:
+    tasks, eval_tasks = (SupportContextTasks(tasks),
+                         SupportContextTasks(eval_tasks))
+  return base.TaskProblem(
+      tasks=tasks, eval_tasks=eval_tasks, input_shape=input_shape,
+      num_outputs=eval_ways, loss=cross_entropy, metric='accuracy',
+      metric_fn=accuracy)
+
+
+def _split_names(split: str) -> list[str]:
+  """The split names in a TFDS split string: 'train[:80%]+test' ->
+  ['train', 'test']."""
+  return [part.split('[', 1)[0].strip() for part in split.split('+')]
+
+
 def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',
                      label_key: str = 'label', data_dir: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
   """``(images, labels)`` of a prepared TFDS image-classification split.
 
   Works with any dataset that has an image and an int label feature
-  (``'omniglot'``, ``'mnist'``, ``'omniglot_tasks/...'``, your own); the
-  dataset must already be prepared under `data_dir` (nothing downloads).
-  A dataset without `image_key` or `label_key` is an `EpisodeError` whose
-  one line lists the features it has.
+  (``'omniglot'``, ``'mnist'``, ``'omniglot_tasks/...'``, your own, also
+  one whose builder code is not installed: TFDS reads it from its files).
+  `split` is a TFDS split string (``'train'``, ``'train[:80%]'``). The
+  dataset must already be prepared under `data_dir` (None: TFDS's default,
+  ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``): nothing downloads. A
+  dataset that is not there, a split it lacks, or a missing `image_key` or
+  `label_key` is an `EpisodeError` in one line that names the data_dir,
+  the splits or the features it has.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir)
+  where = f'data_dir={data_dir or tfds.core.constants.DATA_DIR!r}'
+  prepare = (f'prepare it first (e.g. tfds build {name.split("/")[0]} '
+             f'--data_dir=DIR); nothing is downloaded at run time')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise EpisodeError(f'TFDS dataset {name!r} is not prepared under {where} '
+                       f'and no builder of that name is installed; '
+                       f'{prepare}') from None
+  if not builder.is_prepared():
+    raise EpisodeError(f'TFDS dataset {name!r} is not prepared under '
+                       f'{where}; {prepare}')
+  splits = sorted(builder.info.splits.keys())
+  unknown = [s for s in _split_names(split) if s not in splits]
+  if unknown:
+    raise EpisodeError(f'TFDS dataset {name!r} under {where} has no split '
+                       f'{unknown[0]!r}; its splits: {", ".join(splits)}')
   features = sorted(builder.info.features.keys())
   missing = [f'{arg}={key!r}' for arg, key in (('image_key', image_key),
                                                ('label_key', label_key))

@@ -278,34 +278,16 @@ def _episodes(task_fields: OmniglotFields, split_field: str,
               query_field: str) -> episodic.EpisodicTasks:
   """Episodes of one split; sizes the split cannot supply name the fields."""
   split = getattr(task_fields, split_field)
-  num_query = getattr(task_fields, query_field)
   data = load_split(split, data_dir=task_fields.data_dir)
-  _, per_class = np.unique(data.labels, return_counts=True)
-  where = f'config.{split_field}={split!r}'
-  if task_fields.ways > len(per_class):
-    raise fields.FieldError(
-        f'ways={task_fields.ways}: must be at most {len(per_class)}, the '
-        f'classes of {where}')
-  need = task_fields.num_support + num_query
-  if need > per_class.min():
-    raise fields.FieldError(
-        f'num_support + config.{query_field} = {need}: must be at most '
-        f'{per_class.min()}, the images per class of {where}')
-  return episodic.EpisodicTasks.from_arrays(
-      data.images, data.labels, ways=task_fields.ways,
-      num_support=task_fields.num_support, num_query=num_query)
+  return episodic.episodes_for_fields(
+      data.images, data.labels, task_fields, query_field=query_field,
+      source=f'config.{split_field}={split!r}')
 
 
 @base.TASKS.register('omniglot', fields=OmniglotFields)
 def make_omniglot_problem(task_fields: OmniglotFields) -> base.TaskProblem:
   """N-way K-shot Omniglot: episodic tasks, cross-entropy, accuracy."""
-  tasks = _episodes(task_fields, 'train_split', 'num_query')
-  eval_tasks = _episodes(task_fields, 'eval_split', 'eval_num_query')
-  if not task_fields.transductive:
-    tasks = episodic.SupportContextTasks(tasks)
-    eval_tasks = episodic.SupportContextTasks(eval_tasks)
-  return base.TaskProblem(
-      tasks=tasks, eval_tasks=eval_tasks,
-      input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), num_outputs=task_fields.ways,
-      loss=episodic.cross_entropy, metric='accuracy',
-      metric_fn=episodic.accuracy)
+  return episodic.classification_problem(
+      _episodes(task_fields, 'train_split', 'num_query'),
+      _episodes(task_fields, 'eval_split', 'eval_num_query'),
+      transductive=task_fields.transductive)

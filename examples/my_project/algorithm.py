@@ -1,4 +1,12 @@
-"""An algorithm of the user's own, with a hyper-parameter no other has."""
+"""An algorithm of your own, ``config.train_step = 'scaled_maml'``, with a
+hyper-parameter no other algorithm has (``config.inner_lr_scale``).
+
+Its hyper-parameters extend `maml_plugin.algorithms.HParams` (MAML's
+``inner_lr``, ``num_inner_steps``, ...); the factory registered in
+`maml_plugin.algorithms.TRAIN_STEPS` gets them with the loss and the
+optimizer and returns a `MetaAlgorithm` (here: MAML's, built with a scaled
+inner rate; see `maml_plugin/algorithms/fomaml.py` for a whole one).
+"""
 
 import dataclasses
 

@@ -1,4 +1,21 @@
-"""A task family of the user's own: regress lines ``y = slope * x + offset``."""
+"""A task family of your own, ``config.task = 'line_tasks'``: regress lines
+``y = slope * x + offset``, a new slope and offset per task.
+
+A task family is three things, registered together:
+
+- a task source with ``train_batch(rng, num_tasks)`` (jittable: the
+  trainer samples inside its jitted steps) and ``held_out(seed, num_tasks,
+  num_query)`` (fixed evaluation tasks), each returning a meta-batch
+  ``{'support': {'x', 'y'}, 'query': {'x', 'y'}}`` with leaves
+  ``[tasks, examples, ...]`` (`maml_plugin.tasks.TaskSource`);
+- its config fields, a frozen `maml_plugin.fields.Fields` dataclass: each
+  field checked, unknown ones refused;
+- a factory registered in `maml_plugin.tasks.TASKS` that returns a
+  `TaskProblem`: the sources, the shape of one input, the number of
+  outputs, the loss ``loss(model, batch)`` on the merged NNX module and
+  the metric evaluation reports (optionally ``metric_fn`` and a
+  ``picture`` for the report).
+"""
 
 import dataclasses
 

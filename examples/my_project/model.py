@@ -1,4 +1,12 @@
-"""A model of the user's own, with BatchNorm running averages and Dropout."""
+"""A Flax NNX model of your own, ``config.model = 'norm_mlp'``.
+
+Any `nnx.Module` works, BatchNorm running averages and Dropout included:
+the trainer splits it into the parameters the inner loop adapts, the
+state its train steps carry and its RNG streams. Register a factory in
+`maml_plugin.models.MODELS` that builds the module from its config fields
+(a `maml_plugin.fields.Fields` dataclass) and from the task family's
+``input_shape`` and ``num_outputs``.
+"""
 
 import dataclasses
 
