@@ -1,4 +1,4 @@
-"""Meta-trains and evaluates a maml_plugin config.
+r"""Meta-trains and evaluates a maml_plugin config.
 
   python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/maml_sine
 
@@ -9,7 +9,7 @@ value and what is allowed.
 
 Several hosts (one process each) train one run together::
 
-  python -m maml_plugin.main ... --coordinator_address=10.0.0.1:1234
+  python -m maml_plugin.main ... --coordinator_address=10.0.0.1:1234 \
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
 
 By default the run prints a few lines (`maml_plugin.console`); absl's

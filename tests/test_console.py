@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from maml_plugin import console
+from tests import event_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,15 +68,20 @@ def test_default_run_prints_start_progress_table_and_files_only(tiny_run):
                               'TensorBoard event file'), text
 
 
-def test_first_rate_counts_from_before_compilation(tiny_run):
-  """The first progress line's rate covers the first 50 steps and their
-  compilation: far below a burst of 50 steps timed over microseconds (the
-  clock used to start at the first step's hook call)."""
-  _, lines = tiny_run
+def test_first_rates_count_from_before_compilation(tiny_run):
+  """The first rates (the progress line's, and CLU's `steps_per_sec` in
+  TensorBoard, logged every chunk of 10 steps) include the first chunk and
+  its compilation. Pins the clocks starting at the first step's hook call,
+  inside the first chunk's burst of hook calls: CLU's first rate was then 9
+  steps over microseconds."""
+  workdir, lines = tiny_run
   first = next(l for l in lines if l.startswith('step 50/'))
   rate = float(re.search(r'([\d,.]+) meta-steps/s', first).group(1)
                .replace(',', ''))
   assert 0 < rate < 1e4, first
+  scalars = event_files.read_scalars(str(workdir))
+  first_logged = float(scalars[('steps_per_sec', 10)][0])
+  assert 0 < first_logged < 1e4, first_logged
 
 
 def test_finished_run_says_so_once_and_verbosity_shows_everything(
