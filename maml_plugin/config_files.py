@@ -91,17 +91,18 @@ def resolve_argv(argv: list[str]) -> list[str]:
   return out
 
 
-def flags_parser(argv: list[str]) -> list[str]:
-  """An `absl.app.run` flags_parser: absl's own parsing after `--config` is
-  resolved. A value that names nothing, a config file whose `get_config`
-  raises (a misspelt `:arg`) and any other flag error stop with one line."""
+def flags_parser(argv: list[str], flag_values=None) -> list[str]:
+  """An `absl.app.run` flags_parser: absl's own parsing (of `flag_values`,
+  default `absl.flags.FLAGS`) after `--config` is resolved. A value that
+  names nothing, a config file whose `get_config` raises (a misspelt
+  `:arg`) and any other flag error stop with one line."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     argv = resolve_argv(argv)
   except ConfigFileError as e:
     raise SystemExit(f'maml_plugin: bad config: {e}') from None
   try:
-    return flags.FLAGS(argv)
+    return (flags.FLAGS if flag_values is None else flag_values)(argv)
   except flags.Error as e:
     value = config_value(argv)
     if value is not None:
