@@ -66,13 +66,19 @@ class FewShotEvaluation(periodic_actions.PeriodicAction):
     self._evaluator = evaluator
     self._writer = writer
     self._state_fn = state_fn
-    self.last_curves = None
+    self.last_curves = None  # [tasks, steps + 1] of the latest evaluation,
+    self.last_step = None    # and the train step it evaluated.
+
+  @property
+  def metric(self) -> str:
+    return self._evaluator.metric
 
   def _apply(self, step: int, t: float):
     del t
     state = self._state_fn()
     self.last_curves = self._evaluator(state.params,
                                        getattr(state, 'model_state', None))
+    self.last_step = step
     self._writer.write_scalars(
         step, evaluation_scalars(self._evaluator.metric, self.last_curves))
     self._writer.flush()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -101,8 +102,14 @@ def _leaf_name(path) -> str:
 def _check_shapes(path: str, abstract) -> None:
   """Names the first array whose stored shape differs from `abstract`'s."""
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      metadata = checkpointer.metadata(os.path.join(path, 'default'))
+    # The item's handler reads the item's own metadata; a Checkpointer
+    # would also look for checkpoint-level metadata in the item's folder,
+    # which the manager writes one level up, and warn that it is missing.
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      metadata = handler.metadata(epath.Path(path) / 'default')
+    finally:
+      handler.close()
     metadata = getattr(metadata, 'item_metadata', metadata)
     stored = {getattr(m, 'name', None): tuple(m.shape)
               for m in jax.tree.leaves(metadata) if hasattr(m, 'shape')}

@@ -91,15 +91,34 @@ def resolve_argv(argv: list[str]) -> list[str]:
   return out
 
 
-def flags_parser(argv: list[str]) -> list[str]:
-  """An `absl.app.run` flags_parser: absl's own parsing after `--config` is
-  resolved; a value that names nothing stops with one line."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+def flags_parser(argv: list[str], flag_values=None) -> list[str]:
+  """An `absl.app.run` flags_parser: absl's own parsing (of `flag_values`,
+  default `absl.flags.FLAGS`) after `--config` is resolved. A value that
+  names nothing, a config file whose `get_config` raises (a misspelt
+  `:arg`) and any other flag error stop with one line."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     argv = resolve_argv(argv)
   except ConfigFileError as e:
     raise SystemExit(f'maml_plugin: bad config: {e}') from None
-  return app.parse_flags_with_usage(argv)
+  try:
+    return (flags.FLAGS if flag_values is None else flag_values)(argv)
+  except flags.Error as e:
+    value = config_value(argv)
+    if value is not None:
+      try:
+        load(value)
+      except Exception as error:  # pylint: disable=broad-except
+        raise SystemExit(f'maml_plugin: bad config: --config={value}: '
+                         f'{type(error).__name__}: {_one_line(error)}'
+                         ) from None
+    raise SystemExit(f'maml_plugin: bad flag: {_one_line(e)}') from None
+
+
+def _one_line(e: Exception) -> str:
+  # The message on one line; a KeyError's str() is its message's repr.
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  return ' '.join(text.split())
 
 
 def config_value(argv: list[str]) -> str | None:

@@ -5,9 +5,11 @@
 Adapts on each held-out task (`config.num_eval_tasks`, 600 by default) for 0
 to `config.eval_num_inner_steps` inner steps, prints a table, and writes
 `WORKDIR/evaluation.json` and `WORKDIR/adaptation.png`. Stored state is read,
-never changed.
+never changed: nothing else in the workdir is written or created, and a
+workdir without a checkpoint stops with one line.
 """
 
+import os
 import sys
 
 from absl import app
@@ -19,6 +21,7 @@ from maml_plugin import actions
 from maml_plugin import checkpointing
 from maml_plugin import config_files
 from maml_plugin import config_validation
+from maml_plugin import console
 from maml_plugin import train
 from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
@@ -38,12 +41,18 @@ def evaluate(config, workdir: str) -> dict:
   tx = train.create_optimizer(config)
   algorithm = train.create_algorithm(config, problem, tx)
   state = train.create_train_state(problem, algorithm, tx)
+  # Looked for before orbax opens the folder: its manager creates it.
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  no_checkpoint = checkpointing.CheckpointError(
+      f'no checkpoint in {workdir}: train first with '
+      f'python -m maml_plugin.main --workdir={workdir}')
+  if not os.path.isdir(directory):
+    raise no_checkpoint
   manager = checkpointing.create_manager(
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   if manager.latest_step() is None:
-    raise checkpointing.CheckpointError(
-        f'no checkpoint in {manager.directory}: train first with '
-        f'python -m maml_plugin.main --workdir={workdir}')
+    manager.close()
+    raise no_checkpoint
   state, _ = checkpointing.restore_latest(manager, state,
                                           jax.random.key(config.seed))
   manager.close()
@@ -53,10 +62,18 @@ def evaluate(config, workdir: str) -> dict:
       model_state=state.model_state)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """`--help` exits 0; a --config path that does not exist is the shipped
+  config of that name; a bad flag or config argument is one line."""
+  console.exit_on_help(argv)
+  return config_files.flags_parser(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   train.quiet_library_logs()
+  console.setup()
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
   except (config_validation.ConfigError, checkpointing.CheckpointError,
@@ -68,5 +85,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # A --config path that does not exist: the shipped config of that name.
-  app.run(main, flags_parser=config_files.flags_parser)
+  app.run(main, flags_parser=_parse_flags)

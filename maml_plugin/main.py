@@ -1,4 +1,4 @@
-"""Meta-trains and evaluates a maml_plugin config.
+r"""Meta-trains and evaluates a maml_plugin config.
 
   python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/maml_sine
 
@@ -11,6 +11,9 @@ Several hosts (one process each) train one run together::
 
   python -m maml_plugin.main ... --coordinator_address=10.0.0.1:1234 \
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
+
+By default the run prints a few lines (`maml_plugin.console`); absl's
+`--verbosity=0` shows every library's log lines too.
 """
 
 import difflib
@@ -26,6 +29,7 @@ from ml_collections import config_flags
 from maml_plugin import checkpointing
 from maml_plugin import config_files
 from maml_plugin import config_validation
+from maml_plugin import console
 from maml_plugin import distributed
 from maml_plugin import guards
 from maml_plugin import train
@@ -105,6 +109,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   ml_collections refuses them, so that a field only a user's module
   declares (``config.imports``) is accepted.
   """
+  console.exit_on_help(argv)
   try:
     resolved = config_files.resolve_argv(argv)
   except config_files.ConfigFileError as e:
@@ -128,6 +133,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   train.quiet_library_logs()
+  console.setup()
   try:
     distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                            num_processes=FLAGS.num_processes,
@@ -136,11 +142,13 @@ def main(argv):
                                num_devices=distributed.num_task_devices())
   except config_validation.ConfigError as e:
     _fail(f'bad config: {e}')
-  logging.info('config file: %s', config_flags.get_config_filename(
-      FLAGS['config']))
-  logging.info('workdir: %s', FLAGS.workdir)
+  logging.info('config file: %s; workdir: %s; %s',
+               config_flags.get_config_filename(FLAGS['config']),
+               FLAGS.workdir, console.describe_devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info('In %s: %s', FLAGS.workdir,
+                 console.describe_workdir(FLAGS.workdir))
   except config_validation.ConfigError as e:  # e.g. a head_filter that
     # matches no parameter of the model, known once the model exists.
     _fail(f'bad config: {e}')

@@ -1,4 +1,4 @@
-"""Metrics of the meta train step as `clu.metrics.Collection`s.
+"""Metrics of the meta train step as `clu.metrics.Collection` classes.
 
 Names are shared by the train step, the metric writers and the docs:
 ``query_loss_before`` (query loss of the unadapted initialization),

@@ -20,7 +20,7 @@ Usage, in the shape of the current Flax NNX examples::
     metrics = train_step(model, optimizer, tasks.train_batch(rng, 25), rng)
 
 ``step(model, optimizer, batch, rng) -> metrics`` splits the module with
-`maml_plugin.nnx_bridge.NNXModel` (its `nnx.Param`s; its other state, such
+`maml_plugin.nnx_bridge.NNXModel` (its `nnx.Param` leaves; its other state, such
 as batch-norm running averages; its RNG streams, reseeded from `rng` for
 every forward pass), runs the registered pure ``train_step(state, batch,
 rng)`` on a `maml_plugin.MetaTrainState` of those params and that state,

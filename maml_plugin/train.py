@@ -34,6 +34,7 @@ from maml_plugin import actions
 from maml_plugin import algorithms
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
+from maml_plugin import console
 from maml_plugin import core
 from maml_plugin import distributed
 from maml_plugin import evaluation
@@ -433,8 +434,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       workdir, max_to_keep=config.max_checkpoints_to_keep)
   state, rng = checkpointing.restore_latest(manager, state, rng)
   first_step = int(state.step)
-  if first_step:
-    logging.info('Resumed from checkpoint at step %d.', first_step)
+  if first_step >= config.num_train_steps:
+    return _already_complete(config, problem, state, workdir,
+                             manager=manager, writer=writer)
 
   # Devices: the task axis is split over all of them, the state replicated.
   batch_sharding = None
@@ -463,12 +465,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
-  hooks = [report_progress, *components.periodic_actions(
-      writer, workdir, state_fn=state_fn, rng=rng, manager=manager)]
+  component_actions = components.periodic_actions(
+      writer, workdir, state_fn=state_fn, rng=rng, manager=manager)
+  few_shot_evaluation = component_actions[0]
+  hooks = [
+      report_progress,
+      *component_actions,
+      # After the evaluation, whose result it shows.
+      console.ProgressLine(num_train_steps=config.num_train_steps,
+                           every_steps=config.eval_every_steps,
+                           evaluation_action=few_shot_evaluation),
+  ]
+  # The rates' clocks start now, before compiling: a first rate measured
+  # from the first step's hook call would divide by microseconds.
+  for hook in (report_progress, hooks[-1]):
+    hook(first_step)
 
   # Loop.
-  logging.info('Meta-training from step %d to %d.', first_step,
-               config.num_train_steps)
+  logging.info('Meta-training from step %s to %s (%s).', f'{first_step:,}',
+               f'{config.num_train_steps:,}',
+               'resumed from its checkpoint' if first_step else 'a new run')
   step = first_step
   train_metrics = None
   skipped = 0
@@ -504,6 +520,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     report = evaluate_and_report(config, problem, state.params, int(state.step),
                                  workdir, evaluator=evaluator,
                                  model_state=state.model_state)
+  logging.info('Evaluation:\n%s', actions.format_table(report))
+  writer.flush()
+  manager.close()
+  return state
+
+
+def _already_complete(config, problem: Problem, state, workdir: str, *,
+                      manager, writer) -> algorithms.MetaTrainState:
+  """A run whose checkpoint is at `num_train_steps`: one line, then the
+  final evaluation once (the config's evaluation fields may have changed)."""
+  step = int(state.step)
+  logging.info('Already complete: the checkpoint in %s is at step %s of %s; '
+               'evaluating it.', workdir, f'{step:,}',
+               f'{config.num_train_steps:,}')
+  report = evaluate_and_report(config, problem, state.params, step, workdir,
+                               model_state=state.model_state)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   writer.flush()
   manager.close()

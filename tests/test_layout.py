@@ -1,6 +1,6 @@
 """The tree shows the architecture: one registered module per algorithm,
 model and task family, no import cycle, old import paths kept, and
-README's Layout table true to the tree."""
+the Layout table of docs/layout.md true to the tree."""
 
 import ast
 import os
@@ -120,10 +120,9 @@ def test_train_steps_is_the_old_path_of_algorithms():
 
 
 def _layout_rows() -> list[tuple[list[str], str]]:
-  """README's Layout table: (paths of the first column, the row's text)."""
-  with open(os.path.join(REPO, 'README.md')) as f:
-    text = f.read()
-  section = text.split('\n## Layout\n', 1)[1].split('\n## ', 1)[0]
+  """docs/layout.md's table: (paths of the first column, the row's text)."""
+  with open(os.path.join(REPO, 'docs', 'layout.md')) as f:
+    section = f.read()
   rows = []
   for line in section.splitlines():
     cells = line.split(' | ')
@@ -132,22 +131,22 @@ def _layout_rows() -> list[tuple[list[str], str]]:
   return rows
 
 
-def test_readme_layout_table_matches_the_tree():
+def test_layout_table_matches_the_tree():
   rows = _layout_rows()
   listed = {p for paths, _ in rows for p in paths}
   for path in listed:
     assert os.path.exists(os.path.join(REPO, path)), (
-        f'README Layout lists {path}, which does not exist')
+        f'docs/layout.md lists {path}, which does not exist')
   for name in sorted(os.listdir(PACKAGE)):
     path = os.path.join(PACKAGE, name)
     if name.endswith('.py') and name != '__init__.py':
       assert f'maml_plugin/{name}' in listed, (
-          f'maml_plugin/{name} is missing from README Layout')
+          f'maml_plugin/{name} is missing from docs/layout.md')
     elif os.path.isdir(path) and name != '__pycache__':
       row = [line for paths, line in rows if f'maml_plugin/{name}/' in paths]
-      assert row, f'maml_plugin/{name}/ is missing from README Layout'
+      assert row, f'maml_plugin/{name}/ is missing from docs/layout.md'
       for module in sorted(os.listdir(path)):
         if module.endswith('.py') and module != '__init__.py':
           assert f'`{module}`' in row[0], (
-              f'maml_plugin/{name}/{module} is not named in its README '
-              'Layout row')
+              f'maml_plugin/{name}/{module} is not named in its '
+              'docs/layout.md row')

@@ -1,4 +1,5 @@
-"""README's commands and its loop examples are what they claim."""
+"""README's commands and the loop examples of README and docs/other_loops.md
+are what they claim."""
 
 import os
 import re
@@ -9,12 +10,15 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _block_after(marker: str) -> str:
-  with open(os.path.join(REPO, 'README.md')) as f:
+def _block_after(marker: str, page: str = 'README.md') -> str:
+  with open(os.path.join(REPO, page)) as f:
     text = f.read()
   match = re.search(re.escape(marker) + r'\s*```\w*\n(.*?)```', text, re.S)
-  assert match, f'no code block after {marker} in README.md'
+  assert match, f'no code block after {marker} in {page}'
   return match.group(1)
+
+
+OTHER_LOOPS = os.path.join('docs', 'other_loops.md')
 
 
 def test_own_loop_example_runs_and_meta_learns(capsys):
@@ -66,8 +70,8 @@ def _own_loop_setup(steps: int) -> dict:
 def test_train_state_example_trains_saves_and_resumes(tmp_path, capsys):
   namespace = _own_loop_setup(steps=1)
   namespace['workdir'] = str(tmp_path)
-  block = compile(_block_after('<!-- train-state-example -->'), 'README.md',
-                  'exec')
+  block = compile(_block_after('<!-- train-state-example -->', OTHER_LOOPS),
+                  OTHER_LOOPS, 'exec')
   exec(block, namespace)  # pylint: disable=exec-used
   first = namespace['state']
   assert type(first).__name__ == 'TrainState' and int(first.step) == 20
@@ -83,8 +87,8 @@ def test_train_state_example_trains_saves_and_resumes(tmp_path, capsys):
 
 def test_nnx_loop_example_trains_the_module(capsys):
   namespace = {}
-  exec(compile(_block_after('<!-- nnx-loop-example -->'), 'README.md',
-               'exec'), namespace)  # pylint: disable=exec-used
+  exec(compile(_block_after('<!-- nnx-loop-example -->', OTHER_LOOPS),
+               OTHER_LOOPS, 'exec'), namespace)  # pylint: disable=exec-used
   assert int(namespace['optimizer'].step[...]) == 100
   metrics = namespace['metrics'].compute()
   assert all(np.isfinite(float(v)) for v in metrics.values())

@@ -2,7 +2,7 @@
 
 - A wheel (`pip wheel .`, installed with `pip install --target`) runs a
   shipped config from outside the repository, by the README's own path.
-- Every `--config.<field>=<value>` in README.md, applied the way
+- Every `--config.<field>=<value>` in README.md and docs/*.md, applied the way
   `maml_plugin.main` applies it (config_flags, locked config), gives a valid
   config on every config it is documented for.
 - A bad override or `--config` is one line naming what is wrong.
@@ -75,16 +75,24 @@ def _parse(name, arg, overrides):
   return flag_values.config
 
 
+# The documentation a user reads: README.md and the pages of docs/.
+DOC_PAGES = ['README.md'] + sorted(
+    os.path.join('docs', name)
+    for name in os.listdir(os.path.join(REPO, 'docs')) if name.endswith('.md'))
+
+
 def _readme_overrides():
-  """(overrides, config name or None, config arg, README line) for each
-  line of README.md with a `--config.<field>=<value>`.
+  """(overrides, config name or None, config arg, line) for each line of
+  the documentation (`DOC_PAGES`) with a `--config.<field>=<value>`.
 
   A command (`-m maml_plugin.<module>`, `\\` continuations joined)
   applies its overrides together to the config it names. In prose, each
   override applies alone to every config of `maml_plugin.main`.
   """
-  with open(os.path.join(REPO, 'README.md')) as f:
-    text = f.read().replace('\\\n', ' ')
+  text = ''
+  for page in DOC_PAGES:
+    with open(os.path.join(REPO, page)) as f:
+      text += f.read().replace('\\\n', ' ') + '\n'
   out = []
   for line in text.splitlines():
     overrides = re.findall(r'--config\.[\w.]+=[^\s`\\]+', line)
@@ -218,6 +226,12 @@ BAD_FLAGS = [
      "configs/maml_sine.py:reptile has no field 'remat_inner_steps' "
      '(close names: config.num_inner_steps, config.eval_num_inner_steps, '
      'config.eval_every_steps)'),
+    # A misspelt config argument: the sentence get_config raised.
+    (['--config=configs/maml_sine.py:quik'],
+     "maml_plugin: bad config: --config=configs/maml_sine.py:quik: "
+     "ValueError: get_config arg='quik': must be None or a comma-separated "
+     "list of 'quick' and one of ('maml', 'fomaml', 'reptile', 'metasgd', "
+     "'anil', 'mamlpp')"),
     (['--config=configs/maml_sin.py'],
      "maml_plugin: bad config: --config=configs/maml_sin.py: no file "
      "'configs/maml_sin.py' and no shipped config named 'maml_sin' "

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import maml_sine
+from maml_plugin import checkpointing
 from maml_plugin import evaluate
 from maml_plugin import train
 
@@ -43,25 +44,77 @@ def test_run_writes_report_picture_logs_and_checkpoints(trained):
   assert str(config.num_train_steps) in steps
 
 
+def _tree(workdir) -> dict[str, bytes | None]:
+  """Every path under `workdir`: a file's bytes, None for a folder."""
+  out = {}
+  for root, dirs, files in os.walk(workdir):
+    for name in dirs:
+      out[os.path.relpath(os.path.join(root, name), workdir)] = None
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
+REPORT_FILES = ('evaluation.json', 'adaptation.png')
+
+
 def test_evaluate_restores_the_checkpoint_and_changes_nothing(trained):
+  """evaluate writes its two report files and nothing else: checkpoints,
+  event files and folders byte for byte as they were. Pins a restore or a
+  manager that writes into the workdir."""
   config, workdir, state = trained
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-
-  def snapshot():
-    out = {}
-    for root, _, files in os.walk(ckpt_dir):
-      for name in files:
-        path = os.path.join(root, name)
-        with open(path, 'rb') as f:
-          out[path] = f.read()
-    return out
-
-  before = snapshot()
+  before = _tree(workdir)
+  os.remove(os.path.join(workdir, 'evaluation.json'))
   report = evaluate.evaluate(config, workdir)
-  assert snapshot() == before
+  after = _tree(workdir)
+  assert set(after) == set(before)
+  assert {k: v for k, v in after.items() if k not in REPORT_FILES} == {
+      k: v for k, v in before.items() if k not in REPORT_FILES}
   with open(os.path.join(workdir, 'evaluation.json')) as f:
     assert json.load(f) == json.loads(json.dumps(report))
   assert report['train_step'] == int(state.step)
+
+
+@pytest.mark.parametrize('contents', ['empty', 'events only',
+                                      'empty checkpoints folder'])
+def test_evaluate_without_a_checkpoint_writes_nothing(tmp_path, contents):
+  """One line naming the workdir; the workdir's tree unchanged. Pins
+  orbax's manager creating `<workdir>/checkpoints` when it is opened."""
+  workdir = tmp_path / 'work'
+  workdir.mkdir()
+  if contents == 'events only':
+    (workdir / 'events.out.tfevents.1.host').write_bytes(b'x')
+  if contents == 'empty checkpoints folder':
+    (workdir / 'checkpoints').mkdir()
+  before = _tree(workdir)
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    evaluate.evaluate(maml_sine.get_config('quick'), str(workdir))
+  assert str(error.value).startswith(f'no checkpoint in {workdir}: ')
+  assert '\n' not in str(error.value)
+  assert _tree(workdir) == before
+
+
+def test_tensorboard_shows_the_scalars_as_scalars(trained):
+  """`tensorboard --inspect` lists CLU's scalars under "tensor": TF2's
+  summary API stores every scalar as a rank-0 tensor whose metadata names
+  the 'scalars' plugin, and TensorBoard's Scalars dashboard serves exactly
+  those. Checked here through TensorBoard's own multiplexer, the reader
+  behind its UI; pins a writer that would lose the plugin name."""
+  from tensorboard.backend.event_processing import (  # pylint: disable=g-import-not-at-top
+      plugin_event_multiplexer)
+  _, workdir, _ = trained
+  multiplexer = plugin_event_multiplexer.EventMultiplexer()
+  multiplexer.AddRunsFromDirectory(workdir)
+  multiplexer.Reload()
+  tags = set(multiplexer.PluginRunToTagToContent('scalars').get('.', {}))
+  assert {'train/query_loss_after', 'train/meta_grad_norm', 'steps_per_sec',
+          'eval/mse_step1', 'eval/mse_step1_ci95'} <= tags, sorted(tags)
+  # And the values are the scalars the writer wrote.
+  events = multiplexer.Tensors('.', 'train/query_loss_after')
+  assert events and all(e.tensor_proto.dtype and not e.tensor_proto.tensor_shape.dim
+                        for e in events)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, trained):

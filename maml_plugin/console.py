@@ -1,0 +1,185 @@
+"""What the two commands print: a short, readable run by default.
+
+By default `maml_plugin.main` prints a start line (config, workdir,
+devices, new or resumed run), one progress line per periodic evaluation
+(meta-steps/s, ETA and the evaluation's result), the evaluation table and
+the files in the workdir: about 25 lines for the sinusoid protocol.
+Library log lines (JAX's backend probing, orbax's internals, CLU's metric
+lines, which TensorBoard has anyway) are hidden, and log lines lose absl's
+``I1127 03:21:10.604511 ... file.py:139]`` prefix. absl's ``--verbosity``
+flag, given with any value (``--verbosity=0`` is absl's default level),
+brings every line back in absl's format::
+
+  python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/s
+  python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/s \\
+      --verbosity=0                          # everything, as absl logs it
+
+A command calls `exit_on_help` before parsing its flags and `setup` once
+they are parsed; the trainer adds a `ProgressLine` to its periodic actions.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import periodic_actions
+import jax
+
+from maml_plugin import evaluation
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '-helpshort')
+
+
+def exit_on_help(argv: list[str]) -> None:
+  """``--help``: the command's docstring and its own flags, exit status 0.
+
+  absl's own ``--help`` exits with status 1; ``--helpfull`` (every flag of
+  every imported library) is left to absl.
+  """
+  if not any(arg in _HELP_FLAGS for arg in argv[1:]):
+    return
+  app.usage(shorthelp=True, writeto_stdout=True)
+  sys.stdout.write('\nabsl\'s --verbosity=0 (or any value) also shows the '
+                   'libraries\' log lines; --helpfull lists every flag.\n')
+  sys.stdout.flush()
+  sys.exit(0)
+
+
+def verbose() -> bool:
+  """Whether the user asked for absl's log lines (``--verbosity``/``-v``)."""
+  try:
+    return bool(flags.FLAGS['verbosity'].present)
+  except (KeyError, flags.Error):
+    return True  # No absl flags: leave logging as the caller set it.
+
+
+class _OursAndWarnings(std_logging.Filter):
+  """Keeps our own log lines and every library's warnings and errors."""
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING
+            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+
+
+class _Plain(std_logging.Formatter):
+  """The message alone; warnings and errors say which they are."""
+
+  def format(self, record):
+    message = record.getMessage()
+    if record.exc_info:
+      message += '\n' + self.formatException(record.exc_info)
+    if record.levelno >= std_logging.WARNING:
+      return f'{record.levelname.lower()}: {message}'
+    return message
+
+
+def setup() -> None:
+  """Our log lines only, without absl's prefix, unless ``--verbosity`` was
+  given. Idempotent; call it after the flags are parsed."""
+  if verbose():
+    return
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OursAndWarnings) for f in handler.filters):
+    handler.addFilter(_OursAndWarnings())
+  handler.setFormatter(_Plain())
+
+
+def format_duration(seconds: float) -> str:
+  """``'42 s'``, ``'3 min 05 s'``, ``'2 h 07 min'``."""
+  seconds = max(0, round(seconds))
+  if seconds < 60:
+    return f'{seconds} s'
+  minutes, seconds = divmod(seconds, 60)
+  if minutes < 60:
+    return f'{minutes} min {seconds:02d} s'
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours} h {minutes:02d} min'
+
+
+class ProgressLine(periodic_actions.PeriodicAction):
+  """One log line per periodic evaluation: step, meta-steps/s, ETA, result.
+
+  The rate is measured between two lines, over everything the loop did in
+  between (training, evaluation, checkpoints), so the ETA is the time the
+  run will really take; the first line's interval starts where
+  ``progress(first_step)`` was called (before compiling), so it includes
+  compilation. With `evaluation` (a `maml_plugin.actions.FewShotEvaluation`
+  that ran earlier at the same step) the line ends with its mean metric
+  before adapting, after one step and after the most steps.
+  """
+
+  def __init__(self, *, num_train_steps: int, every_steps: int,
+               evaluation_action=None):
+    super().__init__(every_steps=every_steps, on_steps=[num_train_steps])
+    self._num_train_steps = num_train_steps
+    self._evaluation = evaluation_action
+
+  def _should_trigger(self, step: int, t: float) -> bool:
+    # The call at the first step only starts the clock.
+    return step != self._previous_step and super()._should_trigger(step, t)
+
+  def _apply(self, step: int, t: float):
+    rate = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
+    total = self._num_train_steps
+    message = (f'step {step:,}/{total:,} ({100 * step / total:.0f}%), '
+               f'{rate:,.1f} meta-steps/s')
+    if step < total:
+      message += f', ETA {format_duration((total - step) / rate)}'
+    result = self._evaluation_summary(step)
+    if result:
+      message += f'; {result}'
+    logging.info('%s', message)
+
+  def _evaluation_summary(self, step: int) -> str | None:
+    action = self._evaluation
+    if action is None or getattr(action, 'last_step', None) != step:
+      return None
+    metric = action.metric
+    summary = evaluation.summarize(action.last_curves, metric)
+    last = max(summary)
+    shown = sorted({k for k in (0, 1, last) if k in summary})
+    values = ' / '.join(f'{summary[k].mean:.3f}' for k in shown)
+    steps = '/'.join(str(k) for k in shown)
+    return f'held-out {metric} after {steps} inner steps: {values}'
+
+
+def describe_workdir(workdir: str) -> str:
+  """One line naming what the workdir holds, e.g. ``evaluation.json,
+  adaptation.png, checkpoints/ (steps 60000, 70000), 1 TensorBoard event
+  file``."""
+  names = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+  events = [n for n in names if n.startswith('events.out.tfevents')]
+  parts = []
+  for name in names:
+    if name in events:
+      continue
+    path = os.path.join(workdir, name)
+    if name == 'checkpoints' and os.path.isdir(path):
+      steps = sorted(int(n) for n in os.listdir(path) if n.isdigit())
+      parts.append(f'checkpoints/ (steps {", ".join(map(str, steps))})'
+                   if steps else 'checkpoints/')
+    else:
+      parts.append(name + ('/' if os.path.isdir(path) else ''))
+  if events:
+    parts.append(f'{len(events)} TensorBoard event file'
+                 f'{"s" if len(events) > 1 else ""} '
+                 f'(tensorboard --logdir {workdir})')
+  return ', '.join(parts)
+
+
+
+def describe_devices() -> str:
+  """``'1 cpu device'``, ``'8 gpu devices over 2 processes'``."""
+  devices = jax.devices()
+  kinds = sorted({d.platform for d in devices})
+  text = (f'{len(devices)} {"/".join(kinds)} '
+          f'device{"s" if len(devices) > 1 else ""}')
+  if jax.process_count() > 1:
+    text += f' over {jax.process_count()} processes'
+  return text
