@@ -17,6 +17,7 @@ import argparse
 import glob
 import math
 import os
+import platform
 import sys
 import time
 
@@ -113,7 +114,11 @@ def spread_table(runs: dict[int, list[list[float]]]) -> list[str]:
 
 def report(config_name: str, runs: dict[int, list[list[float]]],
            walls: dict[int, float]) -> str:
+  import jax  # pylint: disable=g-import-not-at-top
   lines = [f'# `{config_name}`: held-out MSE over seeds {list(runs)}', '',
+           f'Written by `python benchmarks/sine_results.py`, JAX '
+           f'{jax.__version__}, {jax.devices()[0].platform} '
+           f'({platform.machine()}, {os.cpu_count()} cores). '
            '600 held-out tasks (K=10 support, 100 query points) at every '
            'periodic evaluation; mean ± ci95 and median over the finite '
            'tasks, non-finite: tasks whose MSE is NaN or Inf.', '',

@@ -198,8 +198,8 @@ def test_task_batch_size_must_divide_the_meta_batch_and_the_devices():
 # (docs/sinusoid.md): {field: (default, paper)}.
 SINE_DEFAULT_VS_PAPER = {
     'maml': {'inner_lr': (0.005, 0.01)},
-    'anil': {'inner_lr': (0.005, 0.01)},
-    'metasgd': {'inner_lr': (0.005, 0.01), 'rate_meta_lr': (1e-5, None)},
+    'anil': {},
+    'metasgd': {},
     'fomaml': {}, 'reptile': {}, 'mamlpp': {},
 }
 
