@@ -176,6 +176,7 @@ def test_a_run_whose_evaluation_diverges_reports_counts_and_medians(
   last = report['inner_steps']['10']
   assert 0 < last['nonfinite'] < config.num_eval_tasks
   assert last['median'] is not None and math.isfinite(last['median'])
+  assert last['mean'] is not None and math.isfinite(last['mean'])
   assert report['inner_steps']['0']['nonfinite'] == 0
 
   lines = [r.getMessage() for r in caplog.records
