@@ -192,3 +192,31 @@ def test_task_batch_size_must_divide_the_meta_batch_and_the_devices():
   with pytest.raises(ConfigError, match=(
       r'^config.task_batch_size=0: must be an int > 0 that divides')):
     config_validation.validate(config)
+
+
+# What the sinusoid default changes from the paper, per algorithm
+# (docs/sinusoid.md): {field: (default, paper)}.
+SINE_DEFAULT_VS_PAPER = {
+    'maml': {'inner_lr': (0.005, 0.01)},
+    'anil': {},
+    'metasgd': {},
+    'fomaml': {}, 'reptile': {}, 'mamlpp': {},
+}
+
+
+@pytest.mark.parametrize('algorithm', sorted(SINE_DEFAULT_VS_PAPER))
+def test_sine_default_differs_from_paper_only_where_documented(algorithm):
+  """Pins the documented stable defaults and that `paper` restores the
+  paper's numbers: a changed default, a `paper` that forgets a field or a
+  default that changes an undocumented one fails here."""
+  default = maml_sine.get_config(algorithm).to_dict()
+  paper = maml_sine.get_config(f'{algorithm},paper').to_dict()
+  differs = {k: (default.get(k), paper.get(k))
+             for k in set(default) | set(paper)
+             if default.get(k) != paper.get(k)}
+  assert differs == SINE_DEFAULT_VS_PAPER[algorithm]
+  assert maml_sine.get_config('paper').inner_lr == 0.01
+  assert maml_sine.get_config().inner_lr == 0.005
+  # `quick` composes with `paper`: only the budget changes.
+  quick = maml_sine.get_config(f'{algorithm},paper,quick')
+  assert quick.inner_lr == paper['inner_lr']

@@ -4,6 +4,7 @@ a NaN; the report carries the counts and stays valid JSON."""
 import json
 import logging
 import math
+import os
 import statistics
 import warnings
 
@@ -142,3 +143,58 @@ def test_accuracy_of_a_task_whose_loss_diverged_is_counted_non_finite():
   assert np.isnan(curves[1]).all()
   assert np.isfinite(curves[[0, 2]]).all()
   assert ev.summarize(np.asarray(curves), metric='accuracy')[0].nonfinite == 1
+
+
+def test_a_run_whose_evaluation_diverges_reports_counts_and_medians(
+    tmp_path, caplog):
+  """The trainer end to end, warnings as errors: at inner_lr=0.05 the
+  untrained MLP's 10-step SGD overflows on some held-out tasks. Each
+  evaluation (the periodic one and the final one) logs ONE line naming the
+  inner-step counts and how many tasks; evaluation.json, the printed table
+  and TensorBoard carry the same median and non-finite count; nothing is a
+  bare NaN and numpy never warns. Pins: a NaN averaged into the mean, the
+  count or median missing from TensorBoard or the table, a numpy
+  RuntimeWarning (e.g. subtracting Inf) reaching the user."""
+  from configs import maml_sine  # pylint: disable=g-import-not-at-top
+  from maml_plugin import train  # pylint: disable=g-import-not-at-top
+  from tests import event_files  # pylint: disable=g-import-not-at-top
+  config = maml_sine.get_config('quick')
+  config.inner_lr = 0.05
+  config.num_eval_tasks = 20
+  config.num_plot_tasks = 1  # The figure draws a diverged fit too.
+  for field in ('num_train_steps', 'steps_per_call', 'log_every_steps',
+                'eval_every_steps', 'checkpoint_every_steps'):
+    config[field] = 10
+  workdir = str(tmp_path)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    # Libraries' deprecations are not the user's business (setup.cfg).
+    warnings.simplefilter('ignore', DeprecationWarning)
+    with caplog.at_level(logging.INFO):
+      train.train_and_evaluate(config, workdir)
+  report = _strict_json(os.path.join(workdir, 'evaluation.json'))
+  last = report['inner_steps']['10']
+  assert 0 < last['nonfinite'] < config.num_eval_tasks
+  assert last['median'] is not None and math.isfinite(last['median'])
+  assert last['mean'] is not None and math.isfinite(last['mean'])
+  assert report['inner_steps']['0']['nonfinite'] == 0
+
+  lines = [r.getMessage() for r in caplog.records
+           if 'NaN or Inf' in r.getMessage()]
+  assert len(lines) == 2  # The evaluation at step 10, then the final one.
+  assert lines[0] == lines[1]
+  assert lines[0].startswith('few-shot evaluation: mse is NaN or Inf for ')
+  assert f'of {config.num_eval_tasks} held-out tasks after ' in lines[0]
+  assert '\n' not in lines[0]
+  assert f'{last["nonfinite"]} of {config.num_eval_tasks}' in lines[0]
+
+  tables = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith('Evaluation:')]
+  row = tables[-1].splitlines()[-1].split()
+  assert row[0] == '10' and row[-2] == str(last['nonfinite'])
+  assert float(row[3]) == pytest.approx(last['median'], abs=1e-4)
+
+  scalars = event_files.read_scalars(workdir)
+  for name in ('median', 'nonfinite', 'diverged'):
+    (value,) = scalars[(f'eval/mse_step10_{name}', 10)]
+    assert float(value) == pytest.approx(last[name], rel=1e-5)

@@ -31,9 +31,9 @@ CONFIG_DIR = os.path.join(REPO, 'configs')
 
 # Every config in configs/ with every argument it documents (None: default).
 VARIANTS = {
-    'maml_sine': (None, 'quick') + maml_sine.ALGORITHMS,
+    'maml_sine': (None, 'quick', 'paper', 'metasgd,paper') + maml_sine.ALGORITHMS,
     'maml_omniglot': (None, 'quick', 'mamlpp') + maml_omniglot.PROTOCOLS,
-    'jaxline_sine': (None, 'quick') + maml_sine.ALGORITHMS,
+    'jaxline_sine': (None, 'quick', 'paper') + maml_sine.ALGORITHMS,
     'maml_tfds': (None, 'quick'),
 }
 # The configs of `maml_plugin.main`, those README's prose overrides are for
