@@ -131,7 +131,8 @@ def implicit_gradient(support_loss, adapted, query_grad, *,
 
   Args:
     support_loss: ``support_loss(params) -> scalar``; ``H`` is its Hessian
-      at `adapted`, applied by forward-over-reverse products.
+      at `adapted`, applied by forward-over-reverse products
+      (`jax.linearize` of `jax.grad`, i.e. `jax.jvp` evaluated once).
     adapted: the inner solution ``phi*`` (a pytree like the params).
     query_grad: ``grad L_query(phi*)``, the right-hand side (and CG's
       starting point).
@@ -142,11 +143,12 @@ def implicit_gradient(support_loss, adapted, query_grad, *,
     ||query_grad||`` with ``A = I + H/prox_lambda`` (0 when the query
     gradient is 0), computed with one more product.
   """
-  grad_fn = jax.grad(support_loss)
+  # Forward-over-reverse, linearized once: each CG iteration reuses the
+  # support pass's residuals instead of recomputing it.
+  _, hvp = jax.linearize(jax.grad(support_loss), adapted)
 
   def matvec(v):
-    hv = jax.jvp(grad_fn, (adapted,), (v,))[1]
-    return jax.tree.map(lambda a, b: a + b / prox_lambda, v, hv)
+    return jax.tree.map(lambda a, b: a + b / prox_lambda, v, hvp(v))
 
   g, _ = jax.scipy.sparse.linalg.cg(matvec, query_grad, x0=query_grad,
                                     tol=cg_tol, maxiter=num_cg_steps)
