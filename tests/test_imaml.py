@@ -64,10 +64,9 @@ def _meta_gradient(algorithm, params, batch):
 def test_implicit_gradient_on_quadratics_is_the_closed_form(x64):
   """phi* = (A + lam I)^-1 (A c + lam theta), d phi*/d theta =
   lam (A + lam I)^-1, so the meta-gradient is lam (A + lam I)^-1 B (phi* - d)
-  (mean over tasks). Pins: the proximal term's sign or factor, H / lam
-  written as H * lam, the Hessian taken of the query loss, the gradient of
-  one task instead of the mean, and evaluation's inner loop (which must
-  reach the same phi*)."""
+  (mean over tasks); evaluation's inner loop must reach the same phi*.
+  Caught when broken on purpose: the proximal term's sign flipped in
+  `proximal_step`, and ``H / lam`` written as ``H * lam`` in CG's matvec."""
   del x64
   lam, num_tasks = 1.5, 3
   batch = _quadratic_tasks(num_tasks)
@@ -135,9 +134,9 @@ def _unrolled_gradient(loss_fn, params, batch, num_steps):
 def test_implicit_gradient_approaches_the_unrolled_one_as_steps_grow(x64):
   """At K inner steps the implicit gradient assumes phi_K is the proximal
   minimizer; the unrolled gradient is exact for phi_K. Both converge to the
-  same limit, so their gap must shrink with K and vanish. Pins: a wrong
-  Hessian point (theta instead of phi*), a dropped 1/lambda, CG that does
-  not run (the first-order gradient stays ~1e-2 away)."""
+  same limit, so their gap must shrink with K and vanish. Caught when
+  broken on purpose: the Hessian taken at theta instead of phi*, and CG
+  that does not run (``maxiter=0``: the first-order gradient)."""
   del x64
   loss_fn, params, batch = _mlp_problem()
   gaps = []
@@ -160,8 +159,8 @@ def test_reported_cg_residual_is_the_residual_of_the_gradient(
     x64, num_cg_steps):
   """``cg_residual`` equals ||b - (I + H/lam) g|| / ||b|| computed with an
   explicit Hessian (one task, so the mean is that task's): above the
-  tolerance after 2 CG steps, below it after 200. Pins a residual taken
-  of the wrong vector (A b, or CG's start) or not normalized."""
+  tolerance after 2 CG steps, below it after 200. Caught when broken on
+  purpose: the residual computed as ``b - g`` instead of ``b - A g``."""
   del x64
   loss_fn, params, batch = _mlp_problem()
   batch = jax.tree.map(lambda x: x[:1], batch)
