@@ -15,7 +15,7 @@ Any NNX module, BatchNorm and Dropout included (`maml_plugin.nnx_bridge`)::
                                             model_state=model.model_state)
 
 The registered train steps (``train_step(state, batch, rng)``): 'maml',
-'fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp'::
+'fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp', 'imaml'::
 
   train_step = maml_plugin.make_train_step('maml', loss_fn=loss_fn, tx=tx,
                                            inner_lr=0.01)

@@ -6,9 +6,11 @@ Names are shared by the train step, the metric writers and the docs:
 ``meta_grad_norm`` (global norm of the meta-gradient). Classification adds
 ``query_accuracy_before`` and ``query_accuracy_after``
 (`ClassificationTrainMetrics`). `guards.guard_train_step` adds
-``skipped_updates`` (a `Count`).
+``skipped_updates`` (a `Count`). iMAML adds ``cg_residual`` (its
+conjugate-gradient solve's relative residual, `with_averages`).
 """
 
+import functools
 
 import flax
 import jax.numpy as jnp
@@ -51,3 +53,15 @@ class ClassificationTrainMetrics(metrics.Collection):
   meta_grad_norm: metrics.Average.from_output('meta_grad_norm')
   query_accuracy_before: metrics.Average.from_output('query_accuracy_before')
   query_accuracy_after: metrics.Average.from_output('query_accuracy_after')
+
+
+@functools.lru_cache(maxsize=None)
+def with_averages(metrics_cls, names: tuple[str, ...]):
+  """`metrics_cls` with an `Average` of each output in `names` beside its
+  own fields; one class per ``(metrics_cls, names)``, so a jitted step
+  returns the same type every trace."""
+  fields = dict(metrics_cls.__annotations__)  # CLU reads only a class's own.
+  fields.update({name: metrics.Average.from_output(name) for name in names})
+  return flax.struct.dataclass(type(f'{metrics_cls.__name__}With',
+                                    (metrics_cls,),
+                                    {'__annotations__': fields}))

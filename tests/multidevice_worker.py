@@ -6,7 +6,8 @@ Prints JSON: the device count; the meta-gradient and meta-loss of one
 meta-batch computed with its task axis sharded over all devices; the same on
 one device; how the sharded batch was split; the final params of a short
 `train_and_evaluate` on all devices; and the config error for a meta-batch
-that does not divide by the device count.
+that does not divide by the device count; and iMAML's meta-step (its CG
+solve under `vmap`) on one device and with the task axis sharded.
 """
 
 import functools
@@ -63,9 +64,31 @@ def meta_gradients(config):
   }
 
 
+def imaml_updates():
+  """iMAML's train step on one meta-batch, on one device and sharded."""
+  config = small_config(train_step='imaml', prox_lambda=2.0, num_cg_steps=3)
+  problem = train.create_problem(config)
+  tx = train.create_optimizer(config)
+  algorithm = train.create_algorithm(config, problem, tx)
+  state = train.create_train_state(problem, algorithm, tx)
+  batch = problem.tasks.train_batch(jax.random.key(7), config.meta_batch_size)
+  step = jax.jit(algorithm.train_step)
+  one = jax.devices()[0]
+  state1, _ = step(jax.device_put(state, one), jax.device_put(batch, one),
+                   jax.random.key(0))
+  mesh = distributed.task_mesh()
+  staten, _ = step(distributed.replicate(state, mesh),
+                   jax.device_put(batch, distributed.task_sharding(mesh)),
+                   jax.random.key(0))
+  return {key: [np.asarray(p).tolist() for p in jax.tree.leaves(s.params)]
+          for key, s in (('imaml_one_device', state1),
+                         ('imaml_sharded', staten))}
+
+
 def main(workdir):
   out = {'device_count': jax.device_count()}
   out.update(meta_gradients(small_config()))
+  out.update(imaml_updates())
   state = train.train_and_evaluate(small_config(), workdir)
   out['trained_params'] = [np.asarray(p).tolist()
                            for p in jax.tree.leaves(state.params)]

@@ -30,6 +30,8 @@ CONTRACT_HPARAMS = {
     'reptile': dict(inner_lr=0.01, num_inner_steps=2, inner_optimizer='sgd'),
     'mamlpp': dict(inner_lr=0.01, num_inner_steps=2, msl_anneal_steps=10,
                    first_order_steps=1),
+    'imaml': dict(inner_lr=0.01, num_inner_steps=2, prox_lambda=2.0,
+                  num_cg_steps=3),
 }
 MODELS = ('params_only', 'with_state')
 META_BATCH = 4

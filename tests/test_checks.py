@@ -14,7 +14,8 @@ from maml_plugin.models import MLP
 from maml_plugin.tasks import EpisodicTasks
 from maml_plugin.tasks import SinusoidTasks
 
-ALGORITHMS = ('maml', 'fomaml', 'metasgd', 'anil', 'reptile', 'mamlpp')
+ALGORITHMS = ('maml', 'fomaml', 'metasgd', 'anil', 'reptile', 'mamlpp',
+              'imaml')
 
 
 def _batch(tasks=4, shots=10, queries=5):

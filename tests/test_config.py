@@ -102,7 +102,8 @@ def test_main_stops_before_training_with_one_line(tmp_path, override, expected):
 
 
 CONFIGS = ([('maml_sine', a) for a in (None,) + maml_sine.ALGORITHMS]
-           + [('maml_omniglot', a) for a in (None, '20w5s', 'mamlpp')])
+           + [('maml_omniglot', a)
+              for a in (None, '20w5s', 'mamlpp', 'imaml', '20w1s,imaml')])
 
 
 @pytest.mark.parametrize('module,arg', CONFIGS)

@@ -13,7 +13,7 @@ from maml_plugin import evaluate
 from maml_plugin import train
 from maml_plugin.config_validation import ConfigError
 
-NEW_ALGORITHMS = ['fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp']
+NEW_ALGORITHMS = ['fomaml', 'reptile', 'metasgd', 'anil', 'mamlpp', 'imaml']
 
 
 def _tiny(name):
@@ -28,6 +28,8 @@ def _tiny(name):
   if name == 'mamlpp':
     config.msl_anneal_steps = 20
     config.first_order_steps = 20
+  if name == 'imaml':
+    config.num_inner_steps = 3
   return config
 
 

@@ -24,7 +24,7 @@ REGISTERED_BY = {
     algorithms.TRAIN_STEPS: {
         name: f'maml_plugin.algorithms.{name}'
         for name in ('maml', 'fomaml', 'metasgd', 'anil', 'reptile',
-                     'mamlpp')},
+                     'mamlpp', 'imaml')},
     models.MODELS: {'mlp': 'maml_plugin.models.mlp',
                     'conv4': 'maml_plugin.models.conv4'},
     tasks.TASKS: {'sinusoid': 'maml_plugin.tasks.sinusoid',

@@ -42,6 +42,15 @@ def test_sharded_meta_gradient_equals_one_device(four_devices):
                                atol=1e-6)
 
 
+def test_sharded_imaml_step_equals_one_device(four_devices):
+  """iMAML's per-task CG solves give the same update when the tasks are
+  spread over 4 devices."""
+  for a, b in zip(four_devices['imaml_sharded'],
+                  four_devices['imaml_one_device']):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_four_device_training_matches_one_device_training(four_devices,
                                                          tmp_path):
   assert jax.device_count() == 1

@@ -32,7 +32,8 @@ CONFIG_DIR = os.path.join(REPO, 'configs')
 # Every config in configs/ with every argument it documents (None: default).
 VARIANTS = {
     'maml_sine': (None, 'quick', 'paper', 'metasgd,paper') + maml_sine.ALGORITHMS,
-    'maml_omniglot': (None, 'quick', 'mamlpp') + maml_omniglot.PROTOCOLS,
+    'maml_omniglot': (None, 'quick', 'mamlpp', 'imaml', '20w1s,imaml',
+                      'imaml,quick') + maml_omniglot.PROTOCOLS,
     'jaxline_sine': (None, 'quick', 'paper') + maml_sine.ALGORITHMS,
     'maml_tfds': (None, 'quick'),
 }

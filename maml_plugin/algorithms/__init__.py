@@ -10,12 +10,13 @@ Usage::
 `base` holds what they share (the train state, `MetaAlgorithm`, the
 `TRAIN_STEPS` registry, `HParams`, the gradient train step); each other
 module is one algorithm: `maml`, `fomaml` (the smallest: copy it to add
-one), `metasgd`, `anil`, `reptile`, `mamlpp`. Importing this package
+one), `metasgd`, `anil`, `reptile`, `mamlpp`, `imaml`. Importing this package
 registers them all.
 """
 
 from maml_plugin.algorithms import anil
 from maml_plugin.algorithms import fomaml
+from maml_plugin.algorithms import imaml
 from maml_plugin.algorithms import maml
 from maml_plugin.algorithms import mamlpp
 from maml_plugin.algorithms import metasgd

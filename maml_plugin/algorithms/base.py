@@ -53,6 +53,7 @@ from maml_plugin import core
 from maml_plugin import fields
 from maml_plugin.metrics import ClassificationTrainMetrics
 from maml_plugin.metrics import TrainMetrics
+from maml_plugin.metrics import with_averages
 from maml_plugin.registry import Registry
 
 TrainStep = Callable[[Any, Any, jax.Array], tuple[Any, Any]]
@@ -251,17 +252,22 @@ def gradient_train_step(objective, tx: optax.GradientTransformation,
   return train_step
 
 
-def train_metrics(aux: core.MetaOutput, grads):
+def train_metrics(aux: core.MetaOutput, grads, **extra):
   """The step's metrics: `TrainMetrics`, or `ClassificationTrainMetrics`
-  when `aux` holds a query metric (accuracy) before and after adapting."""
+  when `aux` holds a query metric (accuracy) before and after adapting;
+  `extra` scalars (iMAML's ``cg_residual``) are averaged beside them
+  (`metrics.with_averages`)."""
   outputs = dict(query_loss_before=aux.query_loss_before,
                  query_loss_after=aux.query_loss_after,
-                 meta_grad_norm=optax.global_norm(grads))
-  if aux.query_metric_before is None:
-    return TrainMetrics.single_from_model_output(**outputs)
-  return ClassificationTrainMetrics.single_from_model_output(
-      query_accuracy_before=aux.query_metric_before,
-      query_accuracy_after=aux.query_metric_after, **outputs)
+                 meta_grad_norm=optax.global_norm(grads), **extra)
+  cls = TrainMetrics
+  if aux.query_metric_before is not None:
+    cls = ClassificationTrainMetrics
+    outputs.update(query_accuracy_before=aux.query_metric_before,
+                   query_accuracy_after=aux.query_metric_after)
+  if extra:
+    cls = with_averages(cls, tuple(sorted(extra)))
+  return cls.single_from_model_output(**outputs)
 
 
 # --- Parameter leaves: which ones an algorithm adapts or copies ------------

@@ -1,0 +1,213 @@
+"""iMAML's meta-gradient against closed forms and unrolled references (float64).
+
+- Quadratic tasks: the proximal minimizer and its Jacobian are known in
+  closed form, so the implicit meta-gradient is too.
+- An MLP: as inner steps grow, the implicit gradient approaches the exact
+  gradient through the unrolled proximal inner loop (computed here with
+  `jax.grad` through a `fori_loop`, independently of the package).
+- CG's reported residual is the residual of the returned gradient, checked
+  against an explicit Hessian, and is below `cg_tol` when CG converged.
+"""
+
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import maml_plugin
+from maml_plugin import fields
+from maml_plugin import losses
+from maml_plugin.algorithms import imaml
+from maml_plugin.models import MLP
+from maml_plugin.tasks import SinusoidTasks
+
+DIM = 5  # The quadratic's params: {'a': [3], 'b': [2]}.
+
+
+def _spd(key, low, high):
+  q, _ = jnp.linalg.qr(jax.random.normal(key, (DIM, DIM), jnp.float64))
+  eig = jax.random.uniform(jax.random.fold_in(key, 1), (DIM,), jnp.float64,
+                           low, high)
+  return (q * eig) @ q.T
+
+
+def _quadratic_loss(params, batch):
+  """0.5 (phi - c)^T A (phi - c), A = batch['x'], c = batch['y'][:, 0]."""
+  phi, _ = ravel_pytree(params)
+  r = phi - batch['y'][:, 0]
+  return 0.5 * r @ batch['x'] @ r
+
+
+def _quadratic_tasks(num_tasks):
+  parts = {}
+  for i, part in enumerate(('support', 'query')):
+    keys = jax.random.split(jax.random.key(10 + i), num_tasks)
+    parts[part] = {
+        'x': jnp.stack([_spd(k, 0.5, 3.0) for k in keys]),
+        'y': jax.vmap(lambda k: jax.random.normal(
+            jax.random.fold_in(k, 2), (DIM, 1), jnp.float64))(keys)}
+  return parts
+
+
+def _meta_gradient(algorithm, params, batch):
+  """The train step's meta-gradient: with ``optax.sgd(1)`` it is
+  ``params - new params``; and its metrics."""
+  state = maml_plugin.MetaTrainState.create(params, optax.sgd(1.0))
+  new, metrics = jax.jit(algorithm.train_step)(state, batch,
+                                               jax.random.key(0))
+  return jax.tree.map(jnp.subtract, params, new.params), metrics.compute()
+
+
+def test_implicit_gradient_on_quadratics_is_the_closed_form(x64):
+  """phi* = (A + lam I)^-1 (A c + lam theta), d phi*/d theta =
+  lam (A + lam I)^-1, so the meta-gradient is lam (A + lam I)^-1 B (phi* - d)
+  (mean over tasks); evaluation's inner loop must reach the same phi*.
+  Caught when broken on purpose: the proximal term's sign flipped in
+  `proximal_step`, and ``H / lam`` written as ``H * lam`` in CG's matvec."""
+  del x64
+  lam, num_tasks = 1.5, 3
+  batch = _quadratic_tasks(num_tasks)
+  theta = {'a': jnp.array([0.3, -1.0, 2.0]), 'b': jnp.array([0.5, 1.5])}
+  algorithm = maml_plugin.make_algorithm(
+      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
+      num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
+      cg_tol=1e-14)
+  grads, metrics = _meta_gradient(algorithm, theta, batch)
+
+  t, unravel = ravel_pytree(theta)
+  eye = np.eye(DIM)
+  expected, optima = [], []
+  for i in range(num_tasks):
+    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
+    b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
+    phi = np.linalg.solve(a + lam * eye, a @ c + lam * t)
+    optima.append(phi)
+    expected.append(lam * np.linalg.solve(a + lam * eye, b @ (phi - d)))
+  np.testing.assert_allclose(ravel_pytree(grads)[0],
+                             np.mean(expected, axis=0), rtol=0, atol=1e-8)
+  assert metrics['cg_residual'] <= 1e-14
+
+  loop = algorithm.inner_loop
+  support = jax.tree.map(lambda x: x[0], batch['support'])
+  carry = loop.init(theta)
+  for k in range(80):
+    carry = loop.step(theta, carry, support, jnp.int32(k))
+  np.testing.assert_allclose(ravel_pytree(loop.params(carry))[0], optima[0],
+                             rtol=0, atol=1e-10)
+
+
+def _mlp_problem():
+  model = maml_plugin.NNXModel(MLP(1, (8, 8), 1, rngs=nnx.Rngs(0)))
+  loss_fn = model.task_loss(lambda m, b: losses.mse(m(b['x']), b['y']))
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), model.params)
+  batch = SinusoidTasks(num_support=5, num_query=5).sample(
+      jax.random.key(0), 2)
+  return loss_fn, params, jax.tree.map(lambda a: a.astype(jnp.float64),
+                                       batch)
+
+
+# The MLP's support Hessians have eigenvalues in [-26, 65] at init: lambda
+# = 40 makes the proximal problem strongly convex, and 0.015 * (65 + 40) < 2
+# keeps gradient descent on it stable.
+MLP_LAMBDA, MLP_LR = 40.0, 0.015
+
+
+def _unrolled_gradient(loss_fn, params, batch, num_steps):
+  """The exact meta-gradient through `num_steps` proximal GD steps
+  (differentiated through the loop), mean over tasks."""
+  def task_loss(theta, task):
+    def step(_, phi):
+      g = jax.grad(loss_fn)(phi, task['support'])
+      return jax.tree.map(lambda p, gi, t: p - MLP_LR * (
+          gi + MLP_LAMBDA * (p - t)), phi, g, theta)
+    phi = jax.lax.fori_loop(0, num_steps, step, theta)
+    return loss_fn(phi, task['query'])
+
+  def meta_loss(theta):
+    return jnp.mean(jax.vmap(lambda task: task_loss(theta, task))(batch))
+  return jax.jit(jax.grad(meta_loss))(params)
+
+
+def test_implicit_gradient_approaches_the_unrolled_one_as_steps_grow(x64):
+  """At K inner steps the implicit gradient assumes phi_K is the proximal
+  minimizer; the unrolled gradient is exact for phi_K. Both converge to the
+  same limit, so their gap must shrink with K and vanish. Caught when
+  broken on purpose: the Hessian taken at theta instead of phi*, and CG
+  that does not run (``maxiter=0``: the first-order gradient)."""
+  del x64
+  loss_fn, params, batch = _mlp_problem()
+  gaps = []
+  for num_steps in (5, 20, 80):
+    algorithm = maml_plugin.make_algorithm(
+        'imaml', loss_fn=loss_fn, tx=optax.sgd(1.0), inner_lr=MLP_LR,
+        num_inner_steps=num_steps, prox_lambda=MLP_LAMBDA, num_cg_steps=200,
+        cg_tol=1e-13)
+    implicit, _ = _meta_gradient(algorithm, params, batch)
+    exact = _unrolled_gradient(loss_fn, params, batch, num_steps)
+    diff = ravel_pytree(jax.tree.map(jnp.subtract, implicit, exact))[0]
+    gaps.append(float(jnp.linalg.norm(diff)
+                      / jnp.linalg.norm(ravel_pytree(exact)[0])))
+  assert gaps[0] > gaps[1] > gaps[2], gaps
+  assert gaps[0] > 1e-3 and gaps[2] < 1e-6, gaps
+
+
+@pytest.mark.parametrize('num_cg_steps', [2, 200])
+def test_reported_cg_residual_is_the_residual_of_the_gradient(
+    x64, num_cg_steps):
+  """``cg_residual`` equals ||b - (I + H/lam) g|| / ||b|| computed with an
+  explicit Hessian (one task, so the mean is that task's): above the
+  tolerance after 2 CG steps, below it after 200. Caught when broken on
+  purpose: the residual computed as ``b - g`` instead of ``b - A g``."""
+  del x64
+  loss_fn, params, batch = _mlp_problem()
+  batch = jax.tree.map(lambda x: x[:1], batch)
+  tol = 1e-9
+  algorithm = maml_plugin.make_algorithm(
+      'imaml', loss_fn=loss_fn, tx=optax.sgd(1.0), inner_lr=MLP_LR,
+      num_inner_steps=20, prox_lambda=MLP_LAMBDA, num_cg_steps=num_cg_steps,
+      cg_tol=tol)
+  grads, metrics = _meta_gradient(algorithm, params, batch)
+
+  task = jax.tree.map(lambda x: x[0], batch)
+  flat_theta, unravel = ravel_pytree(params)
+  phi = flat_theta
+  for _ in range(20):  # The inner solve, written out again.
+    g = ravel_pytree(jax.grad(loss_fn)(unravel(phi), task['support']))[0]
+    phi = phi - MLP_LR * (g + MLP_LAMBDA * (phi - flat_theta))
+  h = jax.hessian(lambda f: loss_fn(unravel(f), task['support']))(phi)
+  b = ravel_pytree(jax.grad(loss_fn)(unravel(phi), task['query']))[0]
+  g = ravel_pytree(grads)[0]
+  residual = np.linalg.norm(b - (g + h @ g / MLP_LAMBDA)) / np.linalg.norm(b)
+  np.testing.assert_allclose(metrics['cg_residual'], residual, rtol=1e-6,
+                             atol=1e-15)
+  assert (residual <= tol) == (num_cg_steps == 200), residual
+
+
+def test_zero_cg_steps_give_the_query_gradient_at_the_inner_solution(x64):
+  """``num_cg_steps=0``: CG starts from, and returns, grad L_query(phi*),
+  the first-order approximation the docs promise."""
+  del x64
+  lam = 1.5
+  batch = jax.tree.map(lambda x: x[:1], _quadratic_tasks(1))
+  theta = {'a': jnp.zeros(3), 'b': jnp.ones(2)}
+  algorithm = maml_plugin.make_algorithm(
+      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
+      num_inner_steps=80, prox_lambda=lam, num_cg_steps=0)
+  grads, _ = _meta_gradient(algorithm, theta, batch)
+  a, c = batch['support']['x'][0], batch['support']['y'][0, :, 0]
+  b, d = batch['query']['x'][0], batch['query']['y'][0, :, 0]
+  phi = np.linalg.solve(a + lam * np.eye(DIM),
+                        a @ c + lam * ravel_pytree(theta)[0])
+  np.testing.assert_allclose(ravel_pytree(grads)[0], b @ (phi - d),
+                             atol=1e-10)
+
+
+def test_inner_rate_that_diverges_on_the_proximal_term_is_one_line():
+  with pytest.raises(fields.FieldError) as err:
+    imaml.IMAMLHParams(inner_lr=0.5, prox_lambda=4.0)
+  assert str(err.value) == (
+      'inner_lr=0.5: must be < 2 / prox_lambda = 0.5 (gradient descent on '
+      'the proximal term diverges otherwise)')
