@@ -50,10 +50,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # given most-discriminating first: `pytest -x` stops at the first failure.
 MODULES = {
     'core': (['maml_plugin/core.py'],
-             ['tests/test_core.py', 'tests/test_train_steps.py',
-              'tests/test_trainer_plumbing.py']),
+             ['tests/test_core.py', 'tests/test_trainer_plumbing.py::'
+              'test_task_batch_j_holds_tasks_j_j_plus_n_and_so_on',
+              'tests/test_train_steps.py']),
     'train_steps': (['maml_plugin/algorithms/*.py'],
-                    ['tests/test_train_steps.py', 'tests/test_family.py',
+                    ['tests/test_train_steps.py',
                      'tests/test_algorithms.py']),
     'trainer': (['maml_plugin/train.py'],
                 ['tests/test_trainer_plumbing.py',
@@ -286,18 +287,30 @@ def _run_tests(root: str, tests: list[str], timeout: float) -> tuple[str, float]
 
 
 def run_module(name: str, root: str, *, sample: int | None, seed: int,
-               timeout: float | None, verbose: bool) -> dict:
+               timeout: float | None, verbose: bool,
+               baseline: bool = False, progress=None) -> dict:
   patterns, tests = MODULES[name]
+  # With a baseline, a mutant first meets the baseline's tests (copied to
+  # tests_before/): killed there, it is killed before and after; surviving,
+  # it meets this tree's tests, which decide the score after.
+  before = ([t.replace('tests/', 'tests_before/', 1) for t in tests
+             if os.path.exists(os.path.join(root, t.replace(
+                 'tests/', 'tests_before/', 1).split('::')[0]))]
+            if baseline else [])
   paths = sorted(os.path.relpath(p, REPO) for pat in patterns
                  for p in glob.glob(os.path.join(REPO, pat)))
   paths = [p for p in paths if not p.endswith('__init__.py')]
-  tests = [t for t in tests if os.path.exists(os.path.join(REPO, t))]
+  tests = [t for t in tests
+           if os.path.exists(os.path.join(REPO, t.split('::')[0]))]
   mutants = [m for p in paths for m in mutants_of(p)]
   total = len(mutants)
   if sample is not None and sample < total:
     mutants = random.Random(f'{seed}:{name}').sample(mutants, sample)
     mutants.sort(key=lambda m: (m.path, m.line, m.index))
   outcome, seconds = _run_tests(root, tests, timeout=3600)
+  if before and outcome == 'passed':
+    outcome, more = _run_tests(root, before, timeout=3600)
+    seconds += more
   if outcome != 'passed':
     with open(os.path.join(root, 'pytest.log')) as f:
       tail = f.read()[-3000:]
@@ -317,20 +330,34 @@ def run_module(name: str, root: str, *, sample: int | None, seed: int,
     with open(target, 'w') as f:
       f.write(source)
     try:
-      outcome, seconds = _run_tests(root, tests, limit)
+      killed_before = None
+      if before:
+        outcome, seconds = _run_tests(root, before, limit)
+        killed_before = outcome != 'passed'
+      if not killed_before:
+        outcome, more = _run_tests(root, tests, limit)
+        seconds = more if killed_before is None else seconds + more
     finally:
       with open(target, 'w') as f:
         f.write(original)
     killed = outcome != 'passed'
     results.append(dict(dataclasses.asdict(m), outcome=outcome,
-                        killed=killed, seconds=round(seconds, 1)))
-    if verbose or not killed:
+                        killed=killed, killed_before=killed_before,
+                        seconds=round(seconds, 1)))
+    if verbose or not killed or killed_before is False:
+      note = ('' if killed_before is None else
+              ' killed by the baseline' if killed_before else
+              ' survived the baseline')
       print(f'  {"killed " if killed else "SURVIVED"} {m.path}:{m.line} '
-            f'{m.description} ({outcome}, {seconds:.0f}s)', flush=True)
+            f'{m.description} ({outcome}, {seconds:.0f}s{note})', flush=True)
+    if progress:
+      progress(results)
   killed = sum(r['killed'] for r in results)
   return dict(module=name, total_mutants=total, run=len(results),
-              killed=killed, survivors=[r for r in results
-                                        if not r['killed']],
+              killed=killed,
+              killed_before=(sum(bool(r['killed_before']) for r in results)
+                             if before else None),
+              survivors=[r for r in results if not r['killed']],
               results=results)
 
 
@@ -345,6 +372,10 @@ def main(argv=None) -> None:
                       help='seconds per mutant (default: 3x the unmutated '
                       'tests, at least 60)')
   parser.add_argument('--json', default=None, help='write the results here')
+  parser.add_argument('--baseline', default=None,
+                      help='another checkout (e.g. a detached worktree of an '
+                      'older commit): also score the mutants against its '
+                      'tests, the "before" column')
   parser.add_argument('--list', action='store_true',
                       help='print the module groups, mutant counts, tests')
   parser.add_argument('-v', '--verbose', action='store_true',
@@ -362,6 +393,10 @@ def main(argv=None) -> None:
   summary = []
   with tempfile.TemporaryDirectory(prefix='mutation_') as root:
     _copy_tree(root)
+    if args.baseline:
+      shutil.copytree(os.path.join(args.baseline, 'tests'),
+                      os.path.join(root, 'tests_before'),
+                      ignore=shutil.ignore_patterns('__pycache__'))
     # Compiled XLA programs persist across the forked runs: a mutant
     # recompiles only the functions its change touches.
     os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(root, 'xla_cache')
@@ -370,15 +405,26 @@ def main(argv=None) -> None:
       __import__(module)
     os.environ['PYTHONPATH'] = root + os.pathsep + os.environ.get(
         'PYTHONPATH', '')
+    def progress(results, name=None):
+      if args.json:  # Partial results survive an interrupted run.
+        with open(args.json + '.partial', 'w') as f:
+          json.dump(summary + [dict(module='(running)', results=results)],
+                    f, indent=1)
+
     for name in names:
       summary.append(run_module(name, root, sample=args.sample,
                                 seed=args.seed, timeout=args.timeout,
-                                verbose=args.verbose))
-  print('\nmodule          mutants  run  killed  score')
+                                verbose=args.verbose,
+                                baseline=bool(args.baseline),
+                                progress=progress))
+  print('\nmodule          mutants  run  killed  score  (baseline)')
   for s in summary:
     score = 100.0 * s['killed'] / s['run'] if s['run'] else float('nan')
+    base = ''
+    if s['killed_before'] is not None and s['run']:
+      base = f'  ({100.0 * s["killed_before"] / s["run"]:5.1f}%)'
     print(f'{s["module"]:<15} {s["total_mutants"]:>7} {s["run"]:>4} '
-          f'{s["killed"]:>7}  {score:5.1f}%')
+          f'{s["killed"]:>7}  {score:5.1f}%{base}')
   for s in summary:
     for r in s['survivors']:
       print(f'survived: {r["path"]}:{r["line"]} {r["description"]}')
