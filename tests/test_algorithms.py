@@ -98,6 +98,16 @@ def _batch(seed):
       jax.random.key(seed), META_BATCH)
 
 
+def _assert_finite_updates(states, metrics):
+  """Each state's params are finite and differ from the previous one's."""
+  for before, after in zip(states, states[1:]):
+    leaves = jax.tree.leaves(after.params)
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(before.params), leaves)), 'no update'
+  assert all(np.isfinite(v) for v in metrics.compute().values())
+
+
 # The parameter-only model: test_shipped_config_trains_on_new_tasks_each_step.
 @pytest.mark.parametrize('kind', ['with_state'])
 @pytest.mark.parametrize('name', ALGORITHMS)
@@ -108,12 +118,7 @@ def test_train_step_compiles_once_and_updates_finitely(name, kind):
   second, metrics = step(first, _batch(1), jax.random.key(1))
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert int(second.step) == 2
-  for before, after in ((state, first), (first, second)):
-    leaves = jax.tree.leaves(after.params)
-    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(before.params), leaves)), 'no update'
-  assert all(np.isfinite(v) for v in metrics.compute().values())
+  _assert_finite_updates((state, first, second), metrics)
   if kind == 'with_state':  # The running averages moved, and stay finite.
     assert any(not np.allclose(a, b) for a, b in zip(
         jax.tree.leaves(state.model_state),
@@ -188,9 +193,4 @@ def test_shipped_config_trains_on_new_tasks_each_step(config):
   assert chunk._cache_size() == 1  # pylint: disable=protected-access
   assert int(second.step) == 4
   assert len(seen) == 4 and len(set(seen)) == 4, seen
-  for before, after in ((state, first), (first, second)):
-    leaves = jax.tree.leaves(after.params)
-    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(before.params), leaves)), 'no update'
-  assert all(np.isfinite(v) for v in metrics.compute().values())
+  _assert_finite_updates((state, first, second), metrics)
