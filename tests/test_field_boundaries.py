@@ -236,8 +236,9 @@ def jax_tree_full(tree, value):
 
 
 def test_every_algorithm_has_a_config_the_boundaries_use():
-  """Pins: an algorithm registered by the package without a shipped sine
-  config (its fields would be checked on a config it never runs)."""
+  """Pins: an algorithm registered by the package for which no valid quick
+  config exists (the boundary cases above would then fail for a reason
+  other than the field under test)."""
   for entry in REGISTRIES['train_step'].names():
     if REGISTRIES['train_step'].lookup(entry).__module__.startswith(
         'maml_plugin.'):
