@@ -143,3 +143,26 @@ def test_report_carries_the_summary_of_every_step():
   assert list(report['inner_steps']) == ['0', '1', '2']
   for k, s in summary.items():
     assert report['inner_steps'][str(k)] == s._asdict()
+
+
+def test_figure_fits_are_the_model_after_sgd_by_hand(x64):
+  """Pins: the adaptation figure (`sinusoid_fits`) drawing another task's
+  fit, another step's params, or the unadapted model for every panel."""
+  del x64
+  tasks = dict(_tasks(), amplitude=np.linspace(1, 2, NUM_TASKS),
+               phase=np.linspace(0, 1, NUM_TASKS))
+  panels = evaluation.sinusoid_fits(
+      lambda p, x: x @ p['w'] + p['b'], _loss,
+      jax.tree.map(jnp.asarray, PARAMS), tasks, inner_lr=INNER_LR,
+      inner_steps=(0, 2), num_tasks=2, grid_size=5)
+  for t, panel in enumerate(panels):
+    xs, ys = tasks['support']['x'][t, :, 0], tasks['support']['y'][t, :, 0]
+    w, b = PARAMS['w'][0, 0], PARAMS['b'][0]
+    expected = [panel['x'] * w + b]
+    for _ in range(2):
+      r = xs * w + b - ys
+      w, b = w - INNER_LR * 2 * np.mean(xs * r), b - INNER_LR * 2 * np.mean(r)
+    expected.append(panel['x'] * w + b)
+    np.testing.assert_allclose(panel['support_x'], xs)
+    for got, want in zip(panel['predictions'], expected, strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-10)
