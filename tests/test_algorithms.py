@@ -1,10 +1,13 @@
 """The contract every registered algorithm keeps, checked for each one.
 
-Parameterized over `TRAIN_STEPS.names()`: an algorithm the package
-registers without an entry in `CONTRACT_HPARAMS` fails here. For a
-parameter-only model and for one with state (BatchNorm, Dropout), its
-jitted train step compiles once and gives a finite update, and
-`task_batch_size` gives the same update as all tasks at once (float64).
+Parameterized over the algorithms the package registers
+(`TRAIN_STEPS.names()`, so a new one is checked without editing this
+file): for a parameter-only model and for one with state (BatchNorm,
+Dropout), its jitted train step compiles once and gives a finite update,
+and `task_batch_size` gives the same update as all tasks at once
+(float64). For every shipped sine config (one per algorithm), the
+trainer's fused loop built from the config compiles once, updates
+finitely and gives each meta-step new tasks.
 """
 
 import jax
@@ -15,37 +18,38 @@ import pytest
 from flax import nnx
 
 import maml_plugin
+from configs import maml_sine
 from maml_plugin import losses
+from maml_plugin import train
 from maml_plugin.algorithms import TRAIN_STEPS
 from maml_plugin.models import MLP
 from maml_plugin.tasks import SinusoidTasks
 
-# Hyper-parameters each algorithm is checked with (a few inner steps, so
-# that the inner loop matters). Register an algorithm, add it here.
-CONTRACT_HPARAMS = {
-    'maml': dict(inner_lr=0.01, num_inner_steps=2),
-    'fomaml': dict(inner_lr=0.01, num_inner_steps=2),
-    'metasgd': dict(inner_lr=0.01, num_inner_steps=2),
-    'anil': dict(inner_lr=0.01, num_inner_steps=2),
-    'reptile': dict(inner_lr=0.01, num_inner_steps=2, inner_optimizer='sgd'),
-    'mamlpp': dict(inner_lr=0.01, num_inner_steps=2, msl_anneal_steps=10,
-                   first_order_steps=1),
-    'imaml': dict(inner_lr=0.01, num_inner_steps=2, prox_lambda=2.0,
-                  num_cg_steps=3),
+# Hyper-parameters each algorithm is checked with: its declared defaults,
+# then a few inner steps (so that the inner loop matters) and these
+# overrides. An algorithm registered later is picked up from the registry.
+CONTRACT_OVERRIDES = {
+    'reptile': dict(inner_optimizer='sgd'),
+    'mamlpp': dict(msl_anneal_steps=10, first_order_steps=1),
+    'imaml': dict(prox_lambda=2.0, num_cg_steps=3),
 }
 MODELS = ('params_only', 'with_state')
 META_BATCH = 4
+# The package's own algorithms (tests register others; they are not ours).
+ALGORITHMS = [n for n in TRAIN_STEPS.names()
+              if TRAIN_STEPS.lookup(n).__module__.startswith('maml_plugin.')]
 
 
 def _hparams(name: str) -> dict:
-  factory = TRAIN_STEPS.lookup(name)
-  if not factory.__module__.startswith('maml_plugin.'):
-    pytest.skip(f'{name!r} is registered by {factory.__module__}, not by '
-                'the package')
-  assert name in CONTRACT_HPARAMS, (
-      f'train_step {name!r} is registered but has no entry in '
-      'tests/test_algorithms.py:CONTRACT_HPARAMS; add its hyper-parameters')
-  return CONTRACT_HPARAMS[name]
+  declared = TRAIN_STEPS.fields(name)
+  hparams = dict(declared.defaults())
+  hparams.update(inner_lr=0.01, num_inner_steps=2)
+  hparams.update(CONTRACT_OVERRIDES.get(name, {}))
+  hparams = {k: v for k, v in hparams.items() if k in declared.names()}
+  missing = [f for f in declared.names() if f not in hparams]
+  assert not missing, (f'train_step {name!r}: no value for {missing}; add '
+                       'them to tests/test_algorithms.py:CONTRACT_OVERRIDES')
+  return hparams
 
 
 class NormNet(nnx.Module):
@@ -95,8 +99,19 @@ def _batch(seed):
       jax.random.key(seed), META_BATCH)
 
 
-@pytest.mark.parametrize('kind', MODELS)
-@pytest.mark.parametrize('name', TRAIN_STEPS.names())
+def _assert_finite_updates(states, metrics):
+  """Each state's params are finite and differ from the previous one's."""
+  for before, after in zip(states, states[1:]):
+    leaves = jax.tree.leaves(after.params)
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(before.params), leaves)), 'no update'
+  assert all(np.isfinite(v) for v in metrics.compute().values())
+
+
+# The parameter-only model: test_shipped_config_trains_on_new_tasks_each_step.
+@pytest.mark.parametrize('kind', ['with_state'])
+@pytest.mark.parametrize('name', ALGORITHMS)
 def test_train_step_compiles_once_and_updates_finitely(name, kind):
   algorithm, state = _state(name, _hparams(name), kind)
   step = jax.jit(algorithm.train_step)
@@ -104,12 +119,7 @@ def test_train_step_compiles_once_and_updates_finitely(name, kind):
   second, metrics = step(first, _batch(1), jax.random.key(1))
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert int(second.step) == 2
-  for before, after in ((state, first), (first, second)):
-    leaves = jax.tree.leaves(after.params)
-    assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(before.params), leaves)), 'no update'
-  assert all(np.isfinite(v) for v in metrics.compute().values())
+  _assert_finite_updates((state, first, second), metrics)
   if kind == 'with_state':  # The running averages moved, and stay finite.
     assert any(not np.allclose(a, b) for a, b in zip(
         jax.tree.leaves(state.model_state),
@@ -119,7 +129,7 @@ def test_train_step_compiles_once_and_updates_finitely(name, kind):
 
 
 @pytest.mark.parametrize('kind', MODELS)
-@pytest.mark.parametrize('name', TRAIN_STEPS.names())
+@pytest.mark.parametrize('name', ALGORITHMS)
 def test_task_batch_size_gives_the_same_update(x64, name, kind):
   del x64
   hparams = _hparams(name)
@@ -137,3 +147,51 @@ def test_task_batch_size_gives_the_same_update(x64, name, kind):
                     jax.tree.leaves((other.params, other.model_state))):
       assert a.dtype == jnp.float64
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _sine_configs():
+  """The shipped sine config of every package algorithm (a registered one
+  without a variant runs on the quick MAML config with its name)."""
+  out = []
+  for name in ALGORITHMS:
+    arg = f'quick,{name}' if name in maml_sine.ALGORITHMS else 'quick'
+    config = maml_sine.get_config(arg)
+    config.train_step = name
+    out.append(pytest.param(config, id=name))
+  return out
+
+
+@pytest.mark.parametrize('config', _sine_configs())
+def test_shipped_config_trains_on_new_tasks_each_step(config):
+  """Pins, per algorithm and config: a train step that recompiles on the
+  second call (a Python value in the traced state), a non-finite or absent
+  update, and meta-steps that see the same tasks (the fused loop's batch
+  key not folded with the step)."""
+  config.hidden_sizes = (8,) * len(config.hidden_sizes)  # ANIL's head
+  config.meta_batch_size = 2
+  problem = train.create_problem(config)
+  tx = train.create_optimizer(config)
+  algorithm = train.create_algorithm(config, problem, tx)
+  state = train.create_train_state(problem, algorithm, tx)
+  seen = []
+
+  class RecordingTasks:
+    """The config's tasks; each sampled meta-batch's checksum recorded."""
+
+    def train_batch(self, rng, num_tasks):
+      batch = problem.tasks.train_batch(rng, num_tasks)
+      jax.debug.callback(lambda c: seen.append(float(c)),
+                         jnp.sum(batch['support']['x']), ordered=True)
+      return batch
+
+  chunk = jax.jit(train.make_train_chunk(
+      algorithm.train_step, RecordingTasks(), meta_batch_size=2,
+      steps_per_call=2))
+  rng = jax.random.key(config.seed)
+  first, _, _ = chunk(state, rng)
+  second, metrics, _ = chunk(first, rng)
+  jax.effects_barrier()
+  assert chunk._cache_size() == 1  # pylint: disable=protected-access
+  assert int(second.step) == 4
+  assert len(seen) == 4 and len(set(seen)) == 4, seen
+  _assert_finite_updates((state, first, second), metrics)

@@ -248,3 +248,30 @@ def test_a_model_without_batch_norm_is_refused_in_one_line():
       'some but not all parameters; it selects 0 of 4; parameter paths: '
       'layers/0/bias/value'), message
   assert '\n' not in message
+
+
+def test_loss_before_adaptation_uses_step_0s_copies_when_copies_differ():
+  """Pins: the "before adaptation" query loss (``query_loss_before``)
+  computed with another step's batch-norm copy or with the model's own
+  batch norm, which equal copies (the tests above) cannot tell apart.
+
+  Every step's copies are moved apart; the expected value is the plain
+  loss of the model with copy 0 put in, averaged over the tasks, and it
+  must differ from the same loss with copy 1 or the model's own weights.
+  """
+  _, meta, bn, (loss_fn, params, batch) = _algorithm_with_distinct_copies(3)
+  _, aux = mamlpp.mamlpp_loss_and_aux(
+      loss_fn, meta, batch, step=0, num_inner_steps=STEPS,
+      msl_anneal_steps=0, learn_inner_lr=True, first_order=False, bn=bn)
+
+  def before_with(model):
+    return np.mean([loss_fn(model, jax.tree.map(lambda a, t=t: a[t],
+                                                batch['query']))
+                    for t in range(batch['query']['y'].shape[0])])
+
+  copies = bn.stacked(meta['per_step_bn'])
+  expected = before_with(bn.put(meta['model'], [c[0] for c in copies]))
+  np.testing.assert_allclose(aux.query_loss_before, expected, **TOL)
+  for other in (bn.put(meta['model'], [c[1] for c in copies]),
+                meta['model']):
+    assert abs(before_with(other) - expected) > 1e-6

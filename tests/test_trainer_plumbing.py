@@ -1,0 +1,257 @@
+"""The trainer's plumbing, pinned against values computed outside it.
+
+The end-to-end tests compare the trainer with itself (resumed against
+uninterrupted, four devices against one), which a loop that trains on one
+meta-batch forever passes. These tests check what each meta-step is given
+(its tasks and its key), what a checkpoint gives back (the PRNG key too),
+what the non-finite guard does inside the fused loop, and which tasks share
+a task batch, each against an independent computation.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from maml_plugin import checkpointing
+from maml_plugin import core
+from maml_plugin import guards
+from maml_plugin import train
+from maml_plugin import train_steps
+from maml_plugin.metrics import TrainMetrics
+from maml_plugin.tasks import SinusoidTasks
+
+META_BATCH = 3
+NUM_STEPS = 6
+
+
+def _recording_state():
+  """A train state whose params record, per meta-step, a checksum of the
+  step's support inputs and a draw from the step's key."""
+  params = {'tasks_seen': jnp.zeros(NUM_STEPS),
+            'key_seen': jnp.zeros(NUM_STEPS)}
+  return train_steps.MetaTrainState(step=jnp.zeros((), jnp.int32),
+                                    params=params, opt_state=())
+
+
+def _recording_step(state, batch, rng):
+  i = state.step
+  params = {
+      'tasks_seen': state.params['tasks_seen'].at[i].set(
+          jnp.sum(batch['support']['x'])),
+      'key_seen': state.params['key_seen'].at[i].set(
+          jax.random.uniform(rng)),
+  }
+  metrics = TrainMetrics.single_from_model_output(
+      query_loss_before=jnp.float32(1.0), query_loss_after=jnp.float32(0.5),
+      meta_grad_norm=jnp.float32(2.0))
+  return state.replace(step=state.step + 1, params=params), metrics
+
+
+@pytest.fixture(scope='module')
+def recorded():
+  """Two chunks of 3 meta-steps each, with the same base key (as the
+  trainer calls them)."""
+  tasks = SinusoidTasks(num_support=4, num_query=4)
+  chunk = jax.jit(train.make_train_chunk(
+      _recording_step, tasks, meta_batch_size=META_BATCH,
+      steps_per_call=NUM_STEPS // 2))
+  rng = jax.random.key(42)
+  state = _recording_state()
+  for _ in range(2):
+    state, metrics, report = chunk(state, rng)
+  return tasks, rng, state, metrics, report
+
+
+def test_each_meta_step_draws_new_tasks_from_its_own_key(recorded):
+  """Pins: a loop that trains on one meta-batch forever (the batch key not
+  folded with the step, or folded with the chunk's first step only, or the
+  same key for every chunk), and a step key equal for every step.
+
+  The expected values follow `make_train_chunk`'s documented contract:
+  step s samples with ``split(fold_in(rng, s))[0]`` and steps with
+  ``split(fold_in(rng, s))[1]``, computed here one step at a time.
+  """
+  tasks, rng, state, _, _ = recorded
+  assert int(state.step) == NUM_STEPS
+  expected_tasks, expected_keys = [], []
+  for s in range(NUM_STEPS):
+    batch_rng, step_rng = jax.random.split(jax.random.fold_in(rng, s))
+    batch = tasks.train_batch(batch_rng, META_BATCH)
+    expected_tasks.append(float(jnp.sum(batch['support']['x'])))
+    expected_keys.append(float(jax.random.uniform(step_rng)))
+  seen_tasks = np.asarray(state.params['tasks_seen'])
+  seen_keys = np.asarray(state.params['key_seen'])
+  assert len(set(seen_tasks.tolist())) == NUM_STEPS, seen_tasks
+  assert len(set(seen_keys.tolist())) == NUM_STEPS, seen_keys
+  np.testing.assert_allclose(seen_tasks, expected_tasks, rtol=1e-6)
+  np.testing.assert_allclose(seen_keys, expected_keys, rtol=1e-6)
+
+
+def test_chunk_metrics_average_the_steps_of_the_chunk(recorded):
+  """Pins: a chunk that reports one step's metrics, or merges a step twice
+  (the counts say how many steps were averaged)."""
+  _, _, _, metrics, report = recorded
+  assert int(metrics.query_loss_after.count) == NUM_STEPS // 2
+  np.testing.assert_allclose(metrics.compute()['query_loss_after'], 0.5)
+  np.testing.assert_allclose(metrics.compute()['meta_grad_norm'], 2.0)
+  assert int(report.first_bad_step) == -1
+  assert int(report.bad_loss_steps) == int(report.bad_grad_steps) == 0
+
+
+def test_restore_gives_back_the_saved_state_and_prng_key(tmp_path):
+  """Pins: a checkpoint that drops or replaces the PRNG key (a resumed run
+  would draw other tasks than the uninterrupted one), or restores another
+  step's state; and that an empty workdir returns the inputs."""
+  tx = optax.adam(0.1)
+  saved_state = train_steps.MetaTrainState.create(
+      {'w': jnp.arange(3.0)}, tx).replace(step=jnp.int32(7))
+  saved_rng = jax.random.fold_in(jax.random.key(5), 11)
+  fresh_state = train_steps.MetaTrainState.create({'w': jnp.zeros(3)}, tx)
+  fresh_rng = jax.random.key(0)
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  state, rng = checkpointing.restore_latest(manager, fresh_state, fresh_rng)
+  assert state is fresh_state and rng is fresh_rng
+  older = saved_state.replace(step=jnp.int32(3),
+                              params={'w': -jnp.ones(3)})
+  checkpointing.save(manager, older, fresh_rng)  # Not the latest step.
+  checkpointing.save(manager, saved_state, saved_rng)
+  state, rng = checkpointing.restore_latest(manager, fresh_state, fresh_rng)
+  np.testing.assert_array_equal(jax.random.key_data(rng),
+                                jax.random.key_data(saved_rng))
+  assert int(state.step) == 7
+  np.testing.assert_array_equal(state.params['w'], [0.0, 1.0, 2.0])
+  for a, b in zip(jax.tree.leaves(state.opt_state),
+                  jax.tree.leaves(saved_state.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  manager.close()
+
+
+def test_max_checkpoints_to_keep_keeps_that_many_latest(tmp_path):
+  """Pins: the retention count passed to orbax off by one (its boundary:
+  ``max_checkpoints_to_keep=0`` is refused by the config, see
+  tests/test_field_boundaries.py)."""
+  tx = optax.sgd(0.1)
+  state = train_steps.MetaTrainState.create({'w': jnp.zeros(2)}, tx)
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  for step in (10, 20, 30):
+    checkpointing.save(manager, state.replace(step=jnp.int32(step)),
+                       jax.random.key(step))
+  assert sorted(manager.all_steps()) == [20, 30]
+  manager.close()
+
+
+def _residual_norm_loss(p, batch):
+  # Finite (0) where the residual is exactly zero, its gradient there 0/0.
+  return jnp.linalg.norm(batch['x'] @ p['w'] - batch['y'])
+
+
+class _FixedTasks:
+  """The same small regression meta-batch at every step."""
+
+  def train_batch(self, rng, num_tasks):
+    del rng
+    r = np.random.default_rng(0)
+    part = lambda: {'x': r.normal(size=(num_tasks, 4, 1)).astype(np.float32),
+                    'y': r.normal(size=(num_tasks, 4, 1)).astype(np.float32)}
+    return {'support': part(), 'query': part()}
+
+
+BAD_STEPS = (1, 3)  # 0-based meta-steps whose query makes the gradient NaN.
+
+
+def _maml_with_bad_steps():
+  algorithm = train_steps.make_algorithm('maml', loss_fn=_residual_norm_loss,
+                                         tx=optax.sgd(0.1), inner_lr=0.1)
+
+  def step(state, batch, rng):
+    bad = jnp.isin(state.step, jnp.asarray(BAD_STEPS))
+    query = jax.tree.map(lambda a: jnp.where(bad, 0.0, a), batch['query'])
+    return algorithm.train_step(state, dict(batch, query=query), rng)
+
+  return algorithm, step
+
+
+@pytest.mark.parametrize('skip', [True, False])
+def test_guard_in_the_fused_loop_catches_a_nan_gradient_under_a_finite_loss(
+    skip):
+  """Pins: the trainer's guard checking the loss only (a finite loss with a
+  NaN gradient goes through), skipping a good step or applying a bad one,
+  misnumbering the first bad meta-step, and letting a skipped step's NaNs
+  into the chunk's means.
+
+  Expected values: the plain MAML step applied by hand to the good steps
+  only (0 and 2), and the report's numbers as `guards` documents them
+  (meta-steps are numbered from 1: the first bad one, 0-based 1, is
+  meta-step 2).
+  """
+  tx = optax.sgd(0.1)
+  algorithm, bad_step = _maml_with_bad_steps()
+  tasks = _FixedTasks()
+  state0 = train_steps.MetaTrainState.create({'w': jnp.ones((1, 1))}, tx)
+  chunk = jax.jit(train.make_train_chunk(
+      bad_step, tasks, meta_batch_size=2, steps_per_call=4,
+      skip_nonfinite=skip))
+  state, metrics, report = chunk(state0, jax.random.key(0))
+  assert int(report.first_bad_step) == BAD_STEPS[0] + 1
+  assert np.isfinite(report.first_loss) and np.isnan(report.first_grad_norm)
+  assert guards.describe(jax.device_get(report)) == (
+      'meta-step 2: meta-gradient (meta_grad_norm) is nan')
+  assert int(state.step) == 4
+  if not skip:  # Applied, the NaN update makes every later step NaN; the
+    # trainer stops on this report and saves nothing.
+    assert int(report.bad_grad_steps) == 3
+    assert int(report.bad_loss_steps) == 2
+    assert np.all(np.isnan(state.params['w']))
+    return
+  assert int(report.bad_grad_steps) == len(BAD_STEPS)
+  assert int(report.bad_loss_steps) == 0
+  expected, losses_after = state0, []
+  plain_step = jax.jit(algorithm.train_step)
+  for s in range(4):
+    batch_rng, step_rng = jax.random.split(
+        jax.random.fold_in(jax.random.key(0), s))
+    if s in BAD_STEPS:
+      expected = expected.replace(step=expected.step + 1)
+      continue
+    expected, m = plain_step(expected, tasks.train_batch(batch_rng, 2),
+                             step_rng)
+    losses_after.append(float(m.compute()['query_loss_after']))
+  np.testing.assert_allclose(state.params['w'], expected.params['w'],
+                             rtol=1e-6)
+  assert int(metrics.query_loss_after.count) == 4 - len(BAD_STEPS)
+  np.testing.assert_allclose(metrics.compute()['query_loss_after'],
+                             np.mean(losses_after), rtol=1e-6)
+
+
+def test_task_batch_j_holds_tasks_j_j_plus_n_and_so_on():
+  """Pins: task batches of contiguous tasks (0..b-1, b..2b-1, ...) instead
+  of the documented strided layout; with the task axis sharded in
+  contiguous blocks over devices, contiguous batches would put a whole
+  batch on one device.
+
+  8 tasks in batches of 4: batch 0 must hold tasks 0, 2, 4, 6 and batch 1
+  tasks 1, 3, 5, 7, so on 4 devices (blocks {0,1}, {2,3}, {4,5}, {6,7})
+  each batch has one task on every device. `fn` returns which tasks it saw
+  together (a co-membership matrix); the wrapped function's mean over the
+  two batches is half the sum of the batches' matrices.
+  """
+  num_tasks, task_batch_size = 8, 4
+
+  def together(params, meta_batch):
+    del params
+    ids = meta_batch['id']
+    return jnp.zeros((num_tasks, num_tasks)).at[
+        ids[:, None], ids[None, :]].set(1.0)
+
+  seen = core.over_task_batches(together, task_batch_size)(
+      None, {'id': jnp.arange(num_tasks)})
+  expected = np.zeros((num_tasks, num_tasks))
+  for members in ([0, 2, 4, 6], [1, 3, 5, 7]):
+    expected[np.ix_(members, members)] = 1.0
+  np.testing.assert_array_equal(np.asarray(seen) * 2, expected)
+  blocks = np.arange(num_tasks) // 2  # Device of each task on 4 devices.
+  for members in ([0, 2, 4, 6], [1, 3, 5, 7]):
+    assert sorted(blocks[members]) == [0, 1, 2, 3]
+
