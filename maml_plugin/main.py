@@ -16,6 +16,7 @@ Several hosts (one process each) train one run together::
 import difflib
 import os
 import re
+import signal
 import sys
 
 from absl import app
@@ -29,6 +30,7 @@ from maml_plugin import config_validation
 from maml_plugin import distributed
 from maml_plugin import guards
 from maml_plugin import train
+from maml_plugin import workdir
 from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
 
@@ -43,18 +45,22 @@ flags.DEFINE_integer('num_processes', None,
                      'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None,
                      'This process\'s index in a multi-process run.')
+flags.DEFINE_bool('allow_config_change', False,
+                  'Resume even though a field that changes training differs '
+                  'from the config the checkpoints were trained with '
+                  '(recorded in WORKDIR/config.json).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _OVERRIDE = re.compile(r'^--config\.([\w.]+)=(.*)$')
 _PARSE_ERROR = re.compile(r'flag --config\.([\w.]+)=(.*?): ')
 
 
-def _fail(message: str):
-  """One line on stderr, exit 1; skips teardown, whose library threads
+def _fail(message: str, code: int = 1):
+  """One line on stderr, exit `code`; skips teardown, whose library threads
   (orbax's event loop after a failed restore) would print tracebacks."""
   sys.stderr.write(f'maml_plugin: {message}\n')
   sys.stderr.flush()
-  os._exit(1)
+  os._exit(code)
 
 
 def _one_line(e: Exception) -> str:
@@ -140,13 +146,24 @@ def main(argv):
       FLAGS['config']))
   logging.info('workdir: %s', FLAGS.workdir)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
+  except train.Interrupted as e:  # 128 + signal: what a shell reports.
+    _fail(str(e), 128 + e.signum)
+  except KeyboardInterrupt:  # Ctrl-C before training started.
+    _fail('SIGINT received before training: nothing saved; the workdir\'s '
+          'checkpoints are as they were', 128 + signal.SIGINT)
   except config_validation.ConfigError as e:  # e.g. a head_filter that
     # matches no parameter of the model, known once the model exists.
     _fail(f'bad config: {e}')
-  except (checkpointing.CheckpointError, guards.NonFiniteError,
-          omniglot.OmniglotError, episodic.EpisodeError) as e:
+  except (workdir.WorkdirError, checkpointing.CheckpointError,
+          guards.NonFiniteError, omniglot.OmniglotError,
+          episodic.EpisodeError) as e:
     _fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    if not workdir.is_io_error(e):  # A bug: its traceback helps.
+      raise
+    _fail(workdir.describe_os_error(e))
 
 
 if __name__ == '__main__':
