@@ -313,10 +313,15 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
 
 
 class _DropLibraryInfo(std_logging.Filter):
-  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+  """Drops INFO records of chatty libraries (orbax logs every file it
+  writes), and the tracebacks orbax's threads log for an error they pass on
+  to the save that `checkpointing.save` reports in one line."""
 
   def filter(self, record):
-    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname:
+      return True
+    return (record.levelno > std_logging.INFO
+            and 'raised an exception' not in record.getMessage())
 
 
 def quiet_library_logs() -> None:
