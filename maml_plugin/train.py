@@ -331,9 +331,11 @@ def quiet_library_logs() -> None:
     handler.addFilter(_DropLibraryInfo())
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
   """SIGTERM or SIGINT stopped the run; `step` is saved (or, during the
-  final evaluation, the last step's checkpoint is complete)."""
+  final evaluation, the last step's checkpoint is complete). Like
+  `KeyboardInterrupt`, not an `Exception`: no handler of library errors
+  (a restore that falls back past an unreadable checkpoint) swallows it."""
 
   def __init__(self, signum: int, step: int, during: str):
     self.signum, self.step, self.during = signum, step, during
@@ -498,7 +500,7 @@ def _train_and_evaluate(config, workdir: str, problem: Problem,
                       'version): saving this run\'s config there; later '
                       'resumes are checked against it.', workdir,
                       workdir_lib.CONFIG_NAME)
-  if first_process and (saved is None or changes or not first_step):
+  if first_process:  # The current run length, cadences, changes.
     workdir_lib.write_config(
         workdir, config, num_devices=num_devices,
         previous=saved if first_step else None, changes=changes)
@@ -597,6 +599,8 @@ def _train_and_evaluate(config, workdir: str, problem: Problem,
 
   # Final evaluation on the held-out tasks; a signal now stops at once.
   signals.immediate = True
+  if signals.received is not None:  # Came while resuming a finished run.
+    raise Interrupted(signals.received, step, 'final evaluation')
   with report_progress.timed('final_eval'):
     report = evaluate_and_report(config, problem, state.params, int(state.step),
                                  workdir, evaluator=evaluator,

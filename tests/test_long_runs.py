@@ -30,6 +30,7 @@ from maml_plugin import checkpointing
 from maml_plugin import train
 from maml_plugin import workdir as workdir_lib
 from tests import event_files
+from tests.workdir_files import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = dict(num_eval_tasks=20, num_plot_tasks=0, checkpoint_every_steps=50,
@@ -51,16 +52,6 @@ def command(workdir, *flags, **overrides):
 
 def last_line(text):
   return text.strip().splitlines()[-1]
-
-
-def snapshot(directory):
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, directory)] = f.read()
-  return out
 
 
 def steps_in(workdir):
@@ -89,8 +80,9 @@ def run_scalars(workdir):
 
 # Preemption.
 
-SIGNAL_RUN = dict(num_train_steps=400, checkpoint_every_steps=200,
-                  log_every_steps=10, eval_every_steps=200)
+# Long enough (about a second of meta-steps) that each signal lands mid-run.
+SIGNAL_RUN = dict(num_train_steps=2000, checkpoint_every_steps=2000,
+                  log_every_steps=10, eval_every_steps=2000)
 
 
 def wait_for_logged_step(proc, log_path, after):
@@ -101,7 +93,7 @@ def wait_for_logged_step(proc, log_path, after):
       steps = [int(s) for s in re.findall(r'\[(\d+)\] train/', f.read())]
     if steps and max(steps) > after:
       return
-    time.sleep(0.05)
+    time.sleep(0.005)
   raise AssertionError(f'the run logged no step after {after}')
 
 
