@@ -332,10 +332,11 @@ def array_file(workdir, step):
 def test_unreadable_latest_falls_back_named_and_resumes_exactly(
     finished, tmp_path, caplog):
   """Latest truncated: the log names it, the run resumes from step 50, sets
-  step 100 aside (nothing deleted) and saves an identical step 100.
+  step 100 aside (nothing deleted) and saves an identical step 100; the
+  replayed steps 51-100 are not written to TensorBoard a second time.
 
   Pins: no fallback (the run stops), the bad checkpoint deleted or not
-  named, the fallback to the wrong step.
+  named, the fallback to the wrong step, replayed steps logged twice.
   """
   workdir = copy_of(finished, tmp_path)
   with open(array_file(workdir, 100), 'r+b') as f:
@@ -351,6 +352,10 @@ def test_unreadable_latest_falls_back_named_and_resumes_exactly(
   assert len(aside) == 1 and os.path.getsize(
       os.path.join(aside[0], 'sha256.json'))
   assert_same_checkpoint(workdir, finished, 100)
+  scalars = run_scalars(workdir)
+  assert ('eval/mse_step0', 100) in scalars
+  assert all(len(v) == 1 for v in scalars.values()), [
+      k for k, v in scalars.items() if len(v) > 1]
 
 
 def test_bit_flip_is_detected_by_the_digest_and_restore_falls_back(
