@@ -396,33 +396,36 @@ class _StopSignals:
     return bool(jnp.any(flags))
 
 
-def logged_through(workdir: str) -> int:
-  """The last step any earlier run wrote a scalar for in `workdir`'s event
-  files (-1 when none): a resumed run replays the steps after its
-  checkpoint, and those points are written already."""
+def logged_steps(workdir: str) -> dict[str, int]:
+  """The last step each scalar was written for in `workdir`'s event files
+  (by earlier runs): a resumed run replays the steps after its checkpoint,
+  and those points are written already. Per tag: a kill can land after the
+  train scalars of a step were written and before its evaluation."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
-  last = -1
+  last = {}
   for path in glob.glob(os.path.join(workdir, 'events.out.tfevents*')):
     try:
       for event in event_file_loader.EventFileLoader(path).Load():
-        if event.summary.value:
-          last = max(last, event.step)
+        for value in event.summary.value:
+          last[value.tag] = max(last.get(value.tag, -1), event.step)
     except Exception:  # A file cut short by a kill: what was read counts.
       continue
   return last
 
 
 class _NewStepsOnly:
-  """A CLU writer that drops scalars of steps an earlier run wrote
-  (`logged_through`), so TensorBoard shows each step once."""
+  """A CLU writer that drops the scalars an earlier run wrote for the same
+  step (`logged_steps`), so TensorBoard shows each point once."""
 
-  def __init__(self, writer, through: int):
+  def __init__(self, writer, logged: dict[str, int]):
     self._writer = writer
-    self._through = through
+    self._logged = logged
 
   def write_scalars(self, step, scalars):
-    if step > self._through:
-      self._writer.write_scalars(step, scalars)
+    new = {k: v for k, v in scalars.items()
+           if step > self._logged.get(k, -1)}
+    if new:
+      self._writer.write_scalars(step, new)
 
   def __getattr__(self, name):
     return getattr(self._writer, name)
@@ -509,7 +512,7 @@ def _train_and_evaluate(config, workdir: str, problem: Problem,
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not first_process)
   if first_step:
-    writer = _NewStepsOnly(writer, logged_through(workdir))
+    writer = _NewStepsOnly(writer, logged_steps(workdir))
   writer.write_hparams(_hparams_for_writer(config))
 
   # Devices: the task axis is split over all of them, the state replicated.
