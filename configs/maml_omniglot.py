@@ -18,6 +18,7 @@ Any field can be overridden, e.g. `--config.first_order=True`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 PROTOCOLS = ('5w1s', '5w5s', '20w1s', '20w5s')
 _WORDS = PROTOCOLS + ('mamlpp', 'imaml', 'quick')
@@ -124,6 +125,8 @@ def get_config(arg=None):
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 5_000
   config.max_checkpoints_to_keep = 3
+  # Also save every this many seconds (for long steps); None: steps only.
+  config.checkpoint_every_secs = config_dict.placeholder(float)
   # A NaN/Inf meta-loss or meta-gradient: 'stop' the run (the last good
   # checkpoint stays) or 'skip' the update and count it in the metrics.
   config.on_nonfinite = 'stop'

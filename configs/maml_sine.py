@@ -90,6 +90,8 @@ def get_config(arg=None):
   config.eval_every_steps = 10_000
   config.checkpoint_every_steps = 10_000
   config.max_checkpoints_to_keep = 3
+  # Also save every this many seconds (for long steps); None: steps only.
+  config.checkpoint_every_secs = config_dict.placeholder(float)
   # A NaN/Inf meta-loss or meta-gradient: 'stop' the run (the last good
   # checkpoint stays) or 'skip' the update and count it in the metrics.
   config.on_nonfinite = 'stop'

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable
 
 from absl import logging
@@ -32,6 +31,7 @@ import numpy as np
 
 from maml_plugin import checkpointing
 from maml_plugin import evaluation
+from maml_plugin import workdir as workdir_lib
 
 
 def _summarize_and_log(metric: str, curves):
@@ -98,14 +98,6 @@ class Checkpoint(periodic_actions.PeriodicAction):
     checkpointing.save(self._manager, self._state_fn(), self._rng)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=directory)
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def evaluation_report(metric: str, curves, train_step: int) -> dict:
   """The evaluation.json document (see README)."""
   summary = _summarize_and_log(metric, curves)
@@ -145,6 +137,6 @@ def format_table(report: dict) -> str:
 def write_evaluation_report(workdir: str, report: dict) -> str:
   path = os.path.join(workdir, 'evaluation.json')
   # allow_nan=False: a bare NaN is not JSON (the report writes null).
-  _atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False)
-                     + '\n')
+  workdir_lib.write_text(path, json.dumps(report, indent=2, allow_nan=False)
+                         + '\n')
   return path

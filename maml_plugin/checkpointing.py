@@ -17,12 +17,22 @@ Python int (saved and restored as an int array), and its ``tx`` and
   save(manager, state, rng)
 
 Orbax writes each step to a temporary folder and renames it when complete, so
-a kill during a save leaves the previous checkpoint intact.
+a kill during a save leaves the previous checkpoint intact. Each complete
+checkpoint also gets ``sha256.json``, the digest of every file in it, so a
+changed byte (bit rot, a partial copy) is found before it is trained on.
+`restore_latest` takes the newest checkpoint that reads and verifies, naming
+each newer one that does not; nothing is deleted. A save that fails on the
+disk (full, read-only) raises `CheckpointWriteError` naming the path, after
+removing its own temporary folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import time
 
 from absl import logging
 from etils import epath
@@ -31,13 +41,66 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from maml_plugin import core
+from maml_plugin import workdir as workdir_lib
 
 # Orbax writes a step into `<step>.orbax-checkpoint-tmp-<n>` and renames it.
 _TMP_MARK = '.orbax-checkpoint-tmp'
+CHECKSUMS = 'sha256.json'
+# An unreadable checkpoint, set aside by a training run so that the step can
+# be saved again: `<step>.unreadable-<time>`.
+UNREADABLE_MARK = '.unreadable'
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be restored into the state this config builds."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (disk full, read-only, ...)."""
+
+
+def _files(path: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(path):
+    out += [os.path.relpath(os.path.join(root, n), path) for n in names
+            if n != CHECKSUMS]
+  return sorted(out)
+
+
+def _digest(file: str) -> str:
+  h = hashlib.sha256()
+  with open(file, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def write_checksums(path: str) -> None:
+  """``path/sha256.json``: the sha256 of every file of the checkpoint."""
+  digests = {name: _digest(os.path.join(path, name)) for name in _files(path)}
+  workdir_lib.write_text(os.path.join(path, CHECKSUMS),
+                         json.dumps(digests, indent=1, sort_keys=True) + '\n')
+
+
+def verify_checksums(path: str) -> bool:
+  """Raises `CheckpointError` naming the first file of the checkpoint at
+  `path` that is missing or differs from its digest. False when the
+  checkpoint has no digests (written before they existed, or the run
+  stopped between its rename and its digests): nothing to verify."""
+  try:
+    digests = workdir_lib.read_json(os.path.join(path, CHECKSUMS))
+  except workdir_lib.WorkdirError as e:
+    raise CheckpointError(str(e)) from None
+  if digests is None:
+    return False
+  for name, want in sorted(digests.items()):
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+      raise CheckpointError(f'{file} is missing')
+    if _digest(file) != want:
+      raise CheckpointError(f'{file} differs from its sha256 in {CHECKSUMS} '
+                            '(bit rot, or a partial copy)')
+  return True
 
 
 def create_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
@@ -57,17 +120,59 @@ def _as_arrays(tree):
 
 
 def save(manager: ocp.CheckpointManager, state, rng: jax.Array) -> None:
+  """Saves `state` and `rng` as step ``state.step``, with its digests.
+
+  Raises `CheckpointWriteError` (one line naming the path) when the disk
+  refuses; the save's temporary folder is removed, the complete checkpoints
+  are untouched.
+  """
   step = int(jax.device_get(state.step))
+  directory = str(manager.directory)
+  path = os.path.join(directory, str(step))
   item = _as_arrays({'state': state, 'rng': jax.random.key_data(rng)})
-  manager.save(step, args=ocp.args.StandardSave(item), force=True)
-  manager.wait_until_finished()
+  try:
+    manager.save(step, args=ocp.args.StandardSave(item), force=True)
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+      write_checksums(path)
+  except Exception as e:  # orbax wraps the OSError in its own types.
+    if not (isinstance(e, workdir_lib.WorkdirError)
+            or workdir_lib.is_io_error(e)):
+      raise
+    _remove_temporary(directory, step)
+    kept = [s for s in manager.all_steps() if s != step] if os.path.isdir(
+        directory) else []
+    message = (str(e) if isinstance(e, workdir_lib.WorkdirError)
+               else workdir_lib.describe_os_error(e, path))
+    raise CheckpointWriteError(
+        f'{message}; the complete checkpoints '
+        f'({", ".join(map(str, sorted(kept))) or "none"}) are intact'
+    ) from None
 
 
-def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array):
-  """Returns ``(state, rng)`` from the latest checkpoint, or the inputs.
+def _remove_temporary(directory: str, step: int) -> None:
+  """Removes the temporary folders of a failed save of `step` (its own)."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return
+  for name in names:
+    if name.startswith(f'{step}{_TMP_MARK}'):
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array,
+                   *, set_aside_unreadable: bool = False):
+  """Returns ``(state, rng)`` from the newest readable checkpoint, or the
+  inputs when there is none.
 
   `state` and `rng` give the structure, shapes and dtypes expected; a
-  checkpoint that does not match raises `CheckpointError` naming it.
+  checkpoint whose shapes differ raises `CheckpointError` naming it (a
+  config change, not damage). A checkpoint that cannot be read or fails its
+  digests is named in the log and the next older one is tried; none
+  readable raises `CheckpointError` naming the newest. Nothing is deleted;
+  with `set_aside_unreadable` (a training run, which will save those steps
+  again) each unreadable checkpoint is renamed ``<step>.unreadable-<time>``.
   """
   directory = str(manager.directory)
   incomplete = sorted(n for n in os.listdir(directory) if _TMP_MARK in n)
@@ -76,23 +181,57 @@ def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array):
     # Left in place: only the user deletes things in a workdir.
     logging.warning('Ignoring incomplete checkpoints (interrupted saves) in '
                     '%s: %s', directory, ', '.join(incomplete))
-  step = manager.latest_step()
-  if step is None:
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return state, rng
   target = _as_arrays({'state': state, 'rng': jax.random.key_data(rng)})
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  path = os.path.join(directory, str(step))
-  _check_shapes(path, abstract)
-  try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # orbax raises many types; name the checkpoint.
-    detail = str(e).splitlines()[0][:160] if str(e) else ''
-    raise CheckpointError(
-        f'checkpoint {path} cannot be read (corrupt, truncated or written '
-        f'by another version?): {type(e).__name__}: {detail}; nothing in '
-        'the workdir was changed'
-    ) from e
-  return restored['state'], jax.random.wrap_key_data(restored['rng'])
+  unreadable = []
+  for step in steps:
+    path = os.path.join(directory, str(step))
+    _check_shapes(path, abstract)
+    try:
+      verified = verify_checksums(path)
+      restored = manager.restore(step,
+                                 args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types; name the checkpoint.
+      detail = ' '.join(str(e).split())[:200]
+      reason = (detail if isinstance(e, CheckpointError)
+                else f'{type(e).__name__}: {detail}')
+      logging.warning('Checkpoint %s cannot be read (%s); trying the one '
+                      'before it.', path, reason)
+      unreadable.append((path, reason))
+      continue
+    if not verified:
+      logging.warning('Checkpoint %s has no %s (written before digests, or '
+                      'stopped before them): restored unverified.', path,
+                      CHECKSUMS)
+    if unreadable:
+      names = ', '.join(p for p, _ in unreadable)
+      logging.warning('Resuming from %s, the newest checkpoint that reads; '
+                      'not used: %s (kept).', path, names)
+      if set_aside_unreadable:
+        _set_aside([p for p, _ in unreadable])
+        manager.reload()
+    return restored['state'], jax.random.wrap_key_data(restored['rng'])
+  path, reason = unreadable[0]
+  raise CheckpointError(
+      f'checkpoint {path} cannot be read (corrupt, truncated or written '
+      f'by another version?): {reason}; no older checkpoint reads either '
+      f'({len(unreadable)} tried); nothing in the workdir was changed')
+
+
+def _set_aside(paths: list[str]) -> None:
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  for path in paths:
+    aside = f'{path}{UNREADABLE_MARK}-{stamp}'
+    try:
+      os.rename(path, aside)
+    except OSError as e:
+      raise CheckpointWriteError(workdir_lib.describe_os_error(e, aside)) from e
+    logging.warning('Moved the unreadable checkpoint %s to %s (kept for '
+                    'inspection; the run will save that step again).', path,
+                    aside)
 
 
 def _leaf_name(path) -> str:

@@ -39,6 +39,10 @@ def _module_names(v) -> bool:
       isinstance(m, str) and m for m in v)
 
 
+def _schedule_decays(values) -> bool:
+  return values.get('meta_lr_schedule', 'constant') != 'constant'
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainerFields(fields.Fields):
   """The fields the trainer itself reads (`maml_plugin.train`)."""
@@ -53,30 +57,37 @@ class TrainerFields(fields.Fields):
   imports: tuple[str, ...] = fields.field(
       (), check=_module_names,
       allowed='a list of module names to import before the names are '
-      'looked up')
+      'looked up', changes_training=False)
   # Outer loop.
   meta_batch_size: int = fields.integer()
   meta_lr: float = fields.positive()
   meta_optimizer: str = fields.choice('adam', 'sgd', default='adam')
   meta_lr_schedule: str = fields.choice('constant', 'linear', 'cosine',
                                          default='constant')
-  num_train_steps: int = fields.integer()
-  steps_per_call: int = fields.integer()
+  # The run's length; a decaying schedule reaches 0 at its end.
+  num_train_steps: int = fields.integer(changes_training=_schedule_decays)
+  steps_per_call: int = fields.integer(changes_training=False)
   seed: int = fields.integer(at_least=0)
-  on_nonfinite: str = fields.choice('stop', 'skip')
+  on_nonfinite: str = fields.choice('stop', 'skip', changes_training=False)
   # Periodic actions.
-  log_every_steps: int = fields.integer()
-  eval_every_steps: int = fields.integer()
-  checkpoint_every_steps: int = fields.integer()
-  max_checkpoints_to_keep: int = fields.integer()
+  log_every_steps: int = fields.integer(changes_training=False)
+  eval_every_steps: int = fields.integer(changes_training=False)
+  checkpoint_every_steps: int = fields.integer(changes_training=False)
+  checkpoint_every_secs: float | None = fields.field(
+      None, check=fields.or_none(fields.positive_real),
+      allowed='a number of seconds > 0, or None (steps only)',
+      changes_training=False)
+  max_checkpoints_to_keep: int = fields.integer(changes_training=False)
   # Held-out evaluation.
-  eval_seed: int = fields.integer(at_least=0)
-  num_eval_tasks: int = fields.integer(at_least=2)
-  eval_num_query: int = fields.integer()
-  eval_num_inner_steps: int = fields.integer(at_least=0)
+  eval_seed: int = fields.integer(at_least=0, changes_training=False)
+  num_eval_tasks: int = fields.integer(at_least=2, changes_training=False)
+  eval_num_query: int = fields.integer(changes_training=False)
+  eval_num_inner_steps: int = fields.integer(at_least=0,
+                                             changes_training=False)
   eval_task_batch_size: int | None = fields.field(
       None, check=fields.or_none(fields.positive_int),
-      allowed='an int > 0, or None (all held-out tasks at once)')
+      allowed='an int > 0, or None (all held-out tasks at once)',
+      changes_training=False)
 
 
 # The registries a config names entries of, by the field that names them.
@@ -189,6 +200,18 @@ def _check_across_fields(trainer: TrainerFields, task_batch, num_devices):
         f'config.task_batch_size={task_batch!r}: must be a multiple of the '
         f'device count {num_devices} (each task batch is sharded over the '
         f'devices)')
+
+
+def training_fields(values) -> list[str]:
+  """The fields of a config (a dict of its values) that change what training
+  computes, in declaration order: the trainer's, then those of its task,
+  model and algorithm (each field declares it, `fields.field`)."""
+  out = TrainerFields.training_names(values)
+  for kind, registry in REGISTRIES.items():
+    if values.get(kind) in registry:
+      out += [n for n in registry.fields(values[kind]).training_names(values)
+              if n not in out]
+  return out
 
 
 def _all_fields() -> dict[str, str]:

@@ -23,6 +23,7 @@ from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import console
 from maml_plugin import train
+from maml_plugin import workdir
 from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
 
@@ -77,7 +78,7 @@ def main(argv):
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
   except (config_validation.ConfigError, checkpointing.CheckpointError,
-          omniglot.OmniglotError,
+          workdir.WorkdirError, omniglot.OmniglotError,
           episodic.EpisodeError) as e:
     raise SystemExit(f'maml_plugin: {e}') from None
   print(actions.format_table(report))

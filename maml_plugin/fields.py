@@ -14,7 +14,11 @@ and what it allows (`field`, or the common kinds `integer`, `positive`,
   SinusoidFields.from_config(config)   # the config's fields of those names
 
 A field without a default is required. `Fields.check` is the hook for
-checks across fields. Errors name the field, the value and the rule in one
+checks across fields. A field that does not change what training computes
+(how often to log, which tasks to evaluate, a memory knob giving the same
+update) says so with ``changes_training=False``: a run resumed from a
+checkpoint may change it, while any other field must keep the value the
+checkpoint was trained with (`maml_plugin.workdir`). Errors name the field, the value and the rule in one
 line; `config_validation` prefixes ``config.``.
 """
 
@@ -41,34 +45,50 @@ def bad_value(name: str, value: Any, allowed: str) -> FieldError:
   return FieldError(f'{name}={value!r}: must be {allowed}')
 
 
+# Whether a field changes what training computes: True, False, or a
+# function of the config's values (e.g. the run length matters only to a
+# decaying learning-rate schedule).
+ChangesTraining = bool | Callable[[Mapping[str, Any]], bool]
+
+
 def field(default: Any = dataclasses.MISSING, *, check: Check,
-          allowed: str) -> Any:
-  """A dataclass field checked by `check`; `allowed` says what passes."""
-  return dataclasses.field(default=default,
-                           metadata={'check': check, 'allowed': allowed})
+          allowed: str, changes_training: ChangesTraining = True) -> Any:
+  """A dataclass field checked by `check`; `allowed` says what passes;
+  `changes_training` says whether a resumed run must keep its value."""
+  return dataclasses.field(
+      default=default, metadata={'check': check, 'allowed': allowed,
+                                 'changes_training': changes_training})
 
 
-def flag(default: bool = False) -> Any:
+def flag(default: bool = False, *,
+         changes_training: ChangesTraining = True) -> Any:
   """A True-or-False field."""
-  return field(default, check=boolean, allowed='True or False')
+  return field(default, check=boolean, allowed='True or False',
+               changes_training=changes_training)
 
 
-def integer(default: Any = dataclasses.MISSING, *, at_least: int = 1) -> Any:
+def integer(default: Any = dataclasses.MISSING, *, at_least: int = 1,
+            changes_training: ChangesTraining = True) -> Any:
   """An int field, at least `at_least`."""
   return field(default, check=int_at_least(at_least),
                allowed='an int > 0' if at_least == 1
-               else f'an int >= {at_least}')
+               else f'an int >= {at_least}',
+               changes_training=changes_training)
 
 
-def positive(default: Any = dataclasses.MISSING) -> Any:
+def positive(default: Any = dataclasses.MISSING, *,
+             changes_training: ChangesTraining = True) -> Any:
   """A finite number > 0."""
-  return field(default, check=positive_real, allowed='a finite number > 0')
+  return field(default, check=positive_real, allowed='a finite number > 0',
+               changes_training=changes_training)
 
 
-def choice(*choices, default: Any = dataclasses.MISSING) -> Any:
+def choice(*choices, default: Any = dataclasses.MISSING,
+           changes_training: ChangesTraining = True) -> Any:
   """One of `choices`."""
   return field(default, check=one_of(*choices),
-               allowed=describe_choices(*choices))
+               allowed=describe_choices(*choices),
+               changes_training=changes_training)
 
 
 class Fields:
@@ -97,6 +117,17 @@ class Fields:
   def allowed(cls, name: str) -> str:
     return {f.name: f.metadata.get('allowed', 'any value')
             for f in dataclasses.fields(cls)}[name]
+
+  @classmethod
+  def training_names(cls, values: Mapping[str, Any]) -> list[str]:
+    """The fields whose value changes what training computes, given the
+    config's `values` (see `field`'s `changes_training`)."""
+    out = []
+    for f in dataclasses.fields(cls):
+      changes = f.metadata.get('changes_training', True)
+      if changes(values) if callable(changes) else changes:
+        out.append(f.name)
+    return out
 
   @classmethod
   def defaults(cls) -> dict[str, Any]:

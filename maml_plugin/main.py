@@ -19,6 +19,7 @@ By default the run prints a few lines (`maml_plugin.console`); absl's
 import difflib
 import os
 import re
+import signal
 import sys
 
 from absl import app
@@ -33,6 +34,7 @@ from maml_plugin import console
 from maml_plugin import distributed
 from maml_plugin import guards
 from maml_plugin import train
+from maml_plugin import workdir
 from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
 
@@ -47,18 +49,22 @@ flags.DEFINE_integer('num_processes', None,
                      'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None,
                      'This process\'s index in a multi-process run.')
+flags.DEFINE_bool('allow_config_change', False,
+                  'Resume even though a field that changes training differs '
+                  'from the config the checkpoints were trained with '
+                  '(recorded in WORKDIR/config.json).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _OVERRIDE = re.compile(r'^--config\.([\w.]+)=(.*)$')
 _PARSE_ERROR = re.compile(r'flag --config\.([\w.]+)=(.*?): ')
 
 
-def _fail(message: str):
-  """One line on stderr, exit 1; skips teardown, whose library threads
+def _fail(message: str, code: int = 1):
+  """One line on stderr, exit `code`; skips teardown, whose library threads
   (orbax's event loop after a failed restore) would print tracebacks."""
   sys.stderr.write(f'maml_plugin: {message}\n')
   sys.stderr.flush()
-  os._exit(1)
+  os._exit(code)
 
 
 def _one_line(e: Exception) -> str:
@@ -146,15 +152,26 @@ def main(argv):
                config_flags.get_config_filename(FLAGS['config']),
                FLAGS.workdir, console.describe_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
     logging.info('In %s: %s', FLAGS.workdir,
                  console.describe_workdir(FLAGS.workdir))
+  except train.Interrupted as e:  # 128 + signal: what a shell reports.
+    _fail(str(e), 128 + e.signum)
+  except KeyboardInterrupt:  # Ctrl-C before training started.
+    _fail('SIGINT received before training: nothing saved; the workdir\'s '
+          'checkpoints are as they were', 128 + signal.SIGINT)
   except config_validation.ConfigError as e:  # e.g. a head_filter that
     # matches no parameter of the model, known once the model exists.
     _fail(f'bad config: {e}')
-  except (checkpointing.CheckpointError, guards.NonFiniteError,
-          omniglot.OmniglotError, episodic.EpisodeError) as e:
+  except (workdir.WorkdirError, checkpointing.CheckpointError,
+          guards.NonFiniteError, omniglot.OmniglotError,
+          episodic.EpisodeError) as e:
     _fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    if not workdir.is_io_error(e):  # A bug: its traceback helps.
+      raise
+    _fail(workdir.describe_os_error(e))
 
 
 if __name__ == '__main__':

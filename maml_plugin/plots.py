@@ -5,14 +5,14 @@ Pure in what it computes; `save_sinusoid_adaptation` writes one PNG.
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+from maml_plugin import workdir as workdir_lib
 
 
 def save_sinusoid_adaptation(path: str, panels: list[dict], *,
@@ -45,9 +45,8 @@ def save_sinusoid_adaptation(path: str, panels: list[dict], *,
   axes[0][0].set_ylabel('y')
   axes[0][-1].legend(fontsize=7, loc='lower right')
   fig.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix='.png', dir=directory)
-  os.close(fd)
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:  # Whole or not at all; the temporary file goes on failure.
+    workdir_lib.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110,
+                                                           format='png'))
+  finally:
+    plt.close(fig)

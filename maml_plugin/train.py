@@ -9,6 +9,12 @@ The order is the Flax examples' own: writer, tasks, model, state, restore,
 jit, periodic actions, loop, final evaluation, return the final state. All
 I/O of training lives here and in `maml_plugin.actions`.
 
+A run can be left alone (`docs/long_runs.md`): it holds ``WORKDIR/lock``
+while it runs (a second run on the workdir stops at once), keeps its config
+in ``WORKDIR/config.json`` and refuses to resume under one that changes
+training, and on SIGTERM or SIGINT saves the step it reached at the next
+chunk boundary and raises `Interrupted`.
+
 Speed: `steps_per_call` meta-steps are fused into one jitted `lax.scan`, with
 the meta-batches sampled on device inside it; periodic actions fire on call
 boundaries, which `config_validation` keeps aligned with their intervals.
@@ -16,9 +22,13 @@ boundaries, which `config_validation` keeps aligned with their intervals.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import logging as std_logging
 import os
+import signal
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -43,6 +53,7 @@ from maml_plugin import guards
 from maml_plugin import models
 from maml_plugin import nnx_bridge
 from maml_plugin import tasks as tasks_lib
+from maml_plugin import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,10 +398,15 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
 
 
 class _DropLibraryInfo(std_logging.Filter):
-  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+  """Drops INFO records of chatty libraries (orbax logs every file it
+  writes), and the tracebacks orbax's threads log for an error they pass on
+  to the save that `checkpointing.save` reports in one line."""
 
   def filter(self, record):
-    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname:
+      return True
+    return (record.levelno > std_logging.INFO
+            and 'raised an exception' not in record.getMessage())
 
 
 def quiet_library_logs() -> None:
@@ -400,47 +416,195 @@ def quiet_library_logs() -> None:
     handler.addFilter(_DropLibraryInfo())
 
 
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT stopped the run; `step` is saved (or, during the
+  final evaluation, the last step's checkpoint is complete). Like
+  `KeyboardInterrupt`, not an `Exception`: no handler of library errors
+  (a restore that falls back past an unreadable checkpoint) swallows it."""
+
+  def __init__(self, signum: int, step: int, during: str):
+    self.signum, self.step, self.during = signum, step, during
+    name = signal.Signals(signum).name
+    if during == 'training':
+      text = (f'{name} received: saved step {step}; run the same command to '
+              'resume')
+    elif during == 'save':
+      text = (f'{name} received again: stopped without saving step {step}; '
+              'the newest complete checkpoint is kept; run the same command '
+              'to resume')
+    else:
+      text = (f'{name} received during the {during}: the checkpoint of step '
+              f'{step} is complete; run the same command to finish')
+    super().__init__(text)
+
+
+class _StopSignals:
+  """SIGTERM and SIGINT set `received` while training (the loop saves and
+  stops at the next chunk boundary); a second one, or one after training
+  (`immediate`), raises `Interrupted` at once. The previous handlers come
+  back on exit. Installs nothing outside the main thread."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received = None
+    self.immediate = False
+    self.step = 0
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None or self.immediate:
+      raise Interrupted(signum, self.step,
+                        'final evaluation' if self.immediate else 'save')
+    self.received = signum
+    logging.warning('%s received: saving at the end of this chunk, then '
+                    'stopping.', signal.Signals(signum).name)
+
+  def __enter__(self):
+    with contextlib.suppress(ValueError):  # Not the main thread.
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def any_received(self) -> bool:
+    """Whether any process received one (every process stops together)."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(
+        jnp.asarray(self.received is not None))
+    return bool(jnp.any(flags))
+
+
+def logged_steps(workdir: str) -> dict[str, int]:
+  """The last step each scalar was written for in `workdir`'s event files
+  (by earlier runs): a resumed run replays the steps after its checkpoint,
+  and those points are written already. Per tag: a kill can land after the
+  train scalars of a step were written and before its evaluation."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  last = {}
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents*')):
+    try:
+      for event in event_file_loader.EventFileLoader(path).Load():
+        for value in event.summary.value:
+          last[value.tag] = max(last.get(value.tag, -1), event.step)
+    except Exception:  # A file cut short by a kill: what was read counts.
+      continue
+  return last
+
+
+class _NewStepsOnly:
+  """A CLU writer that drops the scalars an earlier run wrote for the same
+  step (`logged_steps`), so TensorBoard shows each point once."""
+
+  def __init__(self, writer, logged: dict[str, int]):
+    self._writer = writer
+    self._logged = logged
+
+  def write_scalars(self, step, scalars):
+    new = {k: v for k, v in scalars.items()
+           if step > self._logged.get(k, -1)}
+    if new:
+      self._writer.write_scalars(step, new)
+
+  def __getattr__(self, name):
+    return getattr(self._writer, name)
+
+
 def _hparams_for_writer(config) -> dict:
   return {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
           for k, v in config.to_dict().items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> algorithms.MetaTrainState:
+                       workdir: str, *,
+                       allow_config_change: bool = False
+                       ) -> algorithms.MetaTrainState:
   """Meta-trains on `config`, checkpoints in `workdir`, evaluates at the end.
 
-  Resumes from the latest checkpoint in `workdir` if there is one.
+  Resumes from the newest readable checkpoint in `workdir` if there is one,
+  under the config saved there: a field that changes training must keep
+  its value unless `allow_config_change` (`workdir_lib.check_resume`).
 
   Returns:
     The final `MetaTrainState`.
+
+  Raises:
+    Interrupted: SIGTERM or SIGINT; the step reached is saved.
+    workdir_lib.WorkdirError: another run holds `workdir`, the config
+      differs from the saved one, or a write failed.
   """
+  num_devices = distributed.num_task_devices()
+  config_validation.validate(config, num_devices=num_devices)
   # Tasks, model, algorithm and state first: a bad config or bad data stops
   # the run before the workdir is touched.
   components = build_components(config)
+  # One run per workdir: the lock comes before anything is written.
+  first_process = jax.process_index() == 0
+  with (workdir_lib.lock(workdir) if first_process
+        else contextlib.nullcontext()):
+    with _StopSignals() as signals:
+      return _train_and_evaluate(config, workdir, components, signals,
+                                 num_devices=num_devices,
+                                 allow_config_change=allow_config_change)
+
+
+def _train_and_evaluate(config, workdir: str, components: Components,
+                        signals: _StopSignals, *, num_devices: int,
+                        allow_config_change: bool):
+  """`train_and_evaluate` in the locked workdir."""
   problem, algorithm = components.problem, components.algorithm
-
-  # Writer.
-  os.makedirs(workdir, exist_ok=True)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  writer.write_hparams(_hparams_for_writer(config))
-
+  first_process = jax.process_index() == 0
   # State.
   state = components.state
   rng = jax.random.key(config.seed)
 
-  # Restore.
+  # Restore, under the config the checkpoints were trained with.
   manager = checkpointing.create_manager(
       workdir, max_to_keep=config.max_checkpoints_to_keep)
-  state, rng = checkpointing.restore_latest(manager, state, rng)
+  latest = manager.latest_step()
+  saved = workdir_lib.read_config(workdir)
+  changes = []
+  if latest is not None and saved is not None:
+    changes = workdir_lib.check_resume(
+        saved, config, step=latest, num_devices=num_devices,
+        training_fields=config_validation.training_fields,
+        allow_change=allow_config_change)
+  state, rng = checkpointing.restore_latest(
+      manager, state, rng, set_aside_unreadable=first_process)
   first_step = int(state.step)
   if first_step >= config.num_train_steps:
+    # Before the writer: a finished run gains no event file.
     return _already_complete(config, problem, state, workdir,
-                             manager=manager, writer=writer)
+                             manager=manager)
+  if first_step:
+    if any(c['field'] == 'seed' for c in changes):
+      rng = jax.random.key(config.seed)  # The new seed's tasks from here.
+    if saved is None:
+      logging.warning('%s has checkpoints but no %s (written by an earlier '
+                      'version): saving this run\'s config there; later '
+                      'resumes are checked against it.', workdir,
+                      workdir_lib.CONFIG_NAME)
+  if first_process:  # The current run length, cadences, changes.
+    workdir_lib.write_config(
+        workdir, config, num_devices=num_devices,
+        previous=saved if first_step else None, changes=changes)
+
+  # Writer: a resumed run writes only the steps not written before.
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not first_process)
+  if first_step:
+    writer = _NewStepsOnly(writer, logged_steps(workdir))
+  writer.write_hparams(_hparams_for_writer(config))
 
   # Devices: the task axis is split over all of them, the state replicated.
   batch_sharding = None
-  if distributed.num_task_devices() > 1:
+  if num_devices > 1:
     mesh = distributed.task_mesh()
     batch_sharding = distributed.task_sharding(mesh)
     state, rng = distributed.replicate((state, rng), mesh)
@@ -480,12 +644,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # from the first step's hook call would divide by microseconds.
   for hook in (report_progress, hooks[-1]):
     hook(first_step)
+  every_secs = config.get('checkpoint_every_secs')
 
   # Loop.
   logging.info('Meta-training from step %s to %s (%s).', f'{first_step:,}',
                f'{config.num_train_steps:,}',
                'resumed from its checkpoint' if first_step else 'a new run')
   step = first_step
+  signals.step = step
+  saved_at = time.monotonic()
   train_metrics = None
   skipped = 0
   while step < config.num_train_steps:
@@ -514,20 +681,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     for s in range(previous + 1, step + 1):
       for hook in hooks:
         hook(s)
+    stopping = signals.any_received()
+    if manager.latest_step() == step:
+      saved_at = time.monotonic()
+    elif stopping or (every_secs is not None
+                      and time.monotonic() - saved_at >= every_secs):
+      checkpointing.save(manager, state, rng)
+      saved_at = time.monotonic()
+    signals.step = step
+    if stopping:
+      writer.flush()
+      manager.close()
+      raise Interrupted(signals.received or signal.SIGTERM, step, 'training')
 
-  # Final evaluation on the held-out tasks.
+  # Final evaluation on the held-out tasks; a signal now stops at once.
+  signals.immediate = True
+  if signals.received is not None:  # Came while resuming a finished run.
+    raise Interrupted(signals.received, step, 'final evaluation')
   with report_progress.timed('final_eval'):
     report = evaluate_and_report(config, problem, state.params, int(state.step),
                                  workdir, evaluator=evaluator,
                                  model_state=state.model_state)
   logging.info('Evaluation:\n%s', actions.format_table(report))
-  writer.flush()
   manager.close()
   return state
 
 
 def _already_complete(config, problem: Problem, state, workdir: str, *,
-                      manager, writer) -> algorithms.MetaTrainState:
+                      manager) -> algorithms.MetaTrainState:
   """A run whose checkpoint is at `num_train_steps`: one line, then the
   final evaluation once (the config's evaluation fields may have changed)."""
   step = int(state.step)
@@ -537,6 +718,5 @@ def _already_complete(config, problem: Problem, state, workdir: str, *,
   report = evaluate_and_report(config, problem, state.params, step, workdir,
                                model_state=state.model_state)
   logging.info('Evaluation:\n%s', actions.format_table(report))
-  writer.flush()
   manager.close()
   return state

@@ -19,6 +19,7 @@ from maml_plugin import train
 from maml_plugin import train_steps
 from maml_plugin.algorithms import maml
 from tests import event_files
+from tests.workdir_files import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POISONED = range(120, 140)  # Meta-steps (0-based) whose query targets are NaN.
@@ -47,16 +48,6 @@ def small_config(**overrides):
   config.checkpoint_every_steps = 50
   config.update(overrides)
   return config
-
-
-def snapshot(directory):
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, directory)] = f.read()
-  return out
 
 
 def test_nan_meta_loss_stops_with_step_and_quantity_keeping_last_good(
@@ -145,13 +136,18 @@ def copy_run(runs, tmp_path):
   return workdir
 
 
-def test_truncated_checkpoint_is_named_and_nothing_changes(runs, tmp_path):
+def test_no_readable_checkpoint_is_named_and_nothing_changes(runs, tmp_path):
+  """Every checkpoint truncated: one line naming the newest, no fallback to
+  a fresh start, not a byte of the workdir changed (no event file added).
+  (One unreadable checkpoint with an older one that reads falls back:
+  tests/test_long_runs.py.)"""
   workdir = copy_run(runs, tmp_path)
-  data = os.path.join(workdir, 'checkpoints', '100', 'default')
-  biggest = max((os.path.join(r, n) for r, _, ns in os.walk(data)
-                 for n in ns), key=os.path.getsize)
-  with open(biggest, 'r+b') as f:
-    f.truncate(7)
+  for step in (50, 100):
+    data = os.path.join(workdir, 'checkpoints', str(step), 'default')
+    biggest = max((os.path.join(r, n) for r, _, ns in os.walk(data)
+                   for n in ns), key=os.path.getsize)
+    with open(biggest, 'r+b') as f:
+      f.truncate(7)
   before = snapshot(workdir)
   with pytest.raises(checkpointing.CheckpointError) as err:
     train.train_and_evaluate(small_config(num_train_steps=150), workdir)
@@ -159,14 +155,17 @@ def test_truncated_checkpoint_is_named_and_nothing_changes(runs, tmp_path):
   assert message.startswith(
       f'checkpoint {os.path.join(workdir, "checkpoints", "100")} cannot be '
       'read'), message
+  assert message.endswith('no older checkpoint reads either (2 tried); '
+                          'nothing in the workdir was changed'), message
   assert '\n' not in message
-  after = snapshot(workdir)
-  assert {k: v for k, v in after.items() if 'events.out' not in k} == {
-      k: v for k, v in before.items() if 'events.out' not in k}
+  assert snapshot(workdir) == before
 
 
 def test_checkpoint_of_another_model_shape_is_named_one_line(runs, tmp_path):
+  """A workdir without config.json (written before it existed): the shapes
+  still name the change (with it, config.hidden_sizes is named first)."""
   workdir = copy_run(runs, tmp_path)
+  os.remove(os.path.join(workdir, 'config.json'))
   before = snapshot(os.path.join(workdir, 'checkpoints'))
   proc = subprocess.run(
       [sys.executable, '-m', 'maml_plugin.main',

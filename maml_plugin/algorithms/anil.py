@@ -40,7 +40,7 @@ class ANILHParams(base.HParams):
       None, check=fields.regex_or_none,
       allowed='None (the last layer) or a non-empty regular expression '
       'searched in parameter paths like layers/2/kernel/value')
-  remat_inner_steps: bool = fields.flag(False)
+  remat_inner_steps: bool = fields.flag(False, changes_training=False)
 
 
 def head_mask(params, head_filter: str | None) -> list[bool]:

@@ -76,7 +76,7 @@ class HParams(fields.Fields):
   task_batch_size: int | None = fields.field(
       None, check=fields.or_none(fields.positive_int),
       allowed='an int > 0 that divides config.meta_batch_size, or None '
-      '(all tasks in one vmap)')
+      '(all tasks in one vmap)', changes_training=False)  # Same update.
 
 
 TRAIN_STEPS = Registry('train_step', default_fields=HParams)

@@ -31,7 +31,7 @@ class MAMLHParams(base.HParams):
   """
 
   first_order: bool = fields.flag(False)
-  remat_inner_steps: bool = fields.flag(False)
+  remat_inner_steps: bool = fields.flag(False, changes_training=False)
 
 
 def sgd_meta_algorithm(*, loss_fn: core.LossFn,

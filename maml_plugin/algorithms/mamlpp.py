@@ -345,7 +345,7 @@ class MAMLPPHParams(base.HParams):
       allowed='a non-empty regular expression searched in parameter paths '
       'like blocks/0/scale/value')
   per_step_bn_stats: bool = fields.flag(False)
-  remat_inner_steps: bool = fields.flag(False)
+  remat_inner_steps: bool = fields.flag(False, changes_training=False)
   rate_meta_lr: float | None = base.rate_meta_lr_field()
 
 

@@ -36,7 +36,7 @@ class MetaSGDHParams(base.HParams):
     rate_meta_lr: the outer step size of the rates (`base.rate_meta_lr_field`).
   """
 
-  remat_inner_steps: bool = fields.flag(False)
+  remat_inner_steps: bool = fields.flag(False, changes_training=False)
   rate_meta_lr: float | None = base.rate_meta_lr_field()
 
 

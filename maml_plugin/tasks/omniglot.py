@@ -264,13 +264,15 @@ class OmniglotFields(fields.Fields):
 
   data_dir: str = fields.field(
       '', check=fields.string,
-      allowed=f"a folder path, or '' for ${DATA_DIR_ENV}")
+      allowed=f"a folder path, or '' for ${DATA_DIR_ENV}",
+      changes_training=False)  # Where the same files are.
   train_split: str = fields.choice(*SPLITS, default='vinyals_train')
-  eval_split: str = fields.choice(*SPLITS, default='vinyals_test')
+  eval_split: str = fields.choice(*SPLITS, default='vinyals_test',
+                                  changes_training=False)
   ways: int = fields.integer(at_least=2)
   num_support: int = fields.integer()
   num_query: int = fields.integer()
-  eval_num_query: int = fields.integer()
+  eval_num_query: int = fields.integer(changes_training=False)
   transductive: bool = fields.flag(True)
 
 

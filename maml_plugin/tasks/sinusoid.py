@@ -107,7 +107,7 @@ class SinusoidFields(fields.Fields):
 
   num_support: int = fields.integer()
   num_query: int = fields.integer()
-  num_plot_tasks: int = fields.integer(3, at_least=0)
+  num_plot_tasks: int = fields.integer(3, at_least=0, changes_training=False)
 
 
 def mse_loss(model, batch) -> jax.Array:
