@@ -2,10 +2,10 @@
 
 Usage::
 
-  python tools/mutation.py --list                    # modules, their tests
-  python tools/mutation.py --sample 20               # 20 mutants per module
-  python tools/mutation.py --module guards --module evaluation
-  python tools/mutation.py --module core --sample 10 --seed 1 --json out.json
+  python benchmarks/mutation.py --list                    # modules, their tests
+  python benchmarks/mutation.py --sample 20               # 20 mutants per module
+  python benchmarks/mutation.py --module guards --module evaluation
+  python benchmarks/mutation.py --module core --sample 10 --seed 1 --json out.json
 
 A mutant is one small change to one module's source, the kind of bug a
 reviewer worries about: an arithmetic sign flipped (``+`` <-> ``-``,
