@@ -22,6 +22,7 @@ protocol of configs/maml_omniglot.py. Arguments, comma-separated: `quick`
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg=None):
@@ -64,6 +65,7 @@ def get_config(arg=None):
   config.log_every_steps = 500
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 5_000
+  config.checkpoint_every_secs = config_dict.placeholder(float)
   config.max_checkpoints_to_keep = 3
   config.on_nonfinite = 'stop'
   # Held-out evaluation: 600 fixed tasks of eval_split, 15 query images per

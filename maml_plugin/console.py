@@ -31,6 +31,7 @@ from clu import periodic_actions
 import jax
 
 from maml_plugin import evaluation
+from maml_plugin import workdir as workdir_lib
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '-helpshort')
@@ -157,7 +158,7 @@ def describe_workdir(workdir: str) -> str:
   events = [n for n in names if n.startswith('events.out.tfevents')]
   parts = []
   for name in names:
-    if name in events:
+    if name in events or name == workdir_lib.LOCK_NAME:  # The run's, not a result.
       continue
     path = os.path.join(workdir, name)
     if name == 'checkpoints' and os.path.isdir(path):

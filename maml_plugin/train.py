@@ -578,10 +578,6 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   state, rng = checkpointing.restore_latest(
       manager, state, rng, set_aside_unreadable=first_process)
   first_step = int(state.step)
-  if first_step >= config.num_train_steps:
-    # Before the writer: a finished run gains no event file.
-    return _already_complete(config, problem, state, workdir,
-                             manager=manager)
   if first_step:
     if any(c['field'] == 'seed' for c in changes):
       rng = jax.random.key(config.seed)  # The new seed's tasks from here.
@@ -594,6 +590,11 @@ def _train_and_evaluate(config, workdir: str, components: Components,
     workdir_lib.write_config(
         workdir, config, num_devices=num_devices,
         previous=saved if first_step else None, changes=changes)
+
+  if first_step >= config.num_train_steps:
+    # Before the writer: a finished run gains no event file.
+    return _already_complete(config, problem, state, workdir,
+                             manager=manager)
 
   # Writer: a resumed run writes only the steps not written before.
   writer = metric_writers.create_default_writer(

@@ -67,7 +67,7 @@ def test_default_run_prints_start_progress_table_and_files_only(tiny_run):
   assert 'held-out mse after 0/1/2 inner steps: ' in progress[0]
   assert 'ETA ' in progress[0] and 'ETA' not in progress[1]
   assert lines[-1].startswith(f'In {workdir}: adaptation.png, checkpoints/ '
-                              '(steps 50, 100), evaluation.json, 1 '
+                              '(steps 50, 100), config.json, evaluation.json, 1 '
                               'TensorBoard event file'), text
 
 
@@ -134,8 +134,8 @@ def test_evaluate_misspelt_config_argument_is_get_configs_sentence():
   assert str(exit_info.value.code) == (
       "maml_plugin: bad config: --config=configs/maml_sine.py:quik: "
       "ValueError: get_config arg='quik': must be None or a comma-separated "
-      "list of 'quick' and one of ('maml', 'fomaml', 'reptile', 'metasgd', "
-      "'anil', 'mamlpp')")
+      "list of ('quick', 'paper') and one of ('maml', 'fomaml', 'reptile', "
+      "'metasgd', 'anil', 'mamlpp', 'imaml')")
 
 
 def test_format_duration():

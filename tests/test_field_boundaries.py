@@ -24,6 +24,7 @@ import pytest
 
 from configs import maml_omniglot
 from configs import maml_sine
+from configs import maml_tfds
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import train
@@ -43,6 +44,8 @@ def _base_config(kind: str, entry: str):
     return maml_sine.get_config('quick')
   if kind in ('task', 'model') and entry in ('omniglot', 'conv4'):
     return maml_omniglot.get_config('quick')
+  if kind == 'task' and entry == 'tfds_episodic':
+    return maml_tfds.get_config('quick')
   if kind == 'train_step':
     if entry in maml_sine.ALGORITHMS:
       return maml_sine.get_config(f'quick,{entry}')
@@ -171,8 +174,11 @@ def test_orbax_keeps_no_checkpoint_at_zero_so_the_config_refuses_it(
     manager = checkpointing.create_manager(str(tmp_path / str(keep)),
                                            max_to_keep=keep)
     for step in (1, 2):
-      checkpointing.save(manager, state.replace(step=jnp.int32(step)),
-                         jax.random.key(0))
+      try:
+        checkpointing.save(manager, state.replace(step=jnp.int32(step)),
+                           jax.random.key(0))
+      except checkpointing.CheckpointWriteError:
+        assert keep == 0  # orbax deleted the step before its digests.
     kept[keep] = manager.all_steps()
     manager.close()
   assert list(kept[1]) == [2]

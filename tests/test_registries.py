@@ -109,7 +109,7 @@ def test_a_users_algorithm_gets_its_own_field_from_the_config():
     ('model', 'mlpp', "config.model='mlpp': must be one of 'conv4', 'mlp', "
      "'norm_mlp'"),
     ('train_step', 'scaled', "config.train_step='scaled': must be one of "
-     "'anil', 'fomaml', 'maml'"),  # ... and 'scaled_maml', checked below
+     "'anil', 'fomaml', 'imaml', 'maml'"),  # ... and 'scaled_maml', checked below
     ('hidden_sizes', (4,), "config.hidden_sizes: unknown field for task "
      "'line_tasks', model 'norm_mlp' and train_step 'scaled_maml'"),
     ('imports', ('examples.my_project.nope',),

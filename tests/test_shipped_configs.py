@@ -231,8 +231,8 @@ BAD_FLAGS = [
     (['--config=configs/maml_sine.py:quik'],
      "maml_plugin: bad config: --config=configs/maml_sine.py:quik: "
      "ValueError: get_config arg='quik': must be None or a comma-separated "
-     "list of 'quick' and one of ('maml', 'fomaml', 'reptile', 'metasgd', "
-     "'anil', 'mamlpp')"),
+     "list of ('quick', 'paper') and one of ('maml', 'fomaml', 'reptile', "
+     "'metasgd', 'anil', 'mamlpp', 'imaml')"),
     (['--config=configs/maml_sin.py'],
      "maml_plugin: bad config: --config=configs/maml_sin.py: no file "
      "'configs/maml_sin.py' and no shipped config named 'maml_sin' "

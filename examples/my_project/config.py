@@ -9,6 +9,7 @@ tests). Any field can be overridden, the project's own included, e.g.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg=None):
@@ -45,6 +46,7 @@ def get_config(arg=None):
   config.log_every_steps = 500
   config.eval_every_steps = 2_500
   config.checkpoint_every_steps = 2_500
+  config.checkpoint_every_secs = config_dict.placeholder(float)
   config.max_checkpoints_to_keep = 2
   config.eval_seed = 1
   config.num_eval_tasks = 600
