@@ -540,9 +540,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       differs from the saved one, or a write failed.
   """
   num_devices = distributed.num_task_devices()
-  config_validation.validate(config, num_devices=num_devices)
-  # Tasks, model, algorithm and state first: a bad config or bad data stops
-  # the run before the workdir is touched.
+  # Validation, tasks, model, algorithm and state first (`build_components`
+  # validates for this device count): a bad config or bad data stops the run
+  # before the workdir is touched.
   components = build_components(config)
   # One run per workdir: the lock comes before anything is written.
   first_process = jax.process_index() == 0
