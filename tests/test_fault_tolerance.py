@@ -42,7 +42,7 @@ def make_poisoned_train_step(hparams, *, loss_fn, tx):
 
 
 def small_config(**overrides):
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.num_eval_tasks = 10
   config.num_plot_tasks = 0
   config.checkpoint_every_steps = 50
@@ -169,7 +169,7 @@ def test_checkpoint_of_another_model_shape_is_named_one_line(runs, tmp_path):
   before = snapshot(os.path.join(workdir, 'checkpoints'))
   proc = subprocess.run(
       [sys.executable, '-m', 'maml_plugin.main',
-       '--config=configs/maml_sine.py:quick', f'--workdir={workdir}',
+       '--config=configs/maml_sine.py:maml,quick', f'--workdir={workdir}',
        '--config.hidden_sizes=20,20'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1
