@@ -35,6 +35,7 @@ import ast
 import copy
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import random
@@ -43,6 +44,8 @@ import signal
 import sys
 import tempfile
 import time
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,6 +112,11 @@ class Mutant:
   kind: str
   line: int
   description: str
+  # The lines whose execution runs the mutated code: the node's own lines
+  # and the first line of the statement holding it (a tracer reports a
+  # statement spread over several lines on its first line or on each).
+  lines: tuple[int, ...] = ()
+  code: str = ''  # the original line, stripped (names equivalent mutants)
 
 
 def _is_docstring(node, parent) -> bool:
@@ -225,14 +233,35 @@ def _replace(tree, old, new):
   raise AssertionError('node not found')
 
 
+def _statements(tree) -> dict[int, ast.stmt]:
+  """id(node) -> the innermost statement holding it."""
+  out = {}
+  def visit(node, stmt):
+    if isinstance(node, ast.stmt):
+      stmt = node
+    out[id(node)] = stmt
+    for child in ast.iter_child_nodes(node):
+      visit(child, stmt)
+  visit(tree, None)
+  return out
+
+
 def mutants_of(path: str) -> list[Mutant]:
   with open(os.path.join(REPO, path)) as f:
-    tree = ast.parse(f.read())
+    text = f.read()
+  tree = ast.parse(text)
+  source_lines = text.splitlines()
   nodes = list(_walk(tree))
+  stmts = _statements(tree)
   out = []
   for i, (pos, kind, desc) in enumerate(_sites(tree)):
-    out.append(Mutant(path, i, kind, getattr(nodes[pos], 'lineno', 0),
-                      desc))
+    node = nodes[pos]
+    line = getattr(node, 'lineno', 0)
+    lines = set(range(line, (getattr(node, 'end_lineno', None) or line) + 1))
+    if stmts.get(id(node)) is not None:
+      lines.add(stmts[id(node)].lineno)
+    out.append(Mutant(path, i, kind, line, desc, tuple(sorted(lines)),
+                      source_lines[line - 1].strip() if line else ''))
   return out
 
 
@@ -255,30 +284,111 @@ def _copy_tree(dest: str) -> None:
       shutil.copy(os.path.join(REPO, name), dest)
 
 
-def _run_tests(root: str, tests: list[str], timeout: float) -> tuple[str, float]:
-  """'passed', 'failed' or 'timeout', and seconds; pytest in a forked child."""
+class _Contexts:
+  """A pytest plugin that names the coverage context after what runs: a
+  test's setup, call or teardown, or a fixture being built (a module-scoped
+  fixture is built once, in the setup of its first test, but every test
+  that requests it depends on what it computed)."""
+
+  def __init__(self, cov):
+    self.cov = cov
+    self.context = ''
+    self.fixtures = {}   # node id -> the fixture names it requests
+    self.seconds = {}    # node id -> setup + call + teardown seconds
+    self.order = []      # node ids in collection order
+
+  def _switch(self, context):
+    self.context = context
+    self.cov.switch_context(context)
+
+  def pytest_collection_modifyitems(self, items):
+    self.order = [item.nodeid for item in items]
+    self.fixtures = {item.nodeid: list(getattr(item, 'fixturenames', ()))
+                     for item in items}
+
+  def pytest_runtest_logreport(self, report):
+    self.seconds[report.nodeid] = (self.seconds.get(report.nodeid, 0.0)
+                                   + report.duration)
+
+  def _during(self, context):
+    saved = self.context
+    self._switch(context)
+    yield
+    self._switch(saved)
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_setup(self, item):
+    yield from self._during(f'{item.nodeid}|setup')
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_call(self, item):
+    yield from self._during(f'{item.nodeid}|run')
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_teardown(self, item):
+    yield from self._during(f'{item.nodeid}|teardown')
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_fixture_setup(self, fixturedef):
+    yield from self._during(f'fixture|{fixturedef.argname}')
+
+
+def _run_tests(root: str, tests: list[str], timeout: float,
+               coverage_of: list[str] | None = None) -> tuple[str, float]:
+  """'passed', 'failed', 'crashed' or 'timeout', and seconds.
+
+  pytest runs in a forked child. With `coverage_of` (paths relative to
+  `root`), the child records which test executed which line of those files
+  into root/coverage.db and the test list into root/coverage.json.
+  """
   start = time.time()
   log = os.path.join(root, 'pytest.log')
   pid = os.fork()
   if pid == 0:  # Child: a fresh interpreter state for the package and tests.
+    code = 3
     try:
       fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
       os.dup2(fd, 1)
       os.dup2(fd, 2)
       os.chdir(root)
       sys.path.insert(0, root)
-      import pytest  # pylint: disable=g-import-not-at-top
-      code = pytest.main(['-x', '-q', '-p', 'no:cacheprovider',
-                          '-W', 'ignore', *tests])
+      args = ['-x', '-q', '-p', 'no:cacheprovider', '-W', 'ignore', *tests]
+      if coverage_of is None:
+        code = pytest.main(args)
+      else:
+        import coverage  # pylint: disable=g-import-not-at-top
+        cov = coverage.Coverage(
+            data_file=os.path.join(root, 'coverage.db'), config_file=False,
+            include=[os.path.join(root, p) for p in coverage_of])
+        plugin = _Contexts(cov)
+        cov.start()
+        try:
+          code = pytest.main(args, plugins=[plugin])
+        finally:
+          cov.stop()
+          cov.save()
+        with open(os.path.join(root, 'coverage.json'), 'w') as f:
+          json.dump(dict(order=plugin.order, fixtures=plugin.fixtures,
+                         seconds=plugin.seconds), f)
     except BaseException:  # pylint: disable=broad-except
+      import traceback  # pylint: disable=g-import-not-at-top
+      traceback.print_exc()
       code = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(int(code))
   deadline = start + timeout
   while True:
     done, status = os.waitpid(pid, os.WNOHANG)
     if done:
       code = os.waitstatus_to_exitcode(status)
-      return ('passed' if code == 0 else 'failed'), time.time() - start
+      if code in (4, 5):  # Usage error, no tests: not the mutant's doing.
+        with open(log) as f:
+          raise SystemExit(f'pytest exited {code} on {tests}:\n'
+                           f'{f.read()[-3000:]}')
+      outcome = ('passed' if code == 0 else 'crashed' if code < 0
+                 else 'failed')
+      return outcome, time.time() - start
     if time.time() > deadline:
       os.kill(pid, signal.SIGKILL)
       os.waitpid(pid, 0)
@@ -286,20 +396,164 @@ def _run_tests(root: str, tests: list[str], timeout: float) -> tuple[str, float]
     time.sleep(0.2)
 
 
+def _folder_digest(folder: str) -> str:
+  """A hash of every file under `folder` (names and contents)."""
+  h = hashlib.sha256()
+  for full in sorted(glob.glob(os.path.join(folder, '**', '*'),
+                               recursive=True)):
+    if os.path.isfile(full) and '__pycache__' not in full:
+      h.update(os.path.relpath(full, folder).encode() + b'\0')
+      with open(full, 'rb') as f:
+        h.update(hashlib.sha256(f.read()).digest())
+  return h.hexdigest()
+
+
+def _digest(*parts: str) -> str:
+  return hashlib.sha256('\0'.join(parts).encode()).hexdigest()[:20]
+
+
+def _tree_digest() -> str:
+  """The package and configs as they are (what every test imports)."""
+  return _digest(*(_folder_digest(os.path.join(REPO, name))
+                   for name in ('maml_plugin', 'configs', 'examples')))
+
+
+def coverage_map(root: str, paths: list[str], tests: list[str],
+                 cache_dir: str) -> dict:
+  """Which tests execute which line: ``{'lines': {path: {line: [node ids]}},
+  'order': [node ids], 'seconds': {node id: s}, 'seconds_total': s}``.
+
+  Runs `tests` once under coverage (unless a map for the same sources, test
+  folder and test list is cached) with one context per test phase and per
+  fixture. A line run by a fixture maps to every test that requests the
+  fixture; a line run outside any test (at import or collection) maps to
+  every test.
+  """
+  tests_dir = os.path.join(root, tests[0].split('/')[0])
+  key = _digest(_tree_digest(), _folder_digest(tests_dir), *tests)
+  cached = os.path.join(cache_dir, f'coverage_{key}.json')
+  if os.path.exists(cached):
+    with open(cached) as f:
+      return json.load(f)
+  import coverage  # pylint: disable=g-import-not-at-top
+  for name in ('coverage.db', 'coverage.json'):
+    if os.path.exists(os.path.join(root, name)):
+      os.remove(os.path.join(root, name))
+  outcome, seconds = _run_tests(root, tests, timeout=3600, coverage_of=paths)
+  if outcome != 'passed':
+    with open(os.path.join(root, 'pytest.log')) as f:
+      tail = f.read()[-3000:]
+    raise SystemExit(f'the unmutated tests {tests} {outcome}:\n{tail}')
+  with open(os.path.join(root, 'coverage.json')) as f:
+    meta = json.load(f)
+  order = meta['order']
+  users = {}
+  for node, names in meta['fixtures'].items():
+    for name in names:
+      users.setdefault(name, []).append(node)
+
+  def nodes_of(context):
+    if not context:
+      return order
+    name, _, phase = context.rpartition('|')
+    if context.startswith('fixture|'):
+      return users.get(context[len('fixture|'):], [])
+    del phase
+    return [name]
+
+  data = coverage.CoverageData(os.path.join(root, 'coverage.db'))
+  data.read()
+  data.set_query_contexts(None)
+  lines = {}
+  real_root = os.path.realpath(root)
+  for measured in data.measured_files():
+    rel = os.path.relpath(os.path.realpath(measured), real_root)
+    if rel not in paths:
+      continue
+    per_line = {}
+    for line, contexts in data.contexts_by_lineno(measured).items():
+      nodes = set()
+      for context in contexts:
+        nodes.update(nodes_of(context))
+      per_line[str(line)] = sorted(nodes, key=order.index)
+    lines[rel] = per_line
+  result = dict(lines=lines, order=order, seconds=meta['seconds'],
+                seconds_total=seconds, tests=tests,
+                tests_digest=_digest(_tree_digest(),
+                                     _folder_digest(tests_dir)))
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(cached, 'w') as f:
+    json.dump(result, f)
+  return result
+
+
+def tests_for(mutant: Mutant, cmap: dict) -> list[str]:
+  """The node ids, in collection order, of the tests that execute the
+  mutant's lines."""
+  per_line = cmap['lines'].get(mutant.path, {})
+  nodes = set()
+  for line in mutant.lines or (mutant.line,):
+    nodes.update(per_line.get(str(line), ()))
+  return [n for n in cmap['order'] if n in nodes]
+
+
+def _run_mutant(root: str, source: str, nodes: list[str], cmap: dict,
+                timeout: float | None, cache_dir: str) -> tuple[str, float]:
+  """The outcome of `nodes` on the mutated tree; a pass, a failure or a
+  crash is kept in `cache_dir` under the mutant's source, the test folder
+  and the node ids, so a rerun after adding tests only runs what changed
+  (a timeout is not kept: it may be the machine's load)."""
+  if not nodes:
+    return 'not covered', 0.0
+  key = _digest(hashlib.sha256(source.encode()).hexdigest(),
+                cmap['tests_digest'], *nodes)
+  cached = os.path.join(cache_dir, 'outcomes', key)
+  if os.path.exists(cached):
+    with open(cached) as f:
+      return f.read().strip(), 0.0
+  outcome, seconds = _run_tests(root, nodes, _limit(nodes, cmap, timeout))
+  if outcome != 'timeout':
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    with open(cached, 'w') as f:
+      f.write(outcome)
+  return outcome, seconds
+
+
+def _limit(nodes: list[str], cmap: dict, timeout: float | None) -> float:
+  """Seconds a mutant's run may take: `timeout`, or 5x what the selected
+  tests took under coverage (itself slower than a plain run), at least
+  300 s; a mutant that loops forever still ends, and load does not."""
+  if timeout:
+    return timeout
+  return max(300.0, 5 * sum(cmap['seconds'].get(n, 0.0) for n in nodes))
+
+
+# Mutants judged equivalent (no test can tell them from the original), by
+# (path, the original line stripped, description). They are run like the
+# others and printed, but left out of the score's denominator.
+EQUIVALENT = {}
+
+
+def _score(killed: int, run: int, equivalent: int) -> float:
+  n = run - equivalent
+  return 100.0 * killed / n if n else float('nan')
+
+
 def run_module(name: str, root: str, *, sample: int | None, seed: int,
-               timeout: float | None, verbose: bool,
+               timeout: float | None, verbose: bool, cache_dir: str,
                baseline: bool = False, progress=None) -> dict:
   patterns, tests = MODULES[name]
+  paths = sorted(os.path.relpath(p, REPO) for pat in patterns
+                 for p in glob.glob(os.path.join(REPO, pat)))
+  paths = [p for p in paths if not p.endswith('__init__.py')]
   # With a baseline, a mutant first meets the baseline's tests (copied to
-  # tests_before/): killed there, it is killed before and after; surviving,
-  # it meets this tree's tests, which decide the score after.
+  # tests_before/) that execute its line: killed there, it counts as killed
+  # before and after (this tree's tests keep the baseline's); surviving, it
+  # meets this tree's tests, which decide the score after.
   before = ([t.replace('tests/', 'tests_before/', 1) for t in tests
              if os.path.exists(os.path.join(root, t.replace(
                  'tests/', 'tests_before/', 1).split('::')[0]))]
             if baseline else [])
-  paths = sorted(os.path.relpath(p, REPO) for pat in patterns
-                 for p in glob.glob(os.path.join(REPO, pat)))
-  paths = [p for p in paths if not p.endswith('__init__.py')]
   tests = [t for t in tests
            if os.path.exists(os.path.join(REPO, t.split('::')[0]))]
   mutants = [m for p in paths for m in mutants_of(p)]
@@ -307,18 +561,15 @@ def run_module(name: str, root: str, *, sample: int | None, seed: int,
   if sample is not None and sample < total:
     mutants = random.Random(f'{seed}:{name}').sample(mutants, sample)
     mutants.sort(key=lambda m: (m.path, m.line, m.index))
-  outcome, seconds = _run_tests(root, tests, timeout=3600)
-  if before and outcome == 'passed':
-    outcome, more = _run_tests(root, before, timeout=3600)
-    seconds += more
-  if outcome != 'passed':
-    with open(os.path.join(root, 'pytest.log')) as f:
-      tail = f.read()[-3000:]
-    raise SystemExit(f'{name}: the unmutated tests {outcome}:\n{tail}')
-  limit = timeout or max(60.0, 3 * seconds)
+  start = time.time()
+  cmap = coverage_map(root, paths, tests, cache_dir)
+  cmap_before = coverage_map(root, paths, before, cache_dir) if before else {}
   print(f'[{name}] {total} mutants in {len(paths)} files, running '
-        f'{len(mutants)}; tests {" ".join(tests)} take {seconds:.0f}s '
-        f'unmutated (timeout {limit:.0f}s)', flush=True)
+        f'{len(mutants)}; tests {" ".join(tests)}: {len(cmap["order"])} '
+        f'tests, {cmap["seconds_total"]:.0f}s under coverage'
+        + (f'; baseline {len(cmap_before["order"])} tests' if before
+           else '') + f' (maps ready in {time.time() - start:.0f}s)',
+        flush=True)
   results = []
   for m in mutants:
     source = mutated_source(REPO, m)
@@ -329,34 +580,54 @@ def run_module(name: str, root: str, *, sample: int | None, seed: int,
       original = f.read()
     with open(target, 'w') as f:
       f.write(source)
+    seconds = 0.0
+    outcome_before = None
     try:
-      killed_before = None
       if before:
-        outcome, seconds = _run_tests(root, before, limit)
-        killed_before = outcome != 'passed'
-      if not killed_before:
-        outcome, more = _run_tests(root, tests, limit)
-        seconds = more if killed_before is None else seconds + more
+        outcome_before, seconds = _run_mutant(
+            root, source, tests_for(m, cmap_before), cmap_before, timeout,
+            cache_dir)
+      if outcome_before in ('failed', 'crashed'):
+        outcome, selected = outcome_before, None
+      else:
+        nodes = tests_for(m, cmap)
+        selected = len(nodes)
+        outcome, more = _run_mutant(root, source, nodes, cmap, timeout,
+                                    cache_dir)
+        seconds += more
     finally:
       with open(target, 'w') as f:
         f.write(original)
-    killed = outcome != 'passed'
+    killed = outcome in ('failed', 'crashed')
+    equivalent = EQUIVALENT.get((m.path, m.code, m.description))
     results.append(dict(dataclasses.asdict(m), outcome=outcome,
-                        killed=killed, killed_before=killed_before,
+                        killed=killed, outcome_before=outcome_before,
+                        killed_before=(outcome_before in ('failed', 'crashed')
+                                       if before else None),
+                        tests_run=selected, equivalent=equivalent,
                         seconds=round(seconds, 1)))
-    if verbose or not killed or killed_before is False:
-      note = ('' if killed_before is None else
-              ' killed by the baseline' if killed_before else
-              ' survived the baseline')
+    if verbose or not killed or outcome_before not in (None, 'failed',
+                                                       'crashed'):
+      note = '' if outcome_before is None else f'; before: {outcome_before}'
       print(f'  {"killed " if killed else "SURVIVED"} {m.path}:{m.line} '
-            f'{m.description} ({outcome}, {seconds:.0f}s{note})', flush=True)
+            f'{m.description} ({outcome}, {selected} tests, {seconds:.0f}s'
+            f'{note})' + (f' [equivalent: {equivalent}]' if equivalent
+                          else ''), flush=True)
     if progress:
       progress(results)
-  killed = sum(r['killed'] for r in results)
+
+  def count(key, value=True):
+    return sum(r[key] == value for r in results)
   return dict(module=name, total_mutants=total, run=len(results),
-              killed=killed,
-              killed_before=(sum(bool(r['killed_before']) for r in results)
-                             if before else None),
+              killed=count('killed'),
+              killed_before=count('killed_before') if before else None,
+              not_covered=count('outcome', 'not covered'),
+              not_covered_before=(count('outcome_before', 'not covered')
+                                  if before else None),
+              timeouts=count('outcome', 'timeout'),
+              timeouts_before=(count('outcome_before', 'timeout')
+                               if before else None),
+              equivalent=sum(bool(r['equivalent']) for r in results),
               survivors=[r for r in results if not r['killed']],
               results=results)
 
@@ -369,13 +640,17 @@ def main(argv=None) -> None:
                       help='mutants drawn per module group (default: all)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--timeout', type=float, default=None,
-                      help='seconds per mutant (default: 3x the unmutated '
-                      'tests, at least 60)')
+                      help='seconds per mutant run (default: 5x what its '
+                      'tests took under coverage, at least 300)')
   parser.add_argument('--json', default=None, help='write the results here')
   parser.add_argument('--baseline', default=None,
                       help='another checkout (e.g. a detached worktree of an '
                       'older commit): also score the mutants against its '
                       'tests, the "before" column')
+  parser.add_argument('--cache', default=os.path.join(
+      os.path.expanduser('~'), '.cache', 'maml_plugin_mutation'),
+                      help='coverage maps and compiled XLA programs are kept '
+                      'here between runs (default: %(default)s)')
   parser.add_argument('--list', action='store_true',
                       help='print the module groups, mutant counts, tests')
   parser.add_argument('-v', '--verbose', action='store_true',
@@ -397,15 +672,16 @@ def main(argv=None) -> None:
       shutil.copytree(os.path.join(args.baseline, 'tests'),
                       os.path.join(root, 'tests_before'),
                       ignore=shutil.ignore_patterns('__pycache__'))
-    # Compiled XLA programs persist across the forked runs: a mutant
-    # recompiles only the functions its change touches.
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(root, 'xla_cache')
+    # Compiled XLA programs persist across the forked runs (and across
+    # invocations): a mutant recompiles only the functions it changes.
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(args.cache, 'xla')
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     for module in PRELOAD:
       __import__(module)
     os.environ['PYTHONPATH'] = root + os.pathsep + os.environ.get(
         'PYTHONPATH', '')
-    def progress(results, name=None):
+
+    def progress(results):
       if args.json:  # Partial results survive an interrupted run.
         with open(args.json + '.partial', 'w') as f:
           json.dump(summary + [dict(module='(running)', results=results)],
@@ -414,20 +690,25 @@ def main(argv=None) -> None:
     for name in names:
       summary.append(run_module(name, root, sample=args.sample,
                                 seed=args.seed, timeout=args.timeout,
-                                verbose=args.verbose,
+                                verbose=args.verbose, cache_dir=args.cache,
                                 baseline=bool(args.baseline),
                                 progress=progress))
-  print('\nmodule          mutants  run  killed  score  (baseline)')
+  print('\nmodule          mutants  run  equiv  before  after  '
+        'not covered  timeouts  score (before)')
   for s in summary:
-    score = 100.0 * s['killed'] / s['run'] if s['run'] else float('nan')
-    base = ''
-    if s['killed_before'] is not None and s['run']:
-      base = f'  ({100.0 * s["killed_before"] / s["run"]:5.1f}%)'
+    base = s['killed_before']
     print(f'{s["module"]:<15} {s["total_mutants"]:>7} {s["run"]:>4} '
-          f'{s["killed"]:>7}  {score:5.1f}%{base}')
+          f'{s["equivalent"]:>6} {"-" if base is None else base:>7} '
+          f'{s["killed"]:>6} {s["not_covered"]:>12} {s["timeouts"]:>9}  '
+          f'{_score(s["killed"], s["run"], s["equivalent"]):5.1f}%'
+          + ('' if base is None else
+             f' ({_score(base, s["run"], s["equivalent"]):5.1f}%)'))
   for s in summary:
     for r in s['survivors']:
-      print(f'survived: {r["path"]}:{r["line"]} {r["description"]}')
+      print(f'survived: {r["path"]}:{r["line"]} {r["description"]} '
+            f'({r["outcome"]})'
+            + (f' [equivalent: {r["equivalent"]}]' if r['equivalent']
+               else ''))
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(summary, f, indent=1)

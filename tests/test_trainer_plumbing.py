@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import maml_sine
 from maml_plugin import checkpointing
 from maml_plugin import core
 from maml_plugin import guards
@@ -21,6 +22,8 @@ from maml_plugin import train
 from maml_plugin import train_steps
 from maml_plugin.metrics import TrainMetrics
 from maml_plugin.tasks import SinusoidTasks
+from tests import event_files
+from tests.nan_steps import register_nan_query_step
 
 META_BATCH = 3
 NUM_STEPS = 6
@@ -142,6 +145,29 @@ def test_max_checkpoints_to_keep_keeps_that_many_latest(tmp_path):
   manager.close()
 
 
+def test_checkpoint_of_another_shape_names_the_leaf_and_both_shapes(
+    tmp_path):
+  """Pins the shape check before a restore (`_check_shapes`): a stored
+  leaf compared only when it is missing (``in`` -> ``not in``), or not at
+  all, lets orbax fail instead, and the user reads "cannot be read" for a
+  checkpoint that is fine but belongs to another model."""
+  tx = optax.sgd(0.1)
+  saved = train_steps.MetaTrainState.create(
+      {'b': jnp.zeros(2), 'w': jnp.zeros(3)}, tx).replace(step=jnp.int32(4))
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  checkpointing.save(manager, saved, jax.random.key(0))
+  other = train_steps.MetaTrainState.create(
+      {'b': jnp.zeros(2), 'w': jnp.zeros(5)}, tx)
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    checkpointing.restore_latest(manager, other, jax.random.key(1))
+  manager.close()
+  path = tmp_path / 'checkpoints' / '4'
+  assert str(err.value) == (
+      f"checkpoint {path} does not match this config's model: "
+      'state.params.w has shape (3,) there, (5,) here (another hidden_sizes '
+      'or task?); use another --workdir')
+
+
 def _residual_norm_loss(p, batch):
   # Finite (0) where the residual is exactly zero, its gradient there 0/0.
   return jnp.linalg.norm(batch['x'] @ p['w'] - batch['y'])
@@ -255,3 +281,26 @@ def test_task_batch_j_holds_tasks_j_j_plus_n_and_so_on():
   for members in ([0, 2, 4, 6], [1, 3, 5, 7]):
     assert sorted(blocks[members]) == [0, 1, 2, 3]
 
+
+
+register_nan_query_step('maml_nan_on_steps_1_2_for_tests', range(1, 3))
+
+
+def test_skipped_updates_are_counted_per_log_interval(tmp_path):
+  """Pins the trainer's skipped-update counter: reset to anything but 0
+  after each log (1 makes every later interval count one skip too many),
+  never reset (the count accumulates over the run), or subtracted. Four
+  meta-steps logged one by one, NaN targets on the second and third."""
+  config = maml_sine.get_config('quick')
+  config.update(dict(train_step='maml_nan_on_steps_1_2_for_tests',
+                     on_nonfinite='skip', num_train_steps=4,
+                     steps_per_call=1, log_every_steps=1, eval_every_steps=4,
+                     checkpoint_every_steps=4, meta_batch_size=2,
+                     num_eval_tasks=2, eval_num_inner_steps=1,
+                     num_plot_tasks=0))
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4
+  scalars = event_files.read_scalars(str(tmp_path))
+  skipped = {step: int(v[0]) for (tag, step), v in scalars.items()
+             if tag == 'train/skipped_updates'}
+  assert skipped == {1: 0, 2: 1, 3: 1, 4: 0}
