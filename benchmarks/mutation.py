@@ -66,7 +66,8 @@ MODULES = {
                    ['tests/test_report_numbers.py',
                     'tests/test_evaluation.py']),
     'checkpointing': (['maml_plugin/checkpointing.py'],
-                      ['tests/test_trainer_plumbing.py',
+                      ['tests/test_checkpointing.py',
+                       'tests/test_trainer_plumbing.py',
                        'tests/test_train.py']),
     'guards': (['maml_plugin/guards.py'],
                ['tests/test_guards.py', 'tests/test_trainer_plumbing.py']),
@@ -531,7 +532,34 @@ def _limit(nodes: list[str], cmap: dict, timeout: float | None) -> float:
 # Mutants judged equivalent (no test can tell them from the original), by
 # (path, the original line stripped, description). They are run like the
 # others and printed, but left out of the score's denominator.
-EQUIVALENT = {}
+_FINITE_TOGETHER = (
+    'only whether the value is finite is used (it is printed only when it '
+    'is not), and total/count and total*count are finite together for a '
+    'positive finite count')
+_STEP_AT_LEAST_1 = (
+    'a recorded bad step is the state\'s step after the update, at least 1 '
+    '(steps count from 0 and each update adds 1), so < 0 and < 1, >= 0 and '
+    '>= 1 agree on every value it takes (-1 or >= 1)')
+EQUIVALENT = {
+    ('maml_plugin/guards.py', 'loss = metrics.query_loss_after.total / '
+     'metrics.query_loss_after.count', 'Div -> Mult'): _FINITE_TOGETHER,
+    ('maml_plugin/guards.py', 'grad_norm = metrics.meta_grad_norm.total / '
+     'metrics.meta_grad_norm.count', 'Div -> Mult'): _FINITE_TOGETHER,
+    ('maml_plugin/guards.py', 'first = (report.first_bad_step < 0) & ~ok',
+     '0 -> 1'): _STEP_AT_LEAST_1,
+    ('maml_plugin/guards.py', 'if int(report.first_bad_step) >= 0:',
+     '0 -> 1'): _STEP_AT_LEAST_1,
+    ('maml_plugin/checkpointing.py',
+     "for block in iter(lambda: f.read(1 << 20), b''):", '20 -> 21'):
+        'the block size of a read; the digest of the file is the same',
+    ('maml_plugin/checkpointing.py', "json.dumps(digests, indent=1, "
+     "sort_keys=True) + '\\n')", '1 -> 2'):
+        'the indentation of sha256.json; it is read as JSON',
+    ('maml_plugin/checkpointing.py', 'enable_async_checkpointing=False))',
+     'False -> True'):
+        '`save` waits for the write to finish before writing the digests, '
+        'asynchronous or not',
+}
 
 
 def _score(killed: int, run: int, equivalent: int) -> float:
