@@ -118,6 +118,9 @@ class Mutant:
   # statement spread over several lines on its first line or on each).
   lines: tuple[int, ...] = ()
   code: str = ''  # the original line, stripped (names equivalent mutants)
+  # In a type annotation of a module with ``from __future__ import
+  # annotations``: never evaluated, so equivalent.
+  in_annotation: bool = False
 
 
 def _is_docstring(node, parent) -> bool:
@@ -247,6 +250,25 @@ def _statements(tree) -> dict[int, ast.stmt]:
   return out
 
 
+def _unevaluated_annotations(tree) -> set[int]:
+  """ids of the nodes inside annotations, when the module postpones their
+  evaluation (``from __future__ import annotations``)."""
+  if not any(isinstance(node, ast.ImportFrom) and node.module == '__future__'
+             and any(a.name == 'annotations' for a in node.names)
+             for node in tree.body):
+    return set()
+  roots = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.arg) and node.annotation is not None:
+      roots.append(node.annotation)
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+        node.returns is not None):
+      roots.append(node.returns)
+    elif isinstance(node, ast.AnnAssign):
+      roots.append(node.annotation)
+  return {id(n) for root in roots for n in ast.walk(root)}
+
+
 def mutants_of(path: str) -> list[Mutant]:
   with open(os.path.join(REPO, path)) as f:
     text = f.read()
@@ -254,6 +276,7 @@ def mutants_of(path: str) -> list[Mutant]:
   source_lines = text.splitlines()
   nodes = list(_walk(tree))
   stmts = _statements(tree)
+  annotations = _unevaluated_annotations(tree)
   out = []
   for i, (pos, kind, desc) in enumerate(_sites(tree)):
     node = nodes[pos]
@@ -262,7 +285,8 @@ def mutants_of(path: str) -> list[Mutant]:
     if stmts.get(id(node)) is not None:
       lines.add(stmts[id(node)].lineno)
     out.append(Mutant(path, i, kind, line, desc, tuple(sorted(lines)),
-                      source_lines[line - 1].strip() if line else ''))
+                      source_lines[line - 1].strip() if line else '',
+                      id(node) in annotations))
   return out
 
 
@@ -559,7 +583,18 @@ EQUIVALENT = {
      'False -> True'):
         '`save` waits for the write to finish before writing the digests, '
         'asynchronous or not',
+    ('maml_plugin/evaluation.py',
+     'for k in range(wanted[-1] if wanted else 0):', '0 -> 1'):
+        'with no step asked for, one inner step more is computed and '
+        'nothing is returned either way',
 }
+
+
+def equivalent(mutant: Mutant) -> str | None:
+  """Why `mutant` is equivalent, or None."""
+  if mutant.in_annotation:
+    return 'a type annotation, never evaluated (postponed annotations)'
+  return EQUIVALENT.get((mutant.path, mutant.code, mutant.description))
 
 
 def _score(killed: int, run: int, equivalent: int) -> float:
@@ -627,20 +662,20 @@ def run_module(name: str, root: str, *, sample: int | None, seed: int,
       with open(target, 'w') as f:
         f.write(original)
     killed = outcome in ('failed', 'crashed')
-    equivalent = EQUIVALENT.get((m.path, m.code, m.description))
+    why = equivalent(m)
     results.append(dict(dataclasses.asdict(m), outcome=outcome,
                         killed=killed, outcome_before=outcome_before,
                         killed_before=(outcome_before in ('failed', 'crashed')
                                        if before else None),
-                        tests_run=selected, equivalent=equivalent,
+                        tests_run=selected, equivalent=why,
                         seconds=round(seconds, 1)))
     if verbose or not killed or outcome_before not in (None, 'failed',
                                                        'crashed'):
       note = '' if outcome_before is None else f'; before: {outcome_before}'
       print(f'  {"killed " if killed else "SURVIVED"} {m.path}:{m.line} '
             f'{m.description} ({outcome}, {selected} tests, {seconds:.0f}s'
-            f'{note})' + (f' [equivalent: {equivalent}]' if equivalent
-                          else ''), flush=True)
+            f'{note})' + (f' [equivalent: {why}]' if why else ''),
+            flush=True)
     if progress:
       progress(results)
 

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from maml_plugin import actions
+from maml_plugin import core
 from maml_plugin import evaluation
 from maml_plugin import losses
 
@@ -85,6 +86,28 @@ def test_adapted_params_at_are_the_sgd_iterates_by_hand(x64):
   for p, (w, b) in zip(got, expected):
     np.testing.assert_allclose(p['w'][0, 0], w, rtol=1e-10)
     np.testing.assert_allclose(p['b'][0], b, rtol=1e-10)
+  # Step 0 only when asked for (``and`` -> ``or`` adds it to every list).
+  (only,) = evaluation.adapted_params_at(
+      _loss, jax.tree.map(jnp.asarray, PARAMS), support, inner_lr=INNER_LR,
+      steps=(2,))
+  np.testing.assert_allclose(only['w'][0, 0], expected[1][0], rtol=1e-10)
+
+
+def test_the_loss_after_k_steps_is_the_inner_loops_loss_at_k(x64):
+  """Pins the step index handed to ``InnerLoop.loss_at`` (MAML++ measures
+  with step k's batch-norm statistics): after k inner steps the curve uses
+  ``loss_at(loss_fn, k)``, not k + 1 or k - 1. The loss at step k is the
+  plain query MSE plus 1000 k, so each column shows the k it was given."""
+  del x64
+  tasks = _tasks()
+  loop = core.sgd_inner_loop(_loss, INNER_LR)._replace(
+      loss_at=lambda fn, k: lambda p, batch: fn(p, batch) + 1000.0 * k)
+  curves = evaluation.adaptation_curves(
+      _loss, jax.tree.map(jnp.asarray, PARAMS), tasks, max_steps=MAX_STEPS,
+      inner_loop=loop)
+  np.testing.assert_allclose(
+      curves, _curves_by_hand(tasks) + 1000.0 * np.arange(MAX_STEPS + 1),
+      rtol=1e-10)
 
 
 CURVES = np.array([[2.0, 1.0, 0.5],
@@ -125,12 +148,17 @@ def test_summary_equals_scipy_on_the_finite_tasks(metric):
 
 def test_mean_and_ci95_of_two_values_by_hand():
   """Pins the formula at its smallest case: values 1 and 3 have sample std
-  sqrt(2), so ci95 = 1.96 * sqrt(2) / sqrt(2) = 1.96."""
+  sqrt(2), so ci95 = 1.96 * sqrt(2) / sqrt(2) = 1.96; and `summarize`
+  accepting two tasks (a limit of 3 refuses them) but not one."""
   mean, ci95 = evaluation.mean_and_ci95([1.0, 3.0])
   assert mean == 2.0
   assert ci95 == pytest.approx(1.96, rel=1e-12)
   with pytest.raises(ValueError, match='num_tasks=1'):
     evaluation.mean_and_ci95([1.0])
+  summary = evaluation.summarize(np.array([[1.0], [3.0]]))
+  assert (summary[0].mean, summary[0].ci95) == (2.0, pytest.approx(1.96))
+  with pytest.raises(ValueError, match='num_tasks=1'):
+    evaluation.summarize(np.array([[1.0]]))
 
 
 def test_report_carries_the_summary_of_every_step():
