@@ -8,9 +8,11 @@ mean, ci95 and median with SciPy on the same per-task values.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
+import maml_plugin
 from maml_plugin import actions
 from maml_plugin import core
 from maml_plugin import evaluation
@@ -35,18 +37,20 @@ def _tasks():
 PARAMS = {'w': np.array([[0.4]]), 'b': np.array([-0.1])}
 
 
-def _curves_by_hand(tasks):
-  """Query MSE after 0..MAX_STEPS SGD steps on the support MSE, per task:
-  d/dw mean((xw + b - y)^2) = 2 mean(x (xw + b - y)), d/db = 2 mean(.)."""
+def _curves_by_hand(tasks, scale=1.0):
+  """Query loss after 0..MAX_STEPS SGD steps on the support loss, per task,
+  for the loss `scale` * MSE: d/dw mean((xw + b - y)^2) =
+  2 mean(x (xw + b - y)), d/db = 2 mean(.)."""
   out = np.zeros((NUM_TASKS, MAX_STEPS + 1))
+  lr = INNER_LR * scale
   for t in range(NUM_TASKS):
     w, b = PARAMS['w'][0, 0], PARAMS['b'][0]
     xs, ys = tasks['support']['x'][t, :, 0], tasks['support']['y'][t, :, 0]
     xq, yq = tasks['query']['x'][t, :, 0], tasks['query']['y'][t, :, 0]
     for k in range(MAX_STEPS + 1):
-      out[t, k] = np.mean((xq * w + b - yq) ** 2)
+      out[t, k] = scale * np.mean((xq * w + b - yq) ** 2)
       r = xs * w + b - ys
-      w, b = w - INNER_LR * 2 * np.mean(xs * r), b - INNER_LR * 2 * np.mean(r)
+      w, b = w - lr * 2 * np.mean(xs * r), b - lr * 2 * np.mean(r)
   return out
 
 
@@ -63,6 +67,25 @@ def test_adaptation_curves_equal_sgd_by_hand(x64, task_batch_size):
   curves = evaluator(jax.tree.map(jnp.asarray, PARAMS))
   assert curves.shape == (NUM_TASKS, MAX_STEPS + 1)
   np.testing.assert_allclose(curves, _curves_by_hand(tasks), rtol=1e-10)
+
+
+def test_the_evaluator_adapts_with_its_own_loss_not_the_training_loss(x64):
+  """Pins ``FewShotEvaluator(inner_loop_for=algorithm.eval_inner_loop)``
+  (what the trainer passes): the inner loop adapts on the evaluator's loss
+  (a model's evaluation loss, e.g. dropout off), not on the algorithm's
+  training loss; the arguments of ``inner_loop_for`` swapped fall back to
+  the training loss. Here the evaluation loss is twice the training loss,
+  so SGD on it takes twice the step."""
+  del x64
+  tasks = _tasks()
+  algorithm = maml_plugin.make_algorithm(
+      'maml', loss_fn=_loss, tx=optax.sgd(0.1), inner_lr=INNER_LR,
+      num_inner_steps=1)
+  evaluator = evaluation.FewShotEvaluator(
+      lambda p, batch: 2.0 * _loss(p, batch), tasks, max_steps=MAX_STEPS,
+      inner_loop_for=algorithm.eval_inner_loop)
+  np.testing.assert_allclose(evaluator(jax.tree.map(jnp.asarray, PARAMS)),
+                             _curves_by_hand(tasks, scale=2.0), rtol=1e-10)
 
 
 def test_adapted_params_at_are_the_sgd_iterates_by_hand(x64):
