@@ -8,6 +8,9 @@ what the non-finite guard does inside the fused loop, and which tasks share
 a task batch, each against an independent computation.
 """
 
+import dataclasses
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -304,3 +307,32 @@ def test_skipped_updates_are_counted_per_log_interval(tmp_path):
   skipped = {step: int(v[0]) for (tag, step), v in scalars.items()
              if tag == 'train/skipped_updates'}
   assert skipped == {1: 0, 2: 1, 3: 1, 4: 0}
+
+
+def test_train_state_holds_the_models_state_mapped_by_the_algorithm():
+  """Pins `create_train_state`: a model's state besides its params (batch
+  statistics) goes through the algorithm's ``init_model_state`` into the
+  state (``is None`` -> ``is not None`` drops it, and maps a parameter-only
+  model's None instead)."""
+  algorithm = train_steps.make_algorithm(
+      'maml', loss_fn=lambda p, batch: jnp.sum(p['w']), tx=optax.sgd(0.1),
+      inner_lr=0.1, num_inner_steps=1)
+  seen = []
+
+  def init_model_state(model_state):
+    seen.append(model_state)
+    return {'mean': model_state['mean'] + 1.0}
+
+  algorithm = dataclasses.replace(algorithm,
+                                  init_model_state=init_model_state)
+  params = {'w': jnp.ones(2)}
+  with_state = types.SimpleNamespace(init_params=params,
+                                     model_state={'mean': jnp.zeros(3)})
+  state = train.create_train_state(with_state, algorithm, optax.sgd(0.1))
+  np.testing.assert_array_equal(state.model_state['mean'], [1.0, 1.0, 1.0])
+  np.testing.assert_array_equal(state.params['w'], [1.0, 1.0])
+  assert int(state.step) == 0
+  without = types.SimpleNamespace(init_params=params, model_state=None)
+  assert train.create_train_state(without, algorithm,
+                                  optax.sgd(0.1)).model_state is None
+  assert len(seen) == 1
