@@ -477,7 +477,7 @@ def coverage_map(root: str, paths: list[str], tests: list[str],
   every test.
   """
   tests_dir = os.path.join(root, tests[0].split('/')[0])
-  key = _digest('map v2', _tree_digest(), _folder_digest(tests_dir), *tests)
+  key = _digest('map v3', _tree_digest(), _folder_digest(tests_dir), *tests)
   cached = os.path.join(cache_dir, f'coverage_{key}.json')
   if os.path.exists(cached):
     with open(cached) as f:
@@ -524,10 +524,25 @@ def coverage_map(root: str, paths: list[str], tests: list[str],
         nodes.update(nodes_of(context))
       per_line[str(line)] = sorted(nodes, key=order.index)
     lines[rel] = per_line
+  # What a test's outcome depends on besides the mutant: the tree, its own
+  # file, and the folder's other modules (conftest.py, helpers).
+  files = {}
+  helpers = hashlib.sha256(_tree_digest().encode())
+  top = os.path.dirname(tests_dir)
+  for full in sorted(glob.glob(os.path.join(tests_dir, '**', '*'),
+                               recursive=True)):
+    if not os.path.isfile(full) or '__pycache__' in full:
+      continue
+    with open(full, 'rb') as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+    rel = os.path.relpath(full, top)
+    if os.path.basename(full).startswith('test_'):
+      files[rel] = digest
+    else:
+      helpers.update(f'{rel}\0{digest}\0'.encode())
   result = dict(lines=lines, order=order, seconds=meta['seconds'],
-                seconds_total=seconds, tests=tests,
-                tests_digest=_digest(_tree_digest(),
-                                     _folder_digest(tests_dir)))
+                seconds_total=seconds, tests=tests, file_digests=files,
+                helpers_digest=helpers.hexdigest())
   os.makedirs(cache_dir, exist_ok=True)
   with open(cached, 'w') as f:
     json.dump(result, f)
@@ -547,13 +562,16 @@ def tests_for(mutant: Mutant, cmap: dict) -> list[str]:
 def _run_mutant(root: str, source: str, nodes: list[str], cmap: dict,
                 timeout: float | None, cache_dir: str) -> tuple[str, float]:
   """The outcome of `nodes` on the mutated tree; a pass, a failure or a
-  crash is kept in `cache_dir` under the mutant's source, the test folder
-  and the node ids, so a rerun after adding tests only runs what changed
-  (a timeout is not kept: it may be the machine's load)."""
+  crash is kept in `cache_dir` under the mutant's source, the tree, the
+  node ids, their test files and the test folder's helper modules, so a
+  rerun after adding tests only runs what they change (a timeout is not
+  kept: it may be the machine's load)."""
   if not nodes:
     return 'not covered', 0.0
+  files = dict.fromkeys(n.split('::')[0] for n in nodes)
   key = _digest(hashlib.sha256(source.encode()).hexdigest(),
-                cmap['tests_digest'], *nodes)
+                cmap['helpers_digest'],
+                *(cmap['file_digests'][f] for f in files), *nodes)
   cached = os.path.join(cache_dir, 'outcomes', key)
   if os.path.exists(cached):
     with open(cached) as f:
