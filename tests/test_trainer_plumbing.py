@@ -9,6 +9,8 @@ a task batch, each against an independent computation.
 """
 
 import dataclasses
+import logging as std_logging
+import signal
 import types
 
 import jax
@@ -336,3 +338,94 @@ def test_train_state_holds_the_models_state_mapped_by_the_algorithm():
   assert train.create_train_state(without, algorithm,
                                   optax.sgd(0.1)).model_state is None
   assert len(seen) == 1
+
+
+def test_report_without_an_evaluator_builds_the_configs_one(tmp_path):
+  """Pins `evaluate_and_report` called without an evaluator (a user's own
+  loop): it builds the config's (``or`` -> ``and`` leaves None, and the
+  arguments of `create_algorithm` swapped inside `create_evaluator` fail);
+  the step-0 mean is the query loss of the unadapted params, averaged over
+  the held-out tasks by hand."""
+  config = maml_sine.get_config('quick')
+  config.update(dict(num_eval_tasks=3, eval_num_inner_steps=1,
+                     num_plot_tasks=0))
+  problem = train.create_problem(config)
+  report = train.evaluate_and_report(config, problem, problem.init_params,
+                                     7, str(tmp_path))
+  assert (report['train_step'], report['num_tasks']) == (7, 3)
+  assert sorted(report['inner_steps']) == ['0', '1']
+  held_out = problem.tasks.held_out(seed=config.eval_seed, num_tasks=3,
+                                    num_query=config.eval_num_query)
+  losses = [float(problem.loss_fn(problem.init_params,
+                                  jax.tree.map(lambda a, i=i: a[i],
+                                               held_out['query'])))
+            for i in range(3)]
+  assert report['inner_steps']['0']['mean'] == pytest.approx(
+      np.mean(losses), rel=1e-5)
+  assert (tmp_path / 'evaluation.json').exists()
+
+
+def _record(pathname, level, message):
+  return std_logging.LogRecord('absl', level, pathname, 1, message, None,
+                               None)
+
+
+def test_library_log_filter_drops_orbax_info_and_thread_tracebacks():
+  """Pins the log filter: our records always pass (a filter that returns
+  False for them silences the run), orbax's INFO lines and its threads'
+  "raised an exception" tracebacks are dropped, its warnings kept."""
+  keep = train._DropLibraryInfo().filter
+  assert keep(_record('/x/maml_plugin/train.py', std_logging.INFO, 'ours'))
+  assert not keep(_record('/x/orbax/checkpoint/a.py', std_logging.INFO,
+                          'wrote a file'))
+  assert keep(_record('/x/orbax/checkpoint/a.py', std_logging.WARNING,
+                      'a warning'))
+  assert not keep(_record('/x/orbax/checkpoint/a.py', std_logging.ERROR,
+                          'thread raised an exception'))
+
+
+def test_stop_signals_first_asks_to_save_then_interrupt():
+  """Pins the signal handler and its messages: the first SIGTERM only asks
+  the loop to save at the chunk's end, a second one (or one after training)
+  raises at once, each naming what happened to the step."""
+  signals = train._StopSignals()
+  signals.step = 40
+  signals._handle(signal.SIGTERM, None)
+  assert signals.received == signal.SIGTERM and signals.any_received()
+  with pytest.raises(train.Interrupted) as err:
+    signals._handle(signal.SIGINT, None)
+  assert str(err.value) == ('SIGINT received again: stopped without saving '
+                            'step 40; the newest complete checkpoint is '
+                            'kept; run the same command to resume')
+  after = train._StopSignals()
+  after.immediate, after.step = True, 50
+  with pytest.raises(train.Interrupted) as err:
+    after._handle(signal.SIGTERM, None)
+  assert str(err.value) == ('SIGTERM received during the final evaluation: '
+                            'the checkpoint of step 50 is complete; run the '
+                            'same command to finish')
+  assert not train._StopSignals().any_received()
+  assert str(train.Interrupted(signal.SIGTERM, 30, 'training')) == (
+      'SIGTERM received: saved step 30; run the same command to resume')
+
+
+class _Writer:
+
+  def __init__(self):
+    self.written = []
+
+  def write_scalars(self, step, scalars):
+    self.written.append((step, scalars))
+
+
+def test_a_resumed_run_writes_only_the_steps_not_logged_yet():
+  """Pins `_NewStepsOnly`: a scalar is written only for steps after the
+  last one logged for its tag (``>`` -> ``>=`` writes the last logged step
+  twice), and nothing at all when every tag is logged."""
+  writer = _Writer()
+  new_only = train._NewStepsOnly(writer, {'train/loss': 100, 'eval/mse': 50})
+  new_only.write_scalars(50, {'train/loss': 1.0, 'eval/mse': 2.0})
+  new_only.write_scalars(100, {'train/loss': 3.0, 'eval/mse': 4.0})
+  new_only.write_scalars(150, {'train/loss': 5.0})
+  assert writer.written == [(100, {'eval/mse': 4.0}),
+                            (150, {'train/loss': 5.0})]
