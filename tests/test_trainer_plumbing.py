@@ -9,7 +9,9 @@ a task batch, each against an independent computation.
 """
 
 import dataclasses
+import json
 import logging as std_logging
+import os
 import signal
 import types
 
@@ -291,24 +293,77 @@ def test_task_batch_j_holds_tasks_j_j_plus_n_and_so_on():
 register_nan_query_step('maml_nan_on_steps_1_2_for_tests', range(1, 3))
 
 
-def test_skipped_updates_are_counted_per_log_interval(tmp_path):
-  """Pins the trainer's skipped-update counter: reset to anything but 0
-  after each log (1 makes every later interval count one skip too many),
-  never reset (the count accumulates over the run), or subtracted. Four
-  meta-steps logged one by one, NaN targets on the second and third."""
+def _four_steps_config(**overrides):
+  """Four meta-steps, one per chunk, each logged; NaN targets on the second
+  and third; evaluated (on two tasks) and saved at step 4 only."""
   config = maml_sine.get_config('quick')
   config.update(dict(train_step='maml_nan_on_steps_1_2_for_tests',
-                     on_nonfinite='skip', num_train_steps=4,
-                     steps_per_call=1, log_every_steps=1, eval_every_steps=4,
-                     checkpoint_every_steps=4, meta_batch_size=2,
-                     num_eval_tasks=2, eval_num_inner_steps=1,
-                     num_plot_tasks=0))
-  state = train.train_and_evaluate(config, str(tmp_path))
+                     num_train_steps=4, steps_per_call=1, log_every_steps=1,
+                     eval_every_steps=4, checkpoint_every_steps=4,
+                     meta_batch_size=2, num_eval_tasks=2,
+                     eval_num_inner_steps=1, num_plot_tasks=0))
+  config.update(overrides)
+  return config
+
+
+def test_skipped_updates_are_counted_per_log_interval(tmp_path, caplog):
+  """Pins the trainer's skipped-update counter: reset to anything but 0
+  after each log (1 makes every later interval count one skip too many),
+  never reset (the count accumulates over the run), or subtracted. Also
+  pins the progress line at the evaluation step showing that evaluation's
+  means (the progress line given another action than the evaluation shows
+  none)."""
+  config = _four_steps_config(on_nonfinite='skip')
+  with caplog.at_level(std_logging.INFO):
+    state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4
   scalars = event_files.read_scalars(str(tmp_path))
   skipped = {step: int(v[0]) for (tag, step), v in scalars.items()
              if tag == 'train/skipped_updates'}
   assert skipped == {1: 0, 2: 1, 3: 1, 4: 0}
+  text = (tmp_path / 'evaluation.json').read_text()
+  assert text, os.listdir(tmp_path)
+  means = [json.loads(text)['inner_steps'][k]['mean'] for k in ('0', '1')]
+  lines = [r.getMessage() for r in caplog.records
+           if r.getMessage().startswith('step 4/4 (100%)')]
+  assert len(lines) == 1, lines
+  assert lines[0].endswith(
+      f'; held-out mse after 0/1 inner steps: {means[0]:.3f} / '
+      f'{means[1]:.3f}'), lines[0]
+
+
+def test_stop_before_any_checkpoint_says_none_was_written(tmp_path):
+  """Pins the stop message when the first bad step comes before any
+  checkpoint (``is not None`` -> ``is None`` names a checkpoint "step
+  None")."""
+  config = _four_steps_config(on_nonfinite='stop')
+  with pytest.raises(guards.NonFiniteError) as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(err.value).startswith('meta-step 2: meta-loss'), str(err.value)
+  assert str(err.value).endswith(
+      '; stopped, no checkpoint had been written yet'), str(err.value)
+
+
+def test_a_stop_request_saves_the_step_before_stopping(tmp_path,
+                                                       monkeypatch):
+  """Pins the save on a stop request (SIGTERM) between checkpoints: the
+  loop saves the step it reached, then raises `train.Interrupted` naming it
+  (``stopping or ...`` -> ``and`` stops without saving). The request is
+  made to arrive after the second chunk."""
+  calls = []
+
+  def received_after_two_chunks(self):
+    calls.append(1)
+    return len(calls) >= 2
+
+  monkeypatch.setattr(train._StopSignals, 'any_received',
+                      received_after_two_chunks)
+  config = _four_steps_config(on_nonfinite='skip')
+  with pytest.raises(train.Interrupted) as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(err.value) == ('SIGTERM received: saved step 2; run the same '
+                            'command to resume')
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
 
 
 def test_train_state_holds_the_models_state_mapped_by_the_algorithm():
