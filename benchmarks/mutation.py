@@ -1,11 +1,13 @@
 """Mutation testing: do the fast tests notice small bugs in the core modules?
 
-Usage::
+Usage (needs ``pip install coverage``)::
 
   python benchmarks/mutation.py --list                    # modules, their tests
   python benchmarks/mutation.py --sample 20               # 20 mutants per module
   python benchmarks/mutation.py --module guards --module evaluation
   python benchmarks/mutation.py --module core --sample 10 --seed 1 --json out.json
+  git worktree add /tmp/base <older commit>
+  python benchmarks/mutation.py --sample 25 --baseline /tmp/base   # before/after
 
 A mutant is one small change to one module's source, the kind of bug a
 reviewer worries about: an arithmetic sign flipped (``+`` <-> ``-``,
@@ -13,19 +15,33 @@ reviewer worries about: an arithmetic sign flipped (``+`` <-> ``-``,
 swapped (``<`` <-> ``<=``, ``==`` <-> ``!=``, ``and`` <-> ``or``,
 ``&`` <-> ``|``), an integer constant off by one, a term dropped from a
 sum (``a + b`` -> ``a``), the first two arguments of a call swapped, a
-``True``/``False`` default flipped. Each mutant is written into a private
-copy of the working tree and the module's fast tests (`MODULES`) run
-against it with ``pytest -x`` in a fresh process forked from a parent that
-has already imported JAX, Flax, optax and orbax (the import alone takes
-seconds); a mutant that makes a test fail or time out is killed, one that
-passes every test survives and is printed with its line. Code in error
-messages, log calls and docstrings is not mutated (a changed message is
-not a changed result).
+``True``/``False`` default flipped. Code in error messages, log calls and
+docstrings is not mutated (a changed message is not a changed result).
 
-The score per module is killed / mutants. `--sample N` draws N mutants per
-module (seeded by `--seed`, the same draw for the same source), since a
-full run takes hours on a CPU: each mutant pays a pytest start and the
-tests' XLA compilations. Not part of the test suite.
+Per-line test selection: the module group's tests (`MODULES`) first run
+once under coverage, with one context per test phase and per fixture, which
+gives the map line -> tests that execute it (JAX traces Python under jit,
+so lines of jitted functions count where they are traced; a line run by a
+module-scoped fixture maps to every test that requests the fixture, a line
+run at import to every test). The map is cached (``--cache``) under a hash
+of the package and the test folder. Each mutant is written into a private
+copy of the working tree and only the tests that execute its lines run,
+with ``pytest -x`` in a process forked from a parent that has already
+imported JAX, Flax, optax and orbax (the import alone takes seconds). A run
+that fails or crashes kills the mutant. A mutant on a line no test executes
+is "not covered"; one whose run passes the time limit is a "timeout"; both
+are counted and printed apart, and neither counts as killed. Outcomes are
+cached too, under the mutated source and the selected tests' files, so a
+rerun after adding tests only runs what those tests change.
+
+Mutants no test can tell from the original (`EQUIVALENT`, each with the
+reason, and changes inside annotations that are never evaluated) are named,
+not run (``--run-equivalent`` runs them), and left out of the score, which
+per module group is killed / (mutants - equivalent). `--sample N` draws N
+mutants per module group (seeded by `--seed`, the same draw for the same
+source). With `--baseline`, each mutant first meets the baseline's tests
+(the "before" column; this tree's tests keep the baseline's, so a mutant
+killed there counts as killed after too). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -56,7 +72,8 @@ MODULES = {
     'core': (['maml_plugin/core.py'],
              ['tests/test_core.py', 'tests/test_trainer_plumbing.py::'
               'test_task_batch_j_holds_tasks_j_j_plus_n_and_so_on',
-              'tests/test_train_steps.py']),
+              'tests/test_train_steps.py', 'tests/test_nnx_state.py',
+              'tests/test_algorithms.py']),
     'train_steps': (['maml_plugin/algorithms/*.py'],
                     ['tests/test_train_steps.py',
                      'tests/test_algorithms.py']),
@@ -613,6 +630,8 @@ EQUIVALENT = {
      '0 -> 1'): _STEP_AT_LEAST_1,
     ('maml_plugin/guards.py', 'if int(report.first_bad_step) >= 0:',
      '0 -> 1'): _STEP_AT_LEAST_1,
+    ('maml_plugin/train.py', "if int(report.first_bad_step) >= 0 and "
+     "config.on_nonfinite == 'stop':", '0 -> 1'): _STEP_AT_LEAST_1,
     ('maml_plugin/checkpointing.py',
      "for block in iter(lambda: f.read(1 << 20), b''):", '20 -> 21'):
         'the block size of a read; the digest of the file is the same',
@@ -648,7 +667,8 @@ def _score(killed: int, run: int, equivalent: int) -> float:
 
 def run_module(name: str, root: str, *, sample: int | None, seed: int,
                timeout: float | None, verbose: bool, cache_dir: str,
-               baseline: bool = False, progress=None) -> dict:
+               baseline: bool = False, run_equivalent: bool = False,
+               progress=None) -> dict:
   patterns, tests = MODULES[name]
   paths = sorted(os.path.relpath(p, REPO) for pat in patterns
                  for p in glob.glob(os.path.join(REPO, pat)))
@@ -682,6 +702,15 @@ def run_module(name: str, root: str, *, sample: int | None, seed: int,
     source = mutated_source(REPO, m)
     if source is None:
       continue
+    why = equivalent(m)
+    if why and not run_equivalent:
+      results.append(dict(dataclasses.asdict(m), outcome='equivalent',
+                          killed=False, outcome_before='equivalent' if before
+                          else None, killed_before=False if before else None,
+                          tests_run=0, equivalent=why, seconds=0.0))
+      print(f'  equivalent {m.path}:{m.line} {m.description}: {why}',
+            flush=True)
+      continue
     target = os.path.join(root, m.path)
     with open(os.path.join(REPO, m.path)) as f:
       original = f.read()
@@ -706,7 +735,6 @@ def run_module(name: str, root: str, *, sample: int | None, seed: int,
       with open(target, 'w') as f:
         f.write(original)
     killed = outcome in ('failed', 'crashed')
-    why = equivalent(m)
     results.append(dict(dataclasses.asdict(m), outcome=outcome,
                         killed=killed, outcome_before=outcome_before,
                         killed_before=(outcome_before in ('failed', 'crashed')
@@ -758,6 +786,10 @@ def main(argv=None) -> None:
       os.path.expanduser('~'), '.cache', 'maml_plugin_mutation'),
                       help='coverage maps and compiled XLA programs are kept '
                       'here between runs (default: %(default)s)')
+  parser.add_argument('--run-equivalent', action='store_true',
+                      help='also run the mutants named equivalent (by '
+                      '`EQUIVALENT` or in a postponed annotation); they stay '
+                      'out of the score')
   parser.add_argument('--list', action='store_true',
                       help='print the module groups, mutant counts, tests')
   parser.add_argument('-v', '--verbose', action='store_true',
@@ -799,6 +831,7 @@ def main(argv=None) -> None:
                                 seed=args.seed, timeout=args.timeout,
                                 verbose=args.verbose, cache_dir=args.cache,
                                 baseline=bool(args.baseline),
+                                run_equivalent=args.run_equivalent,
                                 progress=progress))
   print('\nmodule          mutants  run  equiv  before  after  '
         'not covered  timeouts  score (before)')
