@@ -619,8 +619,8 @@ _FINITE_TOGETHER = (
     'positive finite count')
 _STEP_AT_LEAST_1 = (
     'a recorded bad step is the state\'s step after the update, at least 1 '
-    '(steps count from 0 and each update adds 1), so < 0 and < 1, >= 0 and '
-    '>= 1 agree on every value it takes (-1 or >= 1)')
+    '(steps count from 0 and each update adds 1), so < 0 and < 1, >= 0, > 0 '
+    'and >= 1 agree on every value it takes (-1 or >= 1)')
 EQUIVALENT = {
     ('maml_plugin/guards.py', 'loss = metrics.query_loss_after.total / '
      'metrics.query_loss_after.count', 'Div -> Mult'): _FINITE_TOGETHER,
@@ -630,6 +630,8 @@ EQUIVALENT = {
      '0 -> 1'): _STEP_AT_LEAST_1,
     ('maml_plugin/guards.py', 'if int(report.first_bad_step) >= 0:',
      '0 -> 1'): _STEP_AT_LEAST_1,
+    ('maml_plugin/guards.py', 'if int(report.first_bad_step) >= 0:',
+     'GtE -> Gt'): _STEP_AT_LEAST_1,
     ('maml_plugin/train.py', "if int(report.first_bad_step) >= 0 and "
      "config.on_nonfinite == 'stop':", '0 -> 1'): _STEP_AT_LEAST_1,
     ('maml_plugin/checkpointing.py',
