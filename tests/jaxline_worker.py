@@ -38,7 +38,7 @@ SNAPSHOT_STEP = 3
 
 
 def small_config():
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.update(dict(num_train_steps=NUM_STEPS, meta_batch_size=8,
                      steps_per_call=1, log_every_steps=1,
                      eval_every_steps=SNAPSHOT_STEP,

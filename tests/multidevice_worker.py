@@ -28,7 +28,7 @@ from maml_plugin import train
 
 
 def small_config(**overrides):
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.update(dict(meta_batch_size=24, num_train_steps=50,
                      log_every_steps=50, eval_every_steps=50,
                      checkpoint_every_steps=50, num_eval_tasks=10,

@@ -42,7 +42,7 @@ BAD_VALUES = [
                          ids=[f'{f}={v!r}' for f, v, _ in BAD_VALUES])
 def test_bad_value_names_field_value_and_rule(field, value, message):
   # A plain dict: ConfigDict's own type check would stop a wrong type first.
-  config = maml_sine.get_config('quick').to_dict()
+  config = maml_sine.get_config('maml,quick').to_dict()
   config[field] = value
   with pytest.raises(ConfigError) as err:
     config_validation.validate(config)
@@ -199,26 +199,37 @@ def test_task_batch_size_must_divide_the_meta_batch_and_the_devices():
 # What the sinusoid default changes from the paper, per algorithm
 # (docs/sinusoid.md): {field: (default, paper)}.
 SINE_DEFAULT_VS_PAPER = {
-    'maml': {'inner_lr': (0.005, 0.01)},
+    # The default (no algorithm named): MAML's objective averaged over two
+    # inner steps, as the 'mamlpp' step with its other parts off.
+    None: {'train_step': ('mamlpp', 'maml'), 'num_inner_steps': (2, 1),
+           'learn_inner_lr': (False, None), 'first_order_steps': (0, None),
+           'first_order': (None, False)},
+    'maml': {},
     'anil': {},
     'metasgd': {},
     'fomaml': {}, 'reptile': {}, 'mamlpp': {},
 }
 
 
-@pytest.mark.parametrize('algorithm', sorted(SINE_DEFAULT_VS_PAPER))
+@pytest.mark.parametrize('algorithm', list(SINE_DEFAULT_VS_PAPER))
 def test_sine_default_differs_from_paper_only_where_documented(algorithm):
   """Pins the documented stable defaults and that `paper` restores the
   paper's numbers: a changed default, a `paper` that forgets a field or a
   default that changes an undocumented one fails here."""
   default = maml_sine.get_config(algorithm).to_dict()
-  paper = maml_sine.get_config(f'{algorithm},paper').to_dict()
+  paper = maml_sine.get_config(
+      'paper' if algorithm is None else f'{algorithm},paper').to_dict()
   differs = {k: (default.get(k), paper.get(k))
              for k in set(default) | set(paper)
              if default.get(k) != paper.get(k)}
   assert differs == SINE_DEFAULT_VS_PAPER[algorithm]
   assert maml_sine.get_config('paper').inner_lr == 0.01
-  assert maml_sine.get_config().inner_lr == 0.005
+  assert maml_sine.get_config().inner_lr == 0.01
+  # The default's multi-step loss weights stay uniform (never annealed).
+  assert maml_sine.get_config().msl_anneal_steps is None
+  assert maml_sine.get_config('maml').to_dict() == maml_sine.get_config(
+      'paper').to_dict()
   # `quick` composes with `paper`: only the budget changes.
-  quick = maml_sine.get_config(f'{algorithm},paper,quick')
+  quick = maml_sine.get_config(
+      'paper,quick' if algorithm is None else f'{algorithm},paper,quick')
   assert quick.inner_lr == paper['inner_lr']

@@ -158,7 +158,7 @@ def test_a_run_whose_evaluation_diverges_reports_counts_and_medians(
   from configs import maml_sine  # pylint: disable=g-import-not-at-top
   from maml_plugin import train  # pylint: disable=g-import-not-at-top
   from tests import event_files  # pylint: disable=g-import-not-at-top
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.inner_lr = 0.05
   config.num_eval_tasks = 20
   config.num_plot_tasks = 1  # The figure draws a diverged fit too.

@@ -274,6 +274,34 @@ def test_mamlpp_learned_per_step_rates_match_finite_differences():
   np.testing.assert_allclose(float(g_flat @ v), float(fd), rtol=1e-6)
 
 
+@pytest.mark.parametrize('first_order', [False, True])
+def test_mamlpp_uniform_msl_is_the_mean_of_maml_losses_over_steps(
+    first_order):
+  """``msl_anneal_steps=None`` with fixed rates: the meta-loss and its
+  gradient are the mean over k = 1..3 of MAML's k-step loss, at any
+  meta-step. Pins: uniform weights that still anneal, or weights that do
+  not sum to one."""
+  loss_fn, params, batch = _problem()
+  meta = mamlpp.mamlpp_params(params, inner_lr=0.05, num_inner_steps=3)
+
+  def mamlpp_loss(p, step):
+    return mamlpp.mamlpp_loss_and_aux(
+        loss_fn, p, batch, step=step, num_inner_steps=3,
+        msl_anneal_steps=None, learn_inner_lr=False,
+        first_order=first_order)[0]
+
+  def by_hand(p):
+    return sum(core.maml_loss(loss_fn, p, batch, inner_lr=0.05, num_steps=k,
+                              first_order=first_order)
+               for k in (1, 2, 3)) / 3
+
+  for step in (0, 10**6):
+    np.testing.assert_allclose(float(mamlpp_loss(meta, step)),
+                               float(by_hand(params)), rtol=1e-12)
+    _close(jax.grad(mamlpp_loss)(meta, step)['model'],
+           jax.grad(by_hand)(params))
+
+
 def test_msl_weights_start_uniform_and_anneal_to_the_final_step():
   np.testing.assert_allclose(mamlpp.msl_weights(0, 4, 100), [0.25] * 4)
   w = mamlpp.msl_weights(100, 4, 100)
@@ -283,6 +311,8 @@ def test_msl_weights_start_uniform_and_anneal_to_the_final_step():
     np.testing.assert_allclose(float(jnp.sum(mamlpp.msl_weights(t, 4, 100))),
                                1.0)
   np.testing.assert_array_equal(mamlpp.msl_weights(5, 4, 0), [0, 0, 0, 1])
+  for t in (0, 10**9):
+    np.testing.assert_allclose(mamlpp.msl_weights(t, 4, None), [0.25] * 4)
 
 
 def test_mamlpp_is_first_order_until_first_order_steps_then_second():

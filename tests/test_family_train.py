@@ -84,7 +84,7 @@ def test_each_algorithm_config_is_valid(name):
      "config.meta_optimizer='rmsprop': must be one of 'adam', 'sgd'"),
 ])
 def test_bad_optional_field_names_field_value_and_rule(field, value, message):
-  config = maml_sine.get_config('quick').to_dict()
+  config = maml_sine.get_config('maml,quick').to_dict()
   config[field] = value
   with pytest.raises(ConfigError) as err:
     config_validation.validate(config)
@@ -142,7 +142,7 @@ def test_head_filter_matching_nothing_stops_before_training(tmp_path):
 @pytest.mark.parametrize('schedule,halfway', [
     ('constant', 0.4), ('linear', 0.2), ('cosine', 0.2)])
 def test_meta_lr_schedule_anneals_to_zero_at_the_last_step(schedule, halfway):
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.meta_lr = 0.4
   config.meta_lr_schedule = schedule
   lr = train.meta_lr_schedule(config)
@@ -157,6 +157,6 @@ def test_meta_lr_schedule_anneals_to_zero_at_the_last_step(schedule, halfway):
 def test_any_train_step_is_selectable_on_the_maml_config(name):
   """`--config.train_step=NAME` on configs/maml_sine.py: fields left at
   their defaults (first_order=False) do not stand in the way."""
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.train_step = name
   config_validation.validate(config)

@@ -27,7 +27,7 @@ register_nan_query_step('maml_poisoned_for_tests', POISONED)
 
 
 def small_config(**overrides):
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.num_eval_tasks = 10
   config.num_plot_tasks = 0
   config.checkpoint_every_steps = 50
@@ -154,7 +154,7 @@ def test_checkpoint_of_another_model_shape_is_named_one_line(runs, tmp_path):
   before = snapshot(os.path.join(workdir, 'checkpoints'))
   proc = subprocess.run(
       [sys.executable, '-m', 'maml_plugin.main',
-       '--config=configs/maml_sine.py:quick', f'--workdir={workdir}',
+       '--config=configs/maml_sine.py:maml,quick', f'--workdir={workdir}',
        '--config.hidden_sizes=20,20'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1

@@ -201,9 +201,12 @@ def _expected_schedule(config):
   lr, total = config.meta_lr, config.num_train_steps
   if config.train_step == 'reptile':  # Nichol et al.: linear to 0.
     return 'sgd', lambda t: lr * (1 - t / total)
-  if config.train_step == 'mamlpp':  # Antoniou et al.: cosine to 0.
+  if config.train_step == 'mamlpp' and config.learn_inner_lr:
+    # Antoniou et al. (MAML++, learned rates on): cosine to 0.
     return 'adam', lambda t: lr * 0.5 * (1 + math.cos(math.pi * t / total))
-  return 'adam', lambda t: lr  # Finn et al.: Adam, constant.
+  # Finn et al.: Adam, constant; also the sinusoid default, MAML with only
+  # MAML++'s multi-step loss (learned rates off).
+  return 'adam', lambda t: lr
 
 
 @pytest.mark.parametrize('name,config', [pytest.param(n, c, id=n)

@@ -31,7 +31,7 @@ SAVE_DELAY = 0.4
 
 def command(workdir):
   return [sys.executable, os.path.join('tests', 'kill_target.py'),
-          '--config=configs/maml_sine.py:quick', f'--workdir={workdir}',
+          '--config=configs/maml_sine.py:maml,quick', f'--workdir={workdir}',
           f'--config.num_train_steps={NUM_STEPS}',
           f'--config.checkpoint_every_steps={EVERY}',
           f'--config.log_every_steps={EVERY}',

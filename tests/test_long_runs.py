@@ -38,7 +38,7 @@ BASE = dict(num_eval_tasks=20, num_plot_tasks=0, checkpoint_every_steps=50,
 
 
 def quick_config(**overrides):
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.update(dict(BASE, **overrides))
   return config
 
@@ -46,7 +46,7 @@ def quick_config(**overrides):
 def command(workdir, *flags, **overrides):
   values = dict(BASE, **overrides)
   return [sys.executable, '-m', 'maml_plugin.main',
-          '--config=configs/maml_sine.py:quick', f'--workdir={workdir}',
+          '--config=configs/maml_sine.py:maml,quick', f'--workdir={workdir}',
           *(f'--config.{k}={v}' for k, v in values.items()), *flags]
 
 
@@ -240,7 +240,7 @@ def copy_of(finished, tmp_path):
 
 
 @pytest.mark.parametrize('field,value,saved', [
-    ('inner_lr', 0.05, 0.005),
+    ('inner_lr', 0.05, 0.01),
     ('meta_batch_size', 10, 25),
     ('train_step', 'fomaml', 'maml'),
     ('train_step', 'anil', 'maml'),
@@ -294,14 +294,14 @@ def test_run_length_logging_evaluation_and_device_count_may_change(
   assert steps_in(workdir) == [50, 100, 110, 120, 130]
   assert ('Resuming at step 100 on 1 devices; the checkpoints were trained '
           'on 2.') in caplog.text
-  assert ('config.inner_lr changed from 0.005 to 0.02 at step 100 '
+  assert ('config.inner_lr changed from 0.01 to 0.02 at step 100 '
           '(--allow_config_change)') in caplog.text
   with open(os.path.join(workdir, 'config.json')) as f:
     document = json.load(f)
   assert document['config']['num_train_steps'] == 130
   assert document['num_devices'] == 1
   assert document['changes'] == [
-      {'step': 100, 'field': 'inner_lr', 'old': 0.005, 'new': 0.02},
+      {'step': 100, 'field': 'inner_lr', 'old': 0.01, 'new': 0.02},
       {'step': 100, 'field': 'num_devices', 'old': 2, 'new': 1}]
 
 

@@ -25,7 +25,7 @@ def free_port():
 
 
 def config():
-  c = maml_sine.get_config('quick')
+  c = maml_sine.get_config('maml,quick')
   c.update(OVERRIDES)
   return c
 
@@ -40,7 +40,7 @@ def test_two_processes_match_one_process(tmp_path):
     log = open(tmp_path / f'process{process_id}.log', 'wb')
     procs.append((subprocess.Popen(
         [sys.executable, '-m', 'maml_plugin.main',
-         '--config=configs/maml_sine.py:quick', f'--workdir={workdir}',
+         '--config=configs/maml_sine.py:maml,quick', f'--workdir={workdir}',
          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
          f'--process_id={process_id}']
         + [f'--config.{k}={v}' for k, v in OVERRIDES.items()],

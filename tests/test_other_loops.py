@@ -35,7 +35,7 @@ class RecordingWriter(metric_writers.LoggingWriter):
 
 @pytest.fixture(scope='module')
 def pieces():
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.num_eval_tasks = 10
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)

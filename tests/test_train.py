@@ -18,7 +18,7 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('quick'))
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   state = train.train_and_evaluate(config, workdir)
   return config, workdir, state
 
@@ -90,7 +90,7 @@ def test_evaluate_without_a_checkpoint_writes_nothing(tmp_path, contents):
     (workdir / 'checkpoints').mkdir()
   before = _tree(workdir)
   with pytest.raises(checkpointing.CheckpointError) as error:
-    evaluate.evaluate(maml_sine.get_config('quick'), str(workdir))
+    evaluate.evaluate(maml_sine.get_config('maml,quick'), str(workdir))
   assert str(error.value).startswith(f'no checkpoint in {workdir}: ')
   assert '\n' not in str(error.value)
   assert _tree(workdir) == before
@@ -119,7 +119,7 @@ def test_tensorboard_shows_the_scalars_as_scalars(trained):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, trained):
   config, _, uninterrupted = trained
-  half = maml_sine.get_config('quick')
+  half = maml_sine.get_config('maml,quick')
   half.num_train_steps = config.num_train_steps // 2
   workdir = str(tmp_path / 'resumed')
   first = train.train_and_evaluate(half, workdir)

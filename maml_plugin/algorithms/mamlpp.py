@@ -13,7 +13,8 @@ The parts of MAML++ that apply to any model, an MLP included:
   the inner steps ``k = 1..N``. The weights start uniform (1/N) and are
   annealed linearly over `msl_anneal_steps` meta-steps until every
   non-final weight is ``0.03 / N`` (the paper's floor) and the final step
-  carries the rest. ``msl_anneal_steps=0`` turns MSL off (final step only).
+  carries the rest. ``msl_anneal_steps=0`` turns MSL off (final step only);
+  ``msl_anneal_steps=None`` keeps the weights uniform for the whole run.
 * LSLR: a learned inner rate per parameter tensor (a layer's kernel, its
   bias) and per inner step, meta-trained with the weights; held in the
   state as ``params = {'model': ..., 'inner_lr': ...}`` (each rate leaf has
@@ -72,8 +73,11 @@ MSL_FLOOR = 0.03  # times 1/N: the smallest weight of a non-final step.
 PER_STEP_BN_FILTER = r'(^|/)(scale|shift)/value$'
 
 
-def msl_weights(step, num_steps: int, anneal_steps: int) -> jax.Array:
-  """Per-inner-step loss weights ``[num_steps]`` at meta-step `step`."""
+def msl_weights(step, num_steps: int, anneal_steps: int | None) -> jax.Array:
+  """Per-inner-step loss weights ``[num_steps]`` at meta-step `step`
+  (`anneal_steps` None: uniform at every step)."""
+  if anneal_steps is None:
+    return jnp.full((num_steps,), 1.0 / num_steps)
   if anneal_steps == 0 or num_steps == 1:
     return jnp.zeros((num_steps,)).at[-1].set(1.0)
   frac = jnp.minimum(jnp.asarray(step, jnp.float32) / anneal_steps, 1.0)
@@ -256,7 +260,7 @@ def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
 
 
 def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
-                        num_inner_steps: int, msl_anneal_steps: int,
+                        num_inner_steps: int, msl_anneal_steps: int | None,
                         learn_inner_lr: bool, first_order: bool,
                         remat: bool = False,
                         bn: PerStepBatchNorm | None = None,
@@ -323,7 +327,8 @@ class MAMLPPHParams(base.HParams):
 
   Attributes:
     msl_anneal_steps: meta-steps over which the multi-step loss weights
-      anneal to the final step's (0: MSL off).
+      anneal to the final step's (0: MSL off; None: uniform, never
+      annealed).
     learn_inner_lr: meta-learn the per-layer, per-step rates (LSLR).
     first_order_steps: first-order meta-gradients for this many meta-steps.
     per_step_bn: one meta-learned copy per inner step of the batch-norm
@@ -335,8 +340,10 @@ class MAMLPPHParams(base.HParams):
     rate_meta_lr: the outer step size of the rates (`base.rate_meta_lr_field`).
   """
 
-  msl_anneal_steps: int = fields.field(0, check=fields.non_negative_int,
-                                       allowed='an int >= 0 (0: MSL off)')
+  msl_anneal_steps: int | None = fields.field(
+      0, check=fields.or_none(fields.non_negative_int),
+      allowed='an int >= 0 (0: MSL off) or None (uniform weights, never '
+      'annealed)')
   learn_inner_lr: bool = fields.flag(True)
   first_order_steps: int = fields.integer(0, at_least=0)
   per_step_bn: bool = fields.flag(False)
