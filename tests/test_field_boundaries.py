@@ -33,7 +33,16 @@ from maml_plugin.config_validation import ConfigError
 from maml_plugin.config_validation import REGISTRIES
 from maml_plugin.config_validation import TrainerFields
 
-_NOT_A_VALUE = object()  # The wrong type for any field.
+
+class _NotAValue:
+  """The wrong type for any field. Its repr is stable across processes, so
+  test ids are the same in every pytest-xdist worker."""
+
+  def __repr__(self):
+    return '<not a value>'
+
+
+_NOT_A_VALUE = _NotAValue()
 
 
 def _base_config(kind: str, entry: str):

@@ -296,7 +296,7 @@ register_nan_query_step('maml_nan_on_steps_1_2_for_tests', range(1, 3))
 def _four_steps_config(**overrides):
   """Four meta-steps, one per chunk, each logged; NaN targets on the second
   and third; evaluated (on two tasks) and saved at step 4 only."""
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.update(dict(train_step='maml_nan_on_steps_1_2_for_tests',
                      num_train_steps=4, steps_per_call=1, log_every_steps=1,
                      eval_every_steps=4, checkpoint_every_steps=4,
@@ -401,7 +401,7 @@ def test_report_without_an_evaluator_builds_the_configs_one(tmp_path):
   arguments of `create_algorithm` swapped inside `create_evaluator` fail);
   the step-0 mean is the query loss of the unadapted params, averaged over
   the held-out tasks by hand."""
-  config = maml_sine.get_config('quick')
+  config = maml_sine.get_config('maml,quick')
   config.update(dict(num_eval_tasks=3, eval_num_inner_steps=1,
                      num_plot_tasks=0))
   problem = train.create_problem(config)
