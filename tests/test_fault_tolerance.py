@@ -1,6 +1,5 @@
 """Non-finite guard, corrupt or mismatched checkpoints, determinism."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -8,7 +7,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,28 +15,15 @@ from maml_plugin import checkpointing
 from maml_plugin import guards
 from maml_plugin import train
 from maml_plugin import train_steps
-from maml_plugin.algorithms import maml
 from tests import event_files
+from tests.nan_steps import register_nan_query_step
 from tests.workdir_files import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POISONED = range(120, 140)  # Meta-steps (0-based) whose query targets are NaN.
 
 
-@train_steps.TRAIN_STEPS.register('maml_poisoned_for_tests',
-                                  fields=maml.MAMLHParams)
-def make_poisoned_train_step(hparams, *, loss_fn, tx):
-  """MAML whose query targets are NaN on the meta-steps in `POISONED`."""
-  maml_step = train_steps.make_algorithm(
-      'maml', loss_fn=loss_fn, tx=tx, **dataclasses.asdict(hparams))
-
-  def train_step(state, batch, rng):
-    bad = (state.step >= POISONED.start) & (state.step < POISONED.stop)
-    query = dict(batch['query'],
-                 y=jnp.where(bad, jnp.nan, batch['query']['y']))
-    return maml_step.train_step(state, dict(batch, query=query), rng)
-
-  return dataclasses.replace(maml_step, train_step=train_step)
+register_nan_query_step('maml_poisoned_for_tests', POISONED)
 
 
 def small_config(**overrides):

@@ -66,13 +66,19 @@ def test_the_nan_gradient_batch_has_a_finite_loss_and_a_nan_gradient():
     (_residual_norm_loss, _nan_gradient_batch()),
 ], ids=['nan_in_batch', 'finite_loss_nan_gradient'])
 def test_skip_keeps_the_state_and_counts_the_skipped_step(loss_fn, bad_batch):
+  """Also pins: a good step's metrics passed through unchanged (a kept
+  metric chosen with the arguments of its `jnp.where` swapped turns each
+  average into 1)."""
   train_step, state = _setup(loss_fn)
   step = jax.jit(guards.guard_train_step(train_step, on_nonfinite='skip'))
   good_state, good = step(state, _batch(), jax.random.key(0))
   assert int(good.compute()['skipped_updates']) == 0
-  expected, _ = jax.jit(train_step)(state, _batch(), jax.random.key(0))
+  expected, unguarded = jax.jit(train_step)(state, _batch(),
+                                            jax.random.key(0))
   np.testing.assert_allclose(good_state.params['w'], expected.params['w'],
                              rtol=1e-6)
+  for name, value in unguarded.compute().items():
+    np.testing.assert_allclose(good.compute()[name], value, rtol=1e-6)
 
   kept, bad = step(good_state, bad_batch, jax.random.key(1))
   _same((kept.params, kept.opt_state), (good_state.params,

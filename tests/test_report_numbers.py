@@ -8,10 +8,13 @@ mean, ci95 and median with SciPy on the same per-task values.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
+import maml_plugin
 from maml_plugin import actions
+from maml_plugin import core
 from maml_plugin import evaluation
 from maml_plugin import losses
 
@@ -34,18 +37,20 @@ def _tasks():
 PARAMS = {'w': np.array([[0.4]]), 'b': np.array([-0.1])}
 
 
-def _curves_by_hand(tasks):
-  """Query MSE after 0..MAX_STEPS SGD steps on the support MSE, per task:
-  d/dw mean((xw + b - y)^2) = 2 mean(x (xw + b - y)), d/db = 2 mean(.)."""
+def _curves_by_hand(tasks, scale=1.0):
+  """Query loss after 0..MAX_STEPS SGD steps on the support loss, per task,
+  for the loss `scale` * MSE: d/dw mean((xw + b - y)^2) =
+  2 mean(x (xw + b - y)), d/db = 2 mean(.)."""
   out = np.zeros((NUM_TASKS, MAX_STEPS + 1))
+  lr = INNER_LR * scale
   for t in range(NUM_TASKS):
     w, b = PARAMS['w'][0, 0], PARAMS['b'][0]
     xs, ys = tasks['support']['x'][t, :, 0], tasks['support']['y'][t, :, 0]
     xq, yq = tasks['query']['x'][t, :, 0], tasks['query']['y'][t, :, 0]
     for k in range(MAX_STEPS + 1):
-      out[t, k] = np.mean((xq * w + b - yq) ** 2)
+      out[t, k] = scale * np.mean((xq * w + b - yq) ** 2)
       r = xs * w + b - ys
-      w, b = w - INNER_LR * 2 * np.mean(xs * r), b - INNER_LR * 2 * np.mean(r)
+      w, b = w - lr * 2 * np.mean(xs * r), b - lr * 2 * np.mean(r)
   return out
 
 
@@ -62,6 +67,25 @@ def test_adaptation_curves_equal_sgd_by_hand(x64, task_batch_size):
   curves = evaluator(jax.tree.map(jnp.asarray, PARAMS))
   assert curves.shape == (NUM_TASKS, MAX_STEPS + 1)
   np.testing.assert_allclose(curves, _curves_by_hand(tasks), rtol=1e-10)
+
+
+def test_the_evaluator_adapts_with_its_own_loss_not_the_training_loss(x64):
+  """Pins ``FewShotEvaluator(inner_loop_for=algorithm.eval_inner_loop)``
+  (what the trainer passes): the inner loop adapts on the evaluator's loss
+  (a model's evaluation loss, e.g. dropout off), not on the algorithm's
+  training loss; the arguments of ``inner_loop_for`` swapped fall back to
+  the training loss. Here the evaluation loss is twice the training loss,
+  so SGD on it takes twice the step."""
+  del x64
+  tasks = _tasks()
+  algorithm = maml_plugin.make_algorithm(
+      'maml', loss_fn=_loss, tx=optax.sgd(0.1), inner_lr=INNER_LR,
+      num_inner_steps=1)
+  evaluator = evaluation.FewShotEvaluator(
+      lambda p, batch: 2.0 * _loss(p, batch), tasks, max_steps=MAX_STEPS,
+      inner_loop_for=algorithm.eval_inner_loop)
+  np.testing.assert_allclose(evaluator(jax.tree.map(jnp.asarray, PARAMS)),
+                             _curves_by_hand(tasks, scale=2.0), rtol=1e-10)
 
 
 def test_adapted_params_at_are_the_sgd_iterates_by_hand(x64):
@@ -85,6 +109,28 @@ def test_adapted_params_at_are_the_sgd_iterates_by_hand(x64):
   for p, (w, b) in zip(got, expected):
     np.testing.assert_allclose(p['w'][0, 0], w, rtol=1e-10)
     np.testing.assert_allclose(p['b'][0], b, rtol=1e-10)
+  # Step 0 only when asked for (``and`` -> ``or`` adds it to every list).
+  (only,) = evaluation.adapted_params_at(
+      _loss, jax.tree.map(jnp.asarray, PARAMS), support, inner_lr=INNER_LR,
+      steps=(2,))
+  np.testing.assert_allclose(only['w'][0, 0], expected[1][0], rtol=1e-10)
+
+
+def test_the_loss_after_k_steps_is_the_inner_loops_loss_at_k(x64):
+  """Pins the step index handed to ``InnerLoop.loss_at`` (MAML++ measures
+  with step k's batch-norm statistics): after k inner steps the curve uses
+  ``loss_at(loss_fn, k)``, not k + 1 or k - 1. The loss at step k is the
+  plain query MSE plus 1000 k, so each column shows the k it was given."""
+  del x64
+  tasks = _tasks()
+  loop = core.sgd_inner_loop(_loss, INNER_LR)._replace(
+      loss_at=lambda fn, k: lambda p, batch: fn(p, batch) + 1000.0 * k)
+  curves = evaluation.adaptation_curves(
+      _loss, jax.tree.map(jnp.asarray, PARAMS), tasks, max_steps=MAX_STEPS,
+      inner_loop=loop)
+  np.testing.assert_allclose(
+      curves, _curves_by_hand(tasks) + 1000.0 * np.arange(MAX_STEPS + 1),
+      rtol=1e-10)
 
 
 CURVES = np.array([[2.0, 1.0, 0.5],
@@ -125,12 +171,17 @@ def test_summary_equals_scipy_on_the_finite_tasks(metric):
 
 def test_mean_and_ci95_of_two_values_by_hand():
   """Pins the formula at its smallest case: values 1 and 3 have sample std
-  sqrt(2), so ci95 = 1.96 * sqrt(2) / sqrt(2) = 1.96."""
+  sqrt(2), so ci95 = 1.96 * sqrt(2) / sqrt(2) = 1.96; and `summarize`
+  accepting two tasks (a limit of 3 refuses them) but not one."""
   mean, ci95 = evaluation.mean_and_ci95([1.0, 3.0])
   assert mean == 2.0
   assert ci95 == pytest.approx(1.96, rel=1e-12)
   with pytest.raises(ValueError, match='num_tasks=1'):
     evaluation.mean_and_ci95([1.0])
+  summary = evaluation.summarize(np.array([[1.0], [3.0]]))
+  assert (summary[0].mean, summary[0].ci95) == (2.0, pytest.approx(1.96))
+  with pytest.raises(ValueError, match='num_tasks=1'):
+    evaluation.summarize(np.array([[1.0]]))
 
 
 def test_report_carries_the_summary_of_every_step():

@@ -8,12 +8,20 @@ what the non-finite guard does inside the fused loop, and which tasks share
 a task batch, each against an independent computation.
 """
 
+import dataclasses
+import json
+import logging as std_logging
+import os
+import signal
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from configs import maml_sine
 from maml_plugin import checkpointing
 from maml_plugin import core
 from maml_plugin import guards
@@ -21,6 +29,8 @@ from maml_plugin import train
 from maml_plugin import train_steps
 from maml_plugin.metrics import TrainMetrics
 from maml_plugin.tasks import SinusoidTasks
+from tests import event_files
+from tests.nan_steps import register_nan_query_step
 
 META_BATCH = 3
 NUM_STEPS = 6
@@ -142,6 +152,29 @@ def test_max_checkpoints_to_keep_keeps_that_many_latest(tmp_path):
   manager.close()
 
 
+def test_checkpoint_of_another_shape_names_the_leaf_and_both_shapes(
+    tmp_path):
+  """Pins the shape check before a restore (`_check_shapes`): a stored
+  leaf compared only when it is missing (``in`` -> ``not in``), or not at
+  all, lets orbax fail instead, and the user reads "cannot be read" for a
+  checkpoint that is fine but belongs to another model."""
+  tx = optax.sgd(0.1)
+  saved = train_steps.MetaTrainState.create(
+      {'b': jnp.zeros(2), 'w': jnp.zeros(3)}, tx).replace(step=jnp.int32(4))
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  checkpointing.save(manager, saved, jax.random.key(0))
+  other = train_steps.MetaTrainState.create(
+      {'b': jnp.zeros(2), 'w': jnp.zeros(5)}, tx)
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    checkpointing.restore_latest(manager, other, jax.random.key(1))
+  manager.close()
+  path = tmp_path / 'checkpoints' / '4'
+  assert str(err.value) == (
+      f"checkpoint {path} does not match this config's model: "
+      'state.params.w has shape (3,) there, (5,) here (another hidden_sizes '
+      'or task?); use another --workdir')
+
+
 def _residual_norm_loss(p, batch):
   # Finite (0) where the residual is exactly zero, its gradient there 0/0.
   return jnp.linalg.norm(batch['x'] @ p['w'] - batch['y'])
@@ -255,3 +288,199 @@ def test_task_batch_j_holds_tasks_j_j_plus_n_and_so_on():
   for members in ([0, 2, 4, 6], [1, 3, 5, 7]):
     assert sorted(blocks[members]) == [0, 1, 2, 3]
 
+
+
+register_nan_query_step('maml_nan_on_steps_1_2_for_tests', range(1, 3))
+
+
+def _four_steps_config(**overrides):
+  """Four meta-steps, one per chunk, each logged; NaN targets on the second
+  and third; evaluated (on two tasks) and saved at step 4 only."""
+  config = maml_sine.get_config('maml,quick')
+  config.update(dict(train_step='maml_nan_on_steps_1_2_for_tests',
+                     num_train_steps=4, steps_per_call=1, log_every_steps=1,
+                     eval_every_steps=4, checkpoint_every_steps=4,
+                     meta_batch_size=2, num_eval_tasks=2,
+                     eval_num_inner_steps=1, num_plot_tasks=0))
+  config.update(overrides)
+  return config
+
+
+def test_skipped_updates_are_counted_per_log_interval(tmp_path, caplog):
+  """Pins the trainer's skipped-update counter: reset to anything but 0
+  after each log (1 makes every later interval count one skip too many),
+  never reset (the count accumulates over the run), or subtracted. Also
+  pins the progress line at the evaluation step showing that evaluation's
+  means (the progress line given another action than the evaluation shows
+  none)."""
+  config = _four_steps_config(on_nonfinite='skip')
+  with caplog.at_level(std_logging.INFO):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4
+  scalars = event_files.read_scalars(str(tmp_path))
+  skipped = {step: int(v[0]) for (tag, step), v in scalars.items()
+             if tag == 'train/skipped_updates'}
+  assert skipped == {1: 0, 2: 1, 3: 1, 4: 0}
+  text = (tmp_path / 'evaluation.json').read_text()
+  assert text, os.listdir(tmp_path)
+  means = [json.loads(text)['inner_steps'][k]['mean'] for k in ('0', '1')]
+  lines = [r.getMessage() for r in caplog.records
+           if r.getMessage().startswith('step 4/4 (100%)')]
+  assert len(lines) == 1, lines
+  assert lines[0].endswith(
+      f'; held-out mse after 0/1 inner steps: {means[0]:.3f} / '
+      f'{means[1]:.3f}'), lines[0]
+
+
+def test_stop_before_any_checkpoint_says_none_was_written(tmp_path):
+  """Pins the stop message when the first bad step comes before any
+  checkpoint (``is not None`` -> ``is None`` names a checkpoint "step
+  None")."""
+  config = _four_steps_config(on_nonfinite='stop')
+  with pytest.raises(guards.NonFiniteError) as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(err.value).startswith('meta-step 2: meta-loss'), str(err.value)
+  assert str(err.value).endswith(
+      '; stopped, no checkpoint had been written yet'), str(err.value)
+
+
+def test_a_stop_request_saves_the_step_before_stopping(tmp_path,
+                                                       monkeypatch):
+  """Pins the save on a stop request (SIGTERM) between checkpoints: the
+  loop saves the step it reached, then raises `train.Interrupted` naming it
+  (``stopping or ...`` -> ``and`` stops without saving). The request is
+  made to arrive after the second chunk."""
+  calls = []
+
+  def received_after_two_chunks(self):
+    calls.append(1)
+    return len(calls) >= 2
+
+  monkeypatch.setattr(train._StopSignals, 'any_received',
+                      received_after_two_chunks)
+  config = _four_steps_config(on_nonfinite='skip')
+  with pytest.raises(train.Interrupted) as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(err.value) == ('SIGTERM received: saved step 2; run the same '
+                            'command to resume')
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+
+
+def test_train_state_holds_the_models_state_mapped_by_the_algorithm():
+  """Pins `create_train_state`: a model's state besides its params (batch
+  statistics) goes through the algorithm's ``init_model_state`` into the
+  state (``is None`` -> ``is not None`` drops it, and maps a parameter-only
+  model's None instead)."""
+  algorithm = train_steps.make_algorithm(
+      'maml', loss_fn=lambda p, batch: jnp.sum(p['w']), tx=optax.sgd(0.1),
+      inner_lr=0.1, num_inner_steps=1)
+  seen = []
+
+  def init_model_state(model_state):
+    seen.append(model_state)
+    return {'mean': model_state['mean'] + 1.0}
+
+  algorithm = dataclasses.replace(algorithm,
+                                  init_model_state=init_model_state)
+  params = {'w': jnp.ones(2)}
+  with_state = types.SimpleNamespace(init_params=params,
+                                     model_state={'mean': jnp.zeros(3)})
+  state = train.create_train_state(with_state, algorithm, optax.sgd(0.1))
+  np.testing.assert_array_equal(state.model_state['mean'], [1.0, 1.0, 1.0])
+  np.testing.assert_array_equal(state.params['w'], [1.0, 1.0])
+  assert int(state.step) == 0
+  without = types.SimpleNamespace(init_params=params, model_state=None)
+  assert train.create_train_state(without, algorithm,
+                                  optax.sgd(0.1)).model_state is None
+  assert len(seen) == 1
+
+
+def test_report_without_an_evaluator_builds_the_configs_one(tmp_path):
+  """Pins `evaluate_and_report` called without an evaluator (a user's own
+  loop): it builds the config's (``or`` -> ``and`` leaves None, and the
+  arguments of `create_algorithm` swapped inside `create_evaluator` fail);
+  the step-0 mean is the query loss of the unadapted params, averaged over
+  the held-out tasks by hand."""
+  config = maml_sine.get_config('maml,quick')
+  config.update(dict(num_eval_tasks=3, eval_num_inner_steps=1,
+                     num_plot_tasks=0))
+  problem = train.create_problem(config)
+  report = train.evaluate_and_report(config, problem, problem.init_params,
+                                     7, str(tmp_path))
+  assert (report['train_step'], report['num_tasks']) == (7, 3)
+  assert sorted(report['inner_steps']) == ['0', '1']
+  held_out = problem.tasks.held_out(seed=config.eval_seed, num_tasks=3,
+                                    num_query=config.eval_num_query)
+  losses = [float(problem.loss_fn(problem.init_params,
+                                  jax.tree.map(lambda a, i=i: a[i],
+                                               held_out['query'])))
+            for i in range(3)]
+  assert report['inner_steps']['0']['mean'] == pytest.approx(
+      np.mean(losses), rel=1e-5)
+  assert (tmp_path / 'evaluation.json').exists()
+
+
+def _record(pathname, level, message):
+  return std_logging.LogRecord('absl', level, pathname, 1, message, None,
+                               None)
+
+
+def test_library_log_filter_drops_orbax_info_and_thread_tracebacks():
+  """Pins the log filter: our records always pass (a filter that returns
+  False for them silences the run), orbax's INFO lines and its threads'
+  "raised an exception" tracebacks are dropped, its warnings kept."""
+  keep = train._DropLibraryInfo().filter
+  assert keep(_record('/x/maml_plugin/train.py', std_logging.INFO, 'ours'))
+  assert not keep(_record('/x/orbax/checkpoint/a.py', std_logging.INFO,
+                          'wrote a file'))
+  assert keep(_record('/x/orbax/checkpoint/a.py', std_logging.WARNING,
+                      'a warning'))
+  assert not keep(_record('/x/orbax/checkpoint/a.py', std_logging.ERROR,
+                          'thread raised an exception'))
+
+
+def test_stop_signals_first_asks_to_save_then_interrupt():
+  """Pins the signal handler and its messages: the first SIGTERM only asks
+  the loop to save at the chunk's end, a second one (or one after training)
+  raises at once, each naming what happened to the step."""
+  signals = train._StopSignals()
+  signals.step = 40
+  signals._handle(signal.SIGTERM, None)
+  assert signals.received == signal.SIGTERM and signals.any_received()
+  with pytest.raises(train.Interrupted) as err:
+    signals._handle(signal.SIGINT, None)
+  assert str(err.value) == ('SIGINT received again: stopped without saving '
+                            'step 40; the newest complete checkpoint is '
+                            'kept; run the same command to resume')
+  after = train._StopSignals()
+  after.immediate, after.step = True, 50
+  with pytest.raises(train.Interrupted) as err:
+    after._handle(signal.SIGTERM, None)
+  assert str(err.value) == ('SIGTERM received during the final evaluation: '
+                            'the checkpoint of step 50 is complete; run the '
+                            'same command to finish')
+  assert not train._StopSignals().any_received()
+  assert str(train.Interrupted(signal.SIGTERM, 30, 'training')) == (
+      'SIGTERM received: saved step 30; run the same command to resume')
+
+
+class _Writer:
+
+  def __init__(self):
+    self.written = []
+
+  def write_scalars(self, step, scalars):
+    self.written.append((step, scalars))
+
+
+def test_a_resumed_run_writes_only_the_steps_not_logged_yet():
+  """Pins `_NewStepsOnly`: a scalar is written only for steps after the
+  last one logged for its tag (``>`` -> ``>=`` writes the last logged step
+  twice), and nothing at all when every tag is logged."""
+  writer = _Writer()
+  new_only = train._NewStepsOnly(writer, {'train/loss': 100, 'eval/mse': 50})
+  new_only.write_scalars(50, {'train/loss': 1.0, 'eval/mse': 2.0})
+  new_only.write_scalars(100, {'train/loss': 3.0, 'eval/mse': 4.0})
+  new_only.write_scalars(150, {'train/loss': 5.0})
+  assert writer.written == [(100, {'eval/mse': 4.0}),
+                            (150, {'train/loss': 5.0})]
