@@ -182,3 +182,127 @@ def test_negative_steps_are_refused():
   support = jax.tree.map(lambda a: a[0], batch['support'])
   with pytest.raises(ValueError, match='num_steps=-1'):
     core.adapt(loss_fn, params, support, inner_lr=0.01, num_steps=-1)
+
+
+@pytest.mark.parametrize('entry', ['sgd_step', 'adapt'])
+def test_inner_steps_are_second_order_unless_asked(entry):
+  """Pins the default `first_order=False` of `sgd_step` and `adapt`: the
+  gradient through one step called without `first_order` is the analytic
+  (I - aH) dL_q, not the first-order dL_q (a default flipped to True fails
+  here)."""
+  batch = _quadratic_meta_batch(num_tasks=1)
+  task = jax.tree.map(lambda a: a[0], batch)
+  theta = jnp.array([1.0, 2.0, -0.5, 0.25])
+  alpha = 0.05
+  step = getattr(core, entry)
+
+  def query_after(theta):
+    adapted = step(quadratic_loss, {'theta': theta}, task['support'],
+                   inner_lr=alpha)
+    return quadratic_loss(adapted, task['query'])
+
+  a, b = task['support']['A'], task['support']['b']
+  c, d = task['query']['A'], task['query']['b']
+  query_grad = c @ (theta - alpha * (a @ theta - b)) - d
+  np.testing.assert_allclose(jax.grad(query_after)(theta),
+                             (jnp.eye(4) - alpha * a) @ query_grad,
+                             rtol=1e-13)
+
+
+def test_a_zero_d_array_rate_is_a_scalar_rate():
+  """A rate given as a 0-d array (a traced or learned scalar) scales every
+  leaf like the same Python float (pins the `ndim == 0` test of the rate's
+  shape: a wrong rank sends it to the per-leaf branch, which fails on the
+  tree's structure)."""
+  loss_fn, params, batch = _mlp_problem()
+  support = jax.tree.map(lambda a: a[0], batch['support'])
+  as_float = core.sgd_step(loss_fn, params, support, inner_lr=0.3)
+  as_array = core.sgd_step(loss_fn, params, support,
+                           inner_lr=jnp.asarray(0.3, jnp.float64))
+  for a, b in zip(jax.tree.leaves(as_float), jax.tree.leaves(as_array)):
+    np.testing.assert_allclose(a, b, rtol=1e-15)
+
+
+def test_mean_over_tasks_averages_floats_and_keeps_the_first_tasks_integers():
+  """Float leaves are averaged over the task axis; integer leaves (counters)
+  come from task 0, as documented (pins the index of `jnp.take`)."""
+  tree = {'f': jnp.array([[1.0, 2.0], [3.0, 6.0], [5.0, 7.0]]),
+          'i': jnp.array([[7], [8], [9]], jnp.int32), 'none': None}
+  got = core.mean_over_tasks(tree)
+  np.testing.assert_allclose(got['f'], [3.0, 5.0])
+  np.testing.assert_array_equal(got['i'], [7])
+  assert got['none'] is None
+  np.testing.assert_allclose(core.mean_over_tasks(tree, axis=1)['f'],
+                             [1.5, 4.5, 6.0])
+
+
+def test_calling_a_stateful_loss_passes_its_arguments_in_order():
+  """`StatefulLoss(fn)(params, state, batch, rng)` calls fn with the same
+  arguments in the same order (pins `__call__`)."""
+  seen = []
+
+  def fn(params, model_state, batch, rng):
+    seen.append((params, model_state, batch, rng))
+    return 0.0, model_state
+
+  loss = core.StatefulLoss(fn)
+  assert loss('p', 's', 'b', 'r') == (0.0, 's')
+  assert seen == [('p', 's', 'b', 'r')]
+
+
+def _metric(params, batch):
+  return jnp.sum((params['theta'] - batch['b']) ** 2)
+
+
+@pytest.mark.parametrize('stateful', [False, True])
+def test_metric_before_and_after_are_the_metric_at_theta_and_after_adapting(
+    stateful):
+  """`query_metric_before` is the task mean of `metric_fn` at θ and
+  `query_metric_after` at the adapted params, each computed here by hand
+  (pins which metric value goes where, and the metric's own output index
+  for a `StatefulLoss` metric)."""
+  batch = _quadratic_meta_batch(num_tasks=3)
+  theta = jnp.array([0.3, -1.0, 2.0, 0.5])
+  alpha, scale = 0.1, 2.0
+  if stateful:
+    state = {'scale': jnp.asarray(scale)}
+    loss_fn = core.StatefulLoss(
+        lambda p, s, b, r: (s['scale'] * quadratic_loss(p, b), s))
+    metric_fn = core.StatefulLoss(
+        lambda p, s, b, r: (s['scale'] * _metric(p, b), s))
+  else:
+    state, scale = None, 1.0
+    loss_fn, metric_fn = quadratic_loss, _metric
+  _, aux = core.maml_loss_and_aux(
+      loss_fn, {'theta': theta}, batch, inner_lr=alpha, metric_fn=metric_fn,
+      model_state=state)
+  before, after = [], []
+  for t in range(3):
+    a, b = batch['support']['A'][t], batch['support']['b'][t]
+    query = {'b': batch['query']['b'][t]}
+    adapted = theta - alpha * scale * (a @ theta - b)
+    before.append(scale * _metric({'theta': theta}, query))
+    after.append(scale * _metric({'theta': adapted}, query))
+  np.testing.assert_allclose(aux.query_metric_before, np.mean(before),
+                             rtol=1e-13)
+  np.testing.assert_allclose(aux.query_metric_after, np.mean(after),
+                             rtol=1e-13)
+  assert abs(np.mean(before) - np.mean(after)) > 1e-3
+
+
+def test_one_step_key_is_split_into_the_per_task_keys():
+  """`maml_loss_and_aux(rng=key)` with ONE key equals passing
+  `task_keys(key, num_tasks)`, the documented split (pins the split's
+  arguments), and the loss depends on the key."""
+  batch = _quadratic_meta_batch(num_tasks=3)
+  params = {'theta': jnp.array([0.3, -1.0, 2.0, 0.5])}
+  loss_fn = core.StatefulLoss(lambda p, s, b, r: (
+      quadratic_loss(p, b) + jnp.sum(p['theta']) * jax.random.uniform(r), s))
+  key = jax.random.key(3)
+  run = functools.partial(core.maml_loss_and_aux, loss_fn, params, batch,
+                          inner_lr=0.1, model_state=())
+  one_key, _ = run(rng=key)
+  per_task, _ = run(rng=core.task_keys(key, 3))
+  np.testing.assert_allclose(one_key, per_task, rtol=1e-14)
+  other, _ = run(rng=jax.random.key(4))
+  assert abs(float(other - one_key)) > 1e-6
