@@ -257,10 +257,10 @@ def _metric(params, batch):
 @pytest.mark.parametrize('stateful', [False, True])
 def test_metric_before_and_after_are_the_metric_at_theta_and_after_adapting(
     stateful):
-  """`query_metric_before` is the task mean of `metric_fn` at θ and
-  `query_metric_after` at the adapted params, each computed here by hand
-  (pins which metric value goes where, and the metric's own output index
-  for a `StatefulLoss` metric)."""
+  """`query_metric_before` / `query_loss_before` are the task means of
+  `metric_fn` / the loss at θ, and the `_after` ones at the adapted params,
+  each computed here by hand (pins which value goes where, and the metric's
+  own output index for a `StatefulLoss` metric)."""
   batch = _quadratic_meta_batch(num_tasks=3)
   theta = jnp.array([0.3, -1.0, 2.0, 0.5])
   alpha, scale = 0.1, 2.0
@@ -276,18 +276,25 @@ def test_metric_before_and_after_are_the_metric_at_theta_and_after_adapting(
   _, aux = core.maml_loss_and_aux(
       loss_fn, {'theta': theta}, batch, inner_lr=alpha, metric_fn=metric_fn,
       model_state=state)
-  before, after = [], []
+  before, after, loss_before, loss_after = [], [], [], []
   for t in range(3):
     a, b = batch['support']['A'][t], batch['support']['b'][t]
-    query = {'b': batch['query']['b'][t]}
+    query = {'A': batch['query']['A'][t], 'b': batch['query']['b'][t]}
     adapted = theta - alpha * scale * (a @ theta - b)
     before.append(scale * _metric({'theta': theta}, query))
     after.append(scale * _metric({'theta': adapted}, query))
+    loss_before.append(scale * quadratic_loss({'theta': theta}, query))
+    loss_after.append(scale * quadratic_loss({'theta': adapted}, query))
   np.testing.assert_allclose(aux.query_metric_before, np.mean(before),
                              rtol=1e-13)
   np.testing.assert_allclose(aux.query_metric_after, np.mean(after),
                              rtol=1e-13)
+  np.testing.assert_allclose(aux.query_loss_before, np.mean(loss_before),
+                             rtol=1e-13)
+  np.testing.assert_allclose(aux.query_loss_after, np.mean(loss_after),
+                             rtol=1e-13)
   assert abs(np.mean(before) - np.mean(after)) > 1e-3
+  assert abs(np.mean(loss_before) - np.mean(loss_after)) > 1e-3
 
 
 def test_one_step_key_is_split_into_the_per_task_keys():
