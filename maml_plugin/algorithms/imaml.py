@@ -24,12 +24,15 @@ solved by conjugate gradients (`jax.scipy.sparse.linalg.cg`, at most
 `jax.grad`). Nothing is differentiated through the inner loop (its result
 is under `jax.lax.stop_gradient`), so memory does not grow with
 `num_inner_steps` (benchmarks/imaml_memory.py). ``num_cg_steps=0`` gives
-the first-order approximation ``g = grad L_query(phi*)``.
+the first-order approximation ``g = grad L_query(phi*)``. ``cg_lambda``
+replaces ``prox_lambda`` in that system only (a damped Hessian term; see
+`IMAMLHParams`).
 
 The metrics add ``cg_residual``: the mean over tasks of CG's relative
-residual ``||b - (I + H / prox_lambda) g|| / ||b||`` (``b`` the query
-gradient), recomputed from the returned ``g``; it is at most `cg_tol` when
-CG converged within `num_cg_steps`.
+residual ``||b - (I + H / lambda) g|| / ||b||`` (``b`` the query
+gradient, ``lambda`` the system's: `cg_lambda` or `prox_lambda`),
+recomputed from the returned ``g``; it is at most `cg_tol` when CG
+converged within `num_cg_steps`.
 
 Evaluation adapts with the same inner loop (gradient descent on the
 proximal objective, anchored at the meta-parameters), for 0..N steps.
@@ -66,11 +69,27 @@ class IMAMLHParams(base.HParams):
     num_cg_steps: the most conjugate-gradient iterations per task (0: the
       first-order approximation).
     cg_tol: CG stops once its residual is below ``cg_tol * ||b||``.
+    cg_lambda: the lambda of the linear system CG solves, ``(I + H /
+      cg_lambda) g = grad L_query(phi*)``; None: `prox_lambda`, the exact
+      implicit gradient. A larger value damps the Hessian term: where ``H``
+      has eigenvalues below ``-prox_lambda`` (a non-convex proximal
+      problem) the exact system is indefinite and CG does not converge,
+      while any ``cg_lambda`` above ``-(H's lowest eigenvalue)`` keeps it
+      positive definite.
   """
 
   prox_lambda: float = fields.positive(1.0)
   num_cg_steps: int = fields.integer(5, at_least=0)
   cg_tol: float = fields.positive(1e-5)
+  cg_lambda: float | None = fields.field(
+      None, check=fields.or_none(fields.positive_real),
+      allowed='a finite number > 0, or None (prox_lambda: the exact '
+      'implicit gradient)')
+
+  @property
+  def system_lambda(self) -> float:
+    """The lambda of CG's system: `cg_lambda`, else `prox_lambda`."""
+    return self.prox_lambda if self.cg_lambda is None else self.cg_lambda
 
   def check(self) -> None:
     # The proximal term alone is a quadratic of curvature prox_lambda:
@@ -180,7 +199,7 @@ def imaml_gradient(loss_fn: core.LossFn, params, meta_batch, *,
     hkey = core.support_key(key, hparams.num_inner_steps)
     grad, residual = implicit_gradient(
         lambda p: fn(p, state, task['support'], hkey)[0], adapted,
-        query_grad, prox_lambda=hparams.prox_lambda,
+        query_grad, prox_lambda=hparams.system_lambda,
         num_cg_steps=hparams.num_cg_steps, cg_tol=hparams.cg_tol)
     before, _ = fn(params, model_state, task['query'], qkey)
     values = (before, after, residual)
