@@ -101,3 +101,34 @@ def test_meta_training_lowers_the_query_loss_after_adaptation():
                     jax.random.key(i))
   after = core.maml_loss(loss_fn, state.params, held_out, inner_lr=0.01)
   assert float(after) < 0.7 * float(before)
+
+
+def test_steps_that_report_a_metric_are_those_that_take_metric_fn():
+  """The trainer hands `metric_fn` (Omniglot's accuracy) to the factories
+  that take it: the MAML-style steps report `query_accuracy_*`; Reptile,
+  ANIL and Meta-SGD report the loss only (pins
+  `algorithms.accepts_metric_fn`; an inverted test passes `metric_fn` to a
+  factory that has no such argument)."""
+  from maml_plugin import algorithms  # pylint: disable=import-outside-toplevel
+  expected = {'maml': True, 'fomaml': True, 'mamlpp': True, 'imaml': True,
+              'reptile': False, 'anil': False, 'metasgd': False}
+  assert {name: algorithms.accepts_metric_fn(name)
+          for name in expected} == expected
+
+
+def test_mamlpp_keeps_one_copy_of_the_model_state_unless_asked():
+  """MAML++'s per-step batch-norm statistics (BNRS) are off by default:
+  the train state keeps the model's state as it is, not N stacked copies
+  (pins the default `per_step_bn_stats=False`)."""
+  loss_fn, _, _ = _setup()
+  state = {'mean': jnp.arange(3.0), 'var': jnp.ones((3,))}
+  stateful = core.StatefulLoss(lambda p, s, b, r: (loss_fn(p, b), s))
+  kwargs = dict(loss_fn=stateful, tx=optax.adam(1e-3), inner_lr=0.1,
+                num_inner_steps=4)
+  default = maml_plugin.make_algorithm('mamlpp', **kwargs)
+  kept = default.init_model_state(state)
+  assert jax.tree.map(jnp.shape, kept) == {'mean': (3,), 'var': (3,)}
+  stacked = maml_plugin.make_algorithm('mamlpp', per_step_bn_stats=True,
+                                       **kwargs).init_model_state(state)
+  assert jax.tree.map(jnp.shape, stacked) == {'mean': (4, 3),
+                                               'var': (4, 3)}
