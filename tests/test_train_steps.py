@@ -132,3 +132,27 @@ def test_mamlpp_keeps_one_copy_of_the_model_state_unless_asked():
                                        **kwargs).init_model_state(state)
   assert jax.tree.map(jnp.shape, stacked) == {'mean': (4, 3),
                                                'var': (4, 3)}
+
+
+@pytest.mark.parametrize('name', ['maml', 'anil', 'metasgd', 'mamlpp'])
+def test_inner_steps_are_rematerialized_only_when_asked(name):
+  """`remat_inner_steps` is off by default (remat trades time for memory):
+  the default step's program has no `jax.checkpoint` (a ``remat``/
+  ``checkpoint`` equation), the one with ``remat_inner_steps=True`` has
+  (pins the default of each algorithm that offers it)."""
+  loss_fn, params, batch = _setup()
+
+  def program(**extra):
+    algorithm = maml_plugin.make_algorithm(
+        name, loss_fn=loss_fn, tx=optax.sgd(0.1), inner_lr=0.01,
+        num_inner_steps=2, **extra)
+    state = maml_plugin.MetaTrainState.create(
+        algorithm.init_params(params), optax.sgd(0.1))
+    return str(jax.make_jaxpr(algorithm.train_step)(state, batch,
+                                                    jax.random.key(0)))
+
+  def has_remat(text):
+    return 'checkpoint[' in text or 'remat' in text
+
+  assert not has_remat(program())
+  assert has_remat(program(remat_inner_steps=True))
