@@ -313,3 +313,23 @@ def test_one_step_key_is_split_into_the_per_task_keys():
   np.testing.assert_allclose(one_key, per_task, rtol=1e-14)
   other, _ = run(rng=jax.random.key(4))
   assert abs(float(other - one_key)) > 1e-6
+
+
+@pytest.mark.parametrize('entry', ['adapt', 'maml_loss', 'maml_loss_and_aux'])
+def test_inner_steps_are_rematerialized_only_when_asked(entry):
+  """`remat=False` by default (remat trades time for memory): the default
+  gradient program has no `jax.checkpoint` equation, ``remat=True``'s has
+  (pins each entry point's default)."""
+  loss_fn, params, batch = _mlp_problem()
+  data = (jax.tree.map(lambda a: a[0], batch['support']) if entry == 'adapt'
+          else batch)
+
+  def program(**extra):
+    fn = functools.partial(getattr(core, entry), loss_fn, inner_lr=0.01,
+                           num_steps=2, **extra)
+    scalar = lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(fn(p, data)))
+    text = str(jax.make_jaxpr(jax.grad(scalar))(params))
+    return 'checkpoint[' in text or 'remat' in text
+
+  assert not program()
+  assert program(remat=True)

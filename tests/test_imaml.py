@@ -128,6 +128,43 @@ def test_cg_lambda_damps_only_the_linear_system(x64):
     assert metrics['cg_residual'] <= 1e-13
 
 
+def test_metric_before_and_after_are_at_theta_and_at_the_proximal_optimum(
+    x64):
+  """With `metric_fn` (Omniglot's accuracy) the step reports its task mean
+  at theta (``query_accuracy_before``) and at phi* (``_after``), phi* in
+  closed form as above; and the query losses likewise (pins the metric's
+  bookkeeping, which only classification runs exercise)."""
+  del x64
+  lam, num_tasks = 1.5, 3
+  batch = _quadratic_tasks(num_tasks)
+  theta = {'a': jnp.array([0.3, -1.0, 2.0]), 'b': jnp.array([0.5, 1.5])}
+
+  def metric_fn(params, task):
+    phi, _ = ravel_pytree(params)
+    return jnp.sum(jnp.abs(phi - task['y'][:, 0]))
+
+  algorithm = maml_plugin.make_algorithm(
+      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
+      num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
+      cg_tol=1e-14, metric_fn=metric_fn)
+  _, metrics = _meta_gradient(algorithm, theta, batch)
+  t, _ = ravel_pytree(theta)
+  want = {'query_accuracy_before': [], 'query_accuracy_after': [],
+          'query_loss_before': [], 'query_loss_after': []}
+  for i in range(num_tasks):
+    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
+    b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
+    phi = np.linalg.solve(a + lam * np.eye(DIM), a @ c + lam * t)
+    for name, point in (('before', t), ('after', phi)):
+      want[f'query_accuracy_{name}'].append(np.sum(np.abs(point - d)))
+      want[f'query_loss_{name}'].append(0.5 * (point - d) @ b @ (point - d))
+  for name, values in want.items():
+    np.testing.assert_allclose(metrics[name], np.mean(values), rtol=1e-9,
+                               err_msg=name)
+  assert abs(np.mean(want['query_accuracy_before'])
+             - np.mean(want['query_accuracy_after'])) > 1e-3
+
+
 def _mlp_problem():
   model = maml_plugin.NNXModel(MLP(1, (8, 8), 1, rngs=nnx.Rngs(0)))
   loss_fn = model.task_loss(lambda m, b: losses.mse(m(b['x']), b['y']))
