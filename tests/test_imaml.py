@@ -102,30 +102,28 @@ def test_implicit_gradient_on_quadratics_is_the_closed_form(x64):
 def test_cg_lambda_damps_only_the_linear_system(x64):
   """With ``cg_lambda = mu`` the inner solve keeps `prox_lambda` (phi* as
   above) and CG solves (I + A/mu) g = B (phi* - d): g = mu (A + mu I)^-1
-  B (phi* - d), computed here in closed form; None gives the exact system
-  (pins which lambda goes where)."""
+  B (phi* - d), computed here in closed form (pins which lambda goes where;
+  the test above pins None, the exact system)."""
   del x64
   lam, mu, num_tasks = 1.5, 24.0, 3
   batch = _quadratic_tasks(num_tasks)
   theta = {'a': jnp.array([0.3, -1.0, 2.0]), 'b': jnp.array([0.5, 1.5])}
+  algorithm = maml_plugin.make_algorithm(
+      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
+      num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
+      cg_tol=1e-14, cg_lambda=mu)
+  grads, metrics = _meta_gradient(algorithm, theta, batch)
   t, _ = ravel_pytree(theta)
   eye = np.eye(DIM)
-  for cg_lambda, system in ((mu, mu), (None, lam)):
-    algorithm = maml_plugin.make_algorithm(
-        'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
-        num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
-        cg_tol=1e-14, cg_lambda=cg_lambda)
-    grads, metrics = _meta_gradient(algorithm, theta, batch)
-    expected = []
-    for i in range(num_tasks):
-      a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
-      b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
-      phi = np.linalg.solve(a + lam * eye, a @ c + lam * t)
-      expected.append(system * np.linalg.solve(a + system * eye,
-                                               b @ (phi - d)))
-    np.testing.assert_allclose(ravel_pytree(grads)[0],
-                               np.mean(expected, axis=0), rtol=0, atol=1e-8)
-    assert metrics['cg_residual'] <= 1e-13
+  expected = []
+  for i in range(num_tasks):
+    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
+    b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
+    phi = np.linalg.solve(a + lam * eye, a @ c + lam * t)
+    expected.append(mu * np.linalg.solve(a + mu * eye, b @ (phi - d)))
+  np.testing.assert_allclose(ravel_pytree(grads)[0],
+                             np.mean(expected, axis=0), rtol=0, atol=1e-8)
+  assert metrics['cg_residual'] <= 1e-13
 
 
 def test_metric_before_and_after_are_at_theta_and_at_the_proximal_optimum(
