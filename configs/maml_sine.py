@@ -183,6 +183,8 @@ def get_config(arg=None):
     config.prox_lambda = 10.0
     config.num_cg_steps = 5
     config.cg_tol = 1e-5
+    # CG's lambda: None solves the exact system I + H/prox_lambda.
+    config.cg_lambda = config_dict.placeholder(float)
   if not algorithms and 'paper' not in words:
     set_multi_step_loss(config)
   return config
