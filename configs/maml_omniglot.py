@@ -86,7 +86,8 @@ def set_imaml(config) -> None:
   config.prox_lambda = 2.0
   config.num_cg_steps = 5
   config.cg_tol = 1e-5
-  # A float or None (the exact system): a placeholder takes both from flags.
+  # A float field that may hold None (the exact system); a --config. flag
+  # can set a float, None only a config file.
   config.cg_lambda = config_dict.placeholder(float)
   config.cg_lambda = 24.0
   config.eval_num_inner_steps = config.num_inner_steps

@@ -49,9 +49,10 @@ def omniglot_splits(omniglot_env):
 
 
 # The files that hold the slowest tests (`--durations=30` of a full run on
-# a 2-core machine), about the slowest first. With `-n 2 --dist loadfile`, files are handed to
-# the workers in collection order; starting with the longest ones keeps a
-# long file from being the last one left on one worker while the other idles.
+# a 2-core machine), about the slowest first. With `-n 2 --dist loadfile`,
+# files are handed to the workers in collection order; starting with the
+# longest ones keeps a long file from being the last one left on one worker
+# while the other idles.
 SLOWEST_FILES = (
     'test_omniglot_train.py', 'test_algorithms.py', 'test_long_runs.py',
     'test_per_step_bn.py', 'test_family.py', 'test_shipped_configs.py',

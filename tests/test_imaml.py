@@ -61,6 +61,32 @@ def _meta_gradient(algorithm, params, batch):
   return jax.tree.map(jnp.subtract, params, new.params), metrics.compute()
 
 
+# The quadratic tests' problem: 3 tasks, theta, and lambda = 1.5.
+QUAD_LAMBDA, QUAD_TASKS = 1.5, 3
+QUAD_THETA = {'a': [0.3, -1.0, 2.0], 'b': [0.5, 1.5]}
+
+
+def _quadratic_imaml(**extra):
+  """`imaml` on the quadratic tasks, converged: 80 inner steps (the
+  proximal problem is strongly convex) and exact CG."""
+  return maml_plugin.make_algorithm(
+      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
+      num_inner_steps=80, prox_lambda=QUAD_LAMBDA, num_cg_steps=2 * DIM,
+      cg_tol=1e-14, **extra)
+
+
+def _closed_form_tasks(batch, theta):
+  """Per task, in NumPy: ``(A, phi*, B, d)``: the support's curvature A,
+  phi* = (A + lam I)^-1 (A c + lam theta), and the query's curvature B and
+  centre d."""
+  t, _ = ravel_pytree(theta)
+  for i in range(QUAD_TASKS):
+    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
+    phi = np.linalg.solve(a + QUAD_LAMBDA * np.eye(DIM),
+                          a @ c + QUAD_LAMBDA * t)
+    yield a, phi, batch['query']['x'][i], batch['query']['y'][i, :, 0]
+
+
 def test_implicit_gradient_on_quadratics_is_the_closed_form(x64):
   """phi* = (A + lam I)^-1 (A c + lam theta), d phi*/d theta =
   lam (A + lam I)^-1, so the meta-gradient is lam (A + lam I)^-1 B (phi* - d)
@@ -68,24 +94,16 @@ def test_implicit_gradient_on_quadratics_is_the_closed_form(x64):
   Caught when broken on purpose: the proximal term's sign flipped in
   `proximal_step`, and ``H / lam`` written as ``H * lam`` in CG's matvec."""
   del x64
-  lam, num_tasks = 1.5, 3
-  batch = _quadratic_tasks(num_tasks)
-  theta = {'a': jnp.array([0.3, -1.0, 2.0]), 'b': jnp.array([0.5, 1.5])}
-  algorithm = maml_plugin.make_algorithm(
-      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
-      num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
-      cg_tol=1e-14)
+  batch = _quadratic_tasks(QUAD_TASKS)
+  theta = jax.tree.map(jnp.array, QUAD_THETA)
+  algorithm = _quadratic_imaml()
   grads, metrics = _meta_gradient(algorithm, theta, batch)
 
-  t, unravel = ravel_pytree(theta)
-  eye = np.eye(DIM)
   expected, optima = [], []
-  for i in range(num_tasks):
-    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
-    b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
-    phi = np.linalg.solve(a + lam * eye, a @ c + lam * t)
+  for a, phi, b, d in _closed_form_tasks(batch, theta):
     optima.append(phi)
-    expected.append(lam * np.linalg.solve(a + lam * eye, b @ (phi - d)))
+    expected.append(QUAD_LAMBDA * np.linalg.solve(
+        a + QUAD_LAMBDA * np.eye(DIM), b @ (phi - d)))
   np.testing.assert_allclose(ravel_pytree(grads)[0],
                              np.mean(expected, axis=0), rtol=0, atol=1e-8)
   assert metrics['cg_residual'] <= 1e-14
@@ -105,22 +123,13 @@ def test_cg_lambda_damps_only_the_linear_system(x64):
   B (phi* - d), computed here in closed form (pins which lambda goes where;
   the test above pins None, the exact system)."""
   del x64
-  lam, mu, num_tasks = 1.5, 24.0, 3
-  batch = _quadratic_tasks(num_tasks)
-  theta = {'a': jnp.array([0.3, -1.0, 2.0]), 'b': jnp.array([0.5, 1.5])}
-  algorithm = maml_plugin.make_algorithm(
-      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
-      num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
-      cg_tol=1e-14, cg_lambda=mu)
-  grads, metrics = _meta_gradient(algorithm, theta, batch)
-  t, _ = ravel_pytree(theta)
-  eye = np.eye(DIM)
-  expected = []
-  for i in range(num_tasks):
-    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
-    b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
-    phi = np.linalg.solve(a + lam * eye, a @ c + lam * t)
-    expected.append(mu * np.linalg.solve(a + mu * eye, b @ (phi - d)))
+  mu = 24.0
+  batch = _quadratic_tasks(QUAD_TASKS)
+  theta = jax.tree.map(jnp.array, QUAD_THETA)
+  grads, metrics = _meta_gradient(_quadratic_imaml(cg_lambda=mu), theta,
+                                  batch)
+  expected = [mu * np.linalg.solve(a + mu * np.eye(DIM), b @ (phi - d))
+              for a, phi, b, d in _closed_form_tasks(batch, theta)]
   np.testing.assert_allclose(ravel_pytree(grads)[0],
                              np.mean(expected, axis=0), rtol=0, atol=1e-8)
   assert metrics['cg_residual'] <= 1e-13
@@ -133,26 +142,19 @@ def test_metric_before_and_after_are_at_theta_and_at_the_proximal_optimum(
   closed form as above; and the query losses likewise (pins the metric's
   bookkeeping, which only classification runs exercise)."""
   del x64
-  lam, num_tasks = 1.5, 3
-  batch = _quadratic_tasks(num_tasks)
-  theta = {'a': jnp.array([0.3, -1.0, 2.0]), 'b': jnp.array([0.5, 1.5])}
+  batch = _quadratic_tasks(QUAD_TASKS)
+  theta = jax.tree.map(jnp.array, QUAD_THETA)
 
   def metric_fn(params, task):
     phi, _ = ravel_pytree(params)
     return jnp.sum(jnp.abs(phi - task['y'][:, 0]))
 
-  algorithm = maml_plugin.make_algorithm(
-      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.3,
-      num_inner_steps=80, prox_lambda=lam, num_cg_steps=2 * DIM,
-      cg_tol=1e-14, metric_fn=metric_fn)
-  _, metrics = _meta_gradient(algorithm, theta, batch)
+  _, metrics = _meta_gradient(_quadratic_imaml(metric_fn=metric_fn), theta,
+                              batch)
   t, _ = ravel_pytree(theta)
   want = {'query_accuracy_before': [], 'query_accuracy_after': [],
           'query_loss_before': [], 'query_loss_after': []}
-  for i in range(num_tasks):
-    a, c = batch['support']['x'][i], batch['support']['y'][i, :, 0]
-    b, d = batch['query']['x'][i], batch['query']['y'][i, :, 0]
-    phi = np.linalg.solve(a + lam * np.eye(DIM), a @ c + lam * t)
+  for _, phi, b, d in _closed_form_tasks(batch, theta):
     for name, point in (('before', t), ('after', phi)):
       want[f'query_accuracy_{name}'].append(np.sum(np.abs(point - d)))
       want[f'query_loss_{name}'].append(0.5 * (point - d) @ b @ (point - d))

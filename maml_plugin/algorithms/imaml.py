@@ -144,8 +144,9 @@ def proximal_adapt(loss_fn: core.LossFn, params, support, *, inner_lr: float,
 
 
 def implicit_gradient(support_loss, adapted, query_grad, *,
-                      prox_lambda: float, num_cg_steps: int, cg_tol: float):
-  """``(g, residual)``: CG's solution of ``(I + H/prox_lambda) g =
+                      system_lambda: float, num_cg_steps: int,
+                      cg_tol: float):
+  """``(g, residual)``: CG's solution of ``(I + H/system_lambda) g =
   query_grad`` and its relative residual.
 
   Args:
@@ -155,11 +156,13 @@ def implicit_gradient(support_loss, adapted, query_grad, *,
     adapted: the inner solution ``phi*`` (a pytree like the params).
     query_grad: ``grad L_query(phi*)``, the right-hand side (and CG's
       starting point).
-    prox_lambda, num_cg_steps, cg_tol: see `IMAMLHParams`.
+    system_lambda: the system's lambda, `IMAMLHParams.system_lambda`
+      (`cg_lambda`, else `prox_lambda`).
+    num_cg_steps, cg_tol: see `IMAMLHParams`.
 
   Returns:
     `g` (a pytree like `query_grad`) and ``||query_grad - A g|| /
-    ||query_grad||`` with ``A = I + H/prox_lambda`` (0 when the query
+    ||query_grad||`` with ``A = I + H/system_lambda`` (0 when the query
     gradient is 0), computed with one more product.
   """
   # Forward-over-reverse, linearized once: each CG iteration reuses the
@@ -167,7 +170,7 @@ def implicit_gradient(support_loss, adapted, query_grad, *,
   _, hvp = jax.linearize(jax.grad(support_loss), adapted)
 
   def matvec(v):
-    return jax.tree.map(lambda a, b: a + b / prox_lambda, v, hvp(v))
+    return jax.tree.map(lambda a, b: a + b / system_lambda, v, hvp(v))
 
   g, _ = jax.scipy.sparse.linalg.cg(matvec, query_grad, x0=query_grad,
                                     tol=cg_tol, maxiter=num_cg_steps)
@@ -199,7 +202,7 @@ def imaml_gradient(loss_fn: core.LossFn, params, meta_batch, *,
     hkey = core.support_key(key, hparams.num_inner_steps)
     grad, residual = implicit_gradient(
         lambda p: fn(p, state, task['support'], hkey)[0], adapted,
-        query_grad, prox_lambda=hparams.system_lambda,
+        query_grad, system_lambda=hparams.system_lambda,
         num_cg_steps=hparams.num_cg_steps, cg_tol=hparams.cg_tol)
     before, _ = fn(params, model_state, task['query'], qkey)
     values = (before, after, residual)
