@@ -199,13 +199,16 @@ def test_task_batch_size_must_divide_the_meta_batch_and_the_devices():
 # What the sinusoid default changes from the paper, per algorithm
 # (docs/sinusoid.md): {field: (default, paper)}.
 SINE_DEFAULT_VS_PAPER = {
-    # The default (no algorithm named): MAML's objective averaged over two
-    # inner steps, as the 'mamlpp' step with its other parts off.
-    None: {'train_step': ('mamlpp', 'maml'), 'num_inner_steps': (2, 1),
+    # The default (no algorithm named): MAML's objective averaged over three
+    # inner steps, as the 'mamlpp' step with its other parts off, at twice
+    # the paper's Adam step size.
+    None: {'train_step': ('mamlpp', 'maml'), 'num_inner_steps': (3, 1),
+           'meta_lr': (2e-3, 1e-3),
            'learn_inner_lr': (False, None), 'first_order_steps': (0, None),
            'first_order': (None, False)},
     'maml': {},
-    'anil': {},
+    # ANIL meta-trains on the ten inner steps it is evaluated with.
+    'anil': {'num_inner_steps': (10, 1)},
     'metasgd': {},
     'fomaml': {}, 'reptile': {}, 'mamlpp': {},
 }
