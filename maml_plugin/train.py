@@ -549,15 +549,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with (workdir_lib.lock(workdir) if first_process
         else contextlib.nullcontext()):
     with _StopSignals() as signals:
-      return _train_and_evaluate(config, workdir, components, signals,
-                                 num_devices=num_devices,
-                                 allow_config_change=allow_config_change)
+      manager = checkpointing.create_manager(
+          workdir, max_to_keep=config.max_checkpoints_to_keep)
+      try:
+        return _train_and_evaluate(config, workdir, components, signals,
+                                   manager, num_devices=num_devices,
+                                   allow_config_change=allow_config_change)
+      except BaseException:
+        # Stopping on an error: end the manager's background threads before
+        # the interpreter does (else one may print a traceback at exit under
+        # the one-line error). The error itself is the one to report.
+        try:
+          manager.close()
+        except Exception:  # pylint: disable=broad-except
+          pass
+        raise
 
 
 def _train_and_evaluate(config, workdir: str, components: Components,
-                        signals: _StopSignals, *, num_devices: int,
+                        signals: _StopSignals,
+                        manager, *, num_devices: int,
                         allow_config_change: bool):
-  """`train_and_evaluate` in the locked workdir."""
+  """`train_and_evaluate` in the locked workdir; closes `manager` when it
+  returns."""
   problem, algorithm = components.problem, components.algorithm
   first_process = jax.process_index() == 0
   # State.
@@ -565,8 +579,6 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   rng = jax.random.key(config.seed)
 
   # Restore, under the config the checkpoints were trained with.
-  manager = checkpointing.create_manager(
-      workdir, max_to_keep=config.max_checkpoints_to_keep)
   latest = manager.latest_step()
   saved = workdir_lib.read_config(workdir)
   changes = []
