@@ -8,6 +8,9 @@ TensorBoard (`eval/<metric>_step<k>` with `_ci95`), one curve per workdir:
 
 writes `benchmarks/omniglot_curve.png` and prints the table (meta-steps
 against the metric after 0, 1 and the last number of inner steps, ± ci95).
+`--logx` puts meta-steps on a log scale (runs of very different lengths in
+one picture); `--paper NAME=VALUE` draws a published number for a run as a
+dashed line in its colour (in the metric's unit: % for accuracy).
 """
 
 import argparse
@@ -91,7 +94,18 @@ def main():
   parser.add_argument('runs', nargs='+', help='NAME=WORKDIR')
   parser.add_argument('--out', required=True,
                       help='path without extension for the .png and .md')
+  parser.add_argument('--logx', action='store_true',
+                      help='meta-steps on a log scale')
+  parser.add_argument('--paper', action='append', default=[],
+                      help='NAME=VALUE: a published number for run NAME')
   args = parser.parse_args()
+  paper = {}
+  for item in args.paper:
+    name, _, value = item.partition('=')
+    try:
+      paper[name] = float(value)
+    except ValueError:
+      raise SystemExit(f'--paper {item!r}: expected NAME=NUMBER') from None
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   tables = []
   metric = None
@@ -106,12 +120,19 @@ def main():
     mean = np.array([c[k][0] for _, c in rows])
     ci95 = np.array([c[k][1] for _, c in rows])
     scale = 100.0 if metric == 'accuracy' else 1.0
-    ax.errorbar(steps, scale * mean, yerr=scale * ci95, marker='o',
-                capsize=3, label=f'{name}, after {k} inner steps')
+    line = ax.errorbar(steps, scale * mean, yerr=scale * ci95, marker='o',
+                       capsize=3, label=f'{name}, after {k} inner steps')
+    if name in paper:
+      ax.axhline(paper.pop(name), color=line[0].get_color(), linestyle='--',
+                 linewidth=1, label=f'{name}: MAML paper')
+  if paper:
+    raise SystemExit(f'--paper names no run: {sorted(paper)}')
+  if args.logx:
+    ax.set_xscale('log')
   ax.set_xlabel('meta-steps')
   ax.set_ylabel('test accuracy (%)' if metric == 'accuracy' else metric)
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize='small')
   fig.tight_layout()
   fig.savefig(args.out + '.png', dpi=110)
   text = '\n\n'.join(tables) + '\n'
