@@ -10,10 +10,10 @@ any field can be overridden, e.g. `--config.meta_batch_size=10`.
 
 The default differs from the paper in its meta-objective and its Adam
 step size, not in the task, the model or the inner loop: MAML with the
-paper's alpha = 0.01, meta-trained on the mean of the query losses after one, two and
-three inner steps (the multi-step loss of MAML++, held uniform;
-`set_multi_step_loss`) instead of after one step only, with Adam at 2e-3
-instead of 1e-3. Trained on one step, the initialization sharpens until
+paper's alpha = 0.01, meta-trained on the mean of the query losses after
+one, two and three inner steps (the multi-step loss of MAML++, held
+uniform; `set_multi_step_loss`) instead of after one step only, with Adam
+at 2e-3 instead of 1e-3. Trained on one step, the initialization sharpens until
 ten inner steps diverge on some held-out tasks (docs/sinusoid.md). `paper`
 restores the paper's settings exactly, alone or with the other words, as
 does naming the algorithm::
