@@ -162,6 +162,19 @@ def get_config(arg=None):
     del config.first_order  # Second order: the rates need it.
     # The rates' outer step size; None: meta_lr.
     config.rate_meta_lr = config_dict.placeholder(float)
+    # The query loss after the last step only (0, the paper), or the mean
+    # after each of steps 1..N (None), or annealed to the last over N steps.
+    config.msl_anneal_steps = 0
+    if 'paper' not in words:
+      # Trained on one step, learned rates overshoot over ten (NaN); on the
+      # mean over steps 1..3 an overshooting step costs in training what it
+      # does at evaluation (docs/sinusoid.md).
+      config.num_inner_steps = MSL_INNER_STEPS
+      config.msl_anneal_steps = config_dict.placeholder(int)
+      # As MAML++'s learned rates: Adam steps of ~0.1% of a rate. At the
+      # weights' 1e-3 the rates outgrew the stable range (inf at meta-step
+      # 570).
+      config.rate_meta_lr = 1e-5
   elif algorithm == 'anil':
     # The head: the output layer of the MLP.
     config.head_filter = f'^layers/{len(config.hidden_sizes)}/'

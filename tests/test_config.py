@@ -209,7 +209,10 @@ SINE_DEFAULT_VS_PAPER = {
     'maml': {},
     # ANIL meta-trains on the ten inner steps it is evaluated with.
     'anil': {'num_inner_steps': (10, 1)},
-    'metasgd': {},
+    # Meta-SGD: the mean query loss over three inner steps, its rates at
+    # Adam 1e-5.
+    'metasgd': {'num_inner_steps': (3, 1), 'msl_anneal_steps': (None, 0),
+                'rate_meta_lr': (1e-5, None)},
     'fomaml': {}, 'reptile': {}, 'mamlpp': {},
 }
 

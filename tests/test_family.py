@@ -136,6 +136,48 @@ def test_metasgd_rate_gradient_matches_finite_differences():
     np.testing.assert_allclose(float(g_flat @ v), float(fd), rtol=1e-6)
 
 
+@pytest.mark.parametrize('msl_anneal_steps, step, weights', [
+    (None, 0, (1 / 3, 1 / 3, 1 / 3)),  # uniform
+    (10, 4, (0.2, 0.2, 0.6)),  # 40% annealed: non-final (1 - 0.4) / 3
+    (10, 50, (0.01, 0.01, 0.98)),  # annealed: the floor, 0.03 / 3
+])
+def test_metasgd_multi_step_loss_gradient_matches_a_plain_loop(
+    msl_anneal_steps, step, weights):
+  """Meta-SGD's multi-step loss: the weighted query losses after steps
+  1..3 at ONE per-entry rate tree shared by every step; the train step's
+  gradient (model and rates) against jax.grad of a plain Python loop."""
+  loss_fn, params, batch = _problem()
+  algorithm = train_steps.make_algorithm(
+      'metasgd', loss_fn=loss_fn, tx=optax.sgd(1.0), inner_lr=0.05,
+      num_inner_steps=3, msl_anneal_steps=msl_anneal_steps)
+  meta = algorithm.init_params(params)
+  flat, unravel = jax.flatten_util.ravel_pytree(meta['inner_lr'])
+  rates = unravel(0.05 + 0.02 * jax.random.uniform(
+      jax.random.key(3), flat.shape, jnp.float64))
+  meta = {'model': params, 'inner_lr': rates}
+
+  def reference(m):
+    total = 0.0
+    for i in range(3):
+      task = _task(batch, i)
+      p = m['model']
+      for k in range(3):
+        g = jax.grad(loss_fn)(p, task['support'])
+        p = jax.tree.map(lambda w, d, r: w - r * d, p, g, m['inner_lr'])
+        total = total + weights[k] * loss_fn(p, task['query'])
+    return total / 3
+
+  state = train_steps.MetaTrainState.create(meta, optax.sgd(1.0))
+  state = state.replace(step=jnp.asarray(step, state.step.dtype))
+  new_state, metrics = algorithm.train_step(state, batch, jax.random.key(0))
+  grad = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
+  _close(grad, jax.grad(reference)(meta), rtol=1e-9, atol=1e-12)
+  # The rates learn.
+  assert float(jnp.max(jnp.abs(jax.flatten_util.ravel_pytree(
+      grad['inner_lr'])[0]))) > 1e-6
+  del metrics
+
+
 def test_metasgd_evaluation_adapts_with_the_learned_rates():
   loss_fn, params, batch = _problem()
   algorithm = train_steps.make_algorithm(

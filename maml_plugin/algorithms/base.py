@@ -219,9 +219,11 @@ def apply_meta_gradient(state: MetaTrainState, grads: Any,
 
 def gradient_train_step(objective, tx: optax.GradientTransformation,
                         task_batch_size: int | None = None,
-                        stateful: bool = False) -> TrainStep:
+                        stateful: bool = False,
+                        pass_step: bool = False) -> TrainStep:
   """A train step descending ``objective(params, batch, model_state, rng) ->
-  (loss, MetaOutput)``.
+  (loss, MetaOutput)``; with `pass_step`, ``objective(..., rng, step)``
+  also gets the train state's meta-step (for schedules inside the loss).
 
   With `task_batch_size` the gradient is computed that many tasks at a time
   (`core.over_task_batches`): the same meta-gradient, faster on CPU. With
@@ -243,7 +245,9 @@ def gradient_train_step(objective, tx: optax.GradientTransformation,
 
   def train_step(state, batch, rng: jax.Array):
     tasks = core.with_task_keys(batch, rng if stateful else None)
-    (_, aux), grads = grad_fn(state.params, tasks, model_state_of(state))
+    step = (state.step,) if pass_step else ()
+    (_, aux), grads = grad_fn(state.params, tasks, model_state_of(state),
+                              *step)
     new_state = apply_meta_gradient(state, grads, tx)
     if stateful:
       new_state = new_state.replace(model_state=aux.model_state)

@@ -80,7 +80,9 @@ def msl_weights(step, num_steps: int, anneal_steps: int | None) -> jax.Array:
     return jnp.full((num_steps,), 1.0 / num_steps)
   if anneal_steps == 0 or num_steps == 1:
     return jnp.zeros((num_steps,)).at[-1].set(1.0)
-  frac = jnp.minimum(jnp.asarray(step, jnp.float32) / anneal_steps, 1.0)
+  # The default float: float64 under x64, so weights are exact there.
+  frac = jnp.minimum(jnp.asarray(step, jnp.result_type(float)) / anneal_steps,
+                     1.0)
   nonfinal = jnp.maximum((1.0 - frac) / num_steps, MSL_FLOOR / num_steps)
   weights = jnp.full((num_steps,), nonfinal)
   return weights.at[-1].set(1.0 - (num_steps - 1) * nonfinal)
