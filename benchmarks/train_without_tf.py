@@ -48,9 +48,9 @@ def _install_tf_free_summary_writer():
     def __init__(self, logdir: str):
       self._writer = event_file_writer.EventFileWriter(logdir)
 
-    def _write(self, step, summary):
+    def _write(self, step, proto):
       self._writer.add_event(event_pb2.Event(
-          wall_time=time.time(), step=int(step), summary=summary))
+          wall_time=time.time(), step=int(step), summary=proto))
 
     def write_scalars(self, step, scalars):
       for key, value in scalars.items():

@@ -169,13 +169,12 @@ def test_metasgd_multi_step_loss_gradient_matches_a_plain_loop(
 
   state = train_steps.MetaTrainState.create(meta, optax.sgd(1.0))
   state = state.replace(step=jnp.asarray(step, state.step.dtype))
-  new_state, metrics = algorithm.train_step(state, batch, jax.random.key(0))
+  new_state, _ = algorithm.train_step(state, batch, jax.random.key(0))
   grad = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
   _close(grad, jax.grad(reference)(meta), rtol=1e-9, atol=1e-12)
   # The rates learn.
   assert float(jnp.max(jnp.abs(jax.flatten_util.ravel_pytree(
       grad['inner_lr'])[0]))) > 1e-6
-  del metrics
 
 
 def test_metasgd_evaluation_adapts_with_the_learned_rates():

@@ -72,7 +72,7 @@ def test_tf_free_writer_matches_clu_tensorflow_writer(tmp_path):
       assert abs(got[key][1] - value) < 1e-6, key
 
 
-def test_without_tensorflow_clu_fails_unless_substituted(tmp_path):
+def test_without_tensorflow_clu_fails_unless_substituted():
   """The substitution is needed: without it CLU's writers need TensorFlow."""
   code = ("import sys; sys.modules['tensorflow'] = None\n"
           "from clu import metric_writers\n")
