@@ -44,6 +44,12 @@ PAPER_INNER_LR = 0.01
 # and its Adam step size (the paper's: 1e-3).
 MSL_INNER_STEPS = 3
 MSL_META_LR = 2e-3
+# The default's bound on the meta-gradient's global norm before Adam: 2x
+# the largest per-step norm of a healthy run after 50,000 meta-steps (5.1;
+# median 0.9). A meta-batch whose inner steps overshoot can have a norm of
+# 1e17; unclipped, it wrecks the initialization and inflates Adam's second
+# moment so far that training stalls (docs/sinusoid.md).
+MAX_META_GRAD_NORM = 10.0
 # ANIL's inner steps in training, unless `paper` (one).
 ANIL_INNER_STEPS = 10
 
@@ -72,6 +78,7 @@ def set_multi_step_loss(config) -> None:
   config.learn_inner_lr = False
   config.first_order_steps = 0
   config.meta_lr = MSL_META_LR
+  config.max_meta_grad_norm = MAX_META_GRAD_NORM
 
 
 def get_config(arg=None):
@@ -114,6 +121,9 @@ def get_config(arg=None):
   # CPU. An int that divides meta_batch_size, e.g. 32 on a GPU.
   config.task_batch_size = config_dict.placeholder(int)
   config.meta_lr = 1e-3
+  # The meta-gradient's global norm is clipped to this before Adam; None:
+  # never (the paper).
+  config.max_meta_grad_norm = config_dict.placeholder(float)
   config.num_train_steps = 70_000
   config.seed = 0
   # Meta-steps fused into one jitted call (a scan); periodic intervals must

@@ -64,6 +64,11 @@ class TrainerFields(fields.Fields):
   meta_optimizer: str = fields.choice('adam', 'sgd', default='adam')
   meta_lr_schedule: str = fields.choice('constant', 'linear', 'cosine',
                                          default='constant')
+  # The meta-gradient's global norm is clipped to this before the outer
+  # optimizer sees it (optax.clip_by_global_norm); None: no clipping.
+  max_meta_grad_norm: float | None = fields.field(
+      None, check=fields.or_none(fields.positive_real),
+      allowed='a number > 0, or None (no clipping)')
   # The run's length; a decaying schedule reaches 0 at its end.
   num_train_steps: int = fields.integer(changes_training=_schedule_decays)
   steps_per_call: int = fields.integer(changes_training=False)

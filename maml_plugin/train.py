@@ -175,7 +175,10 @@ def create_optimizer(config) -> optax.GradientTransformation:
   Learned inner rates (Meta-SGD, MAML++'s LSLR: ``params['inner_lr']``) get
   their own step size `config.rate_meta_lr` when it is set, on the same
   schedule: Adam moves every entry by about its learning rate per step,
-  which is large for rates of ~0.01.
+  which is large for rates of ~0.01. With `config.max_meta_grad_norm` the
+  meta-gradient's global norm is clipped to it first (all leaves together,
+  rates included), so no single meta-batch moves the optimizer's moments
+  by more than a gradient of that norm would.
   """
   name = config.get('meta_optimizer', 'adam')
   if name not in ('adam', 'sgd'):
@@ -183,11 +186,16 @@ def create_optimizer(config) -> optax.GradientTransformation:
         f"config.meta_optimizer={name!r}: must be one of 'adam', 'sgd'")
   make = getattr(optax, name)
   if config.get('rate_meta_lr') is None:
-    return make(meta_lr_schedule(config))
-  return optax.multi_transform(
-      {'model': make(meta_lr_schedule(config)),
-       'rates': make(meta_lr_schedule(config, config.rate_meta_lr))},
-      _rate_labels)
+    tx = make(meta_lr_schedule(config))
+  else:
+    tx = optax.multi_transform(
+        {'model': make(meta_lr_schedule(config)),
+         'rates': make(meta_lr_schedule(config, config.rate_meta_lr))},
+        _rate_labels)
+  max_norm = config.get('max_meta_grad_norm')
+  if max_norm is None:
+    return tx
+  return optax.chain(optax.clip_by_global_norm(max_norm), tx)
 
 
 def create_algorithm(config, problem: Problem,
@@ -257,7 +265,9 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
       new_state, step_metrics = train_step(state, batch, step_rng)
       new_state, ok, report = guards.guard_update(
           state, new_state, step_metrics, report, skip=skip_nonfinite)
-      merged = metrics.merge(step_metrics)
+      # The carry keeps the empty metrics' dtypes (float32 sums under x64).
+      merged = jax.tree.map(lambda m, o: m.astype(o.dtype),
+                            metrics.merge(step_metrics), metrics)
       if skip_nonfinite:  # A skipped step's NaNs must not poison the means.
         merged = jax.tree.map(lambda m, o: jnp.where(ok, m, o), merged,
                               metrics)
