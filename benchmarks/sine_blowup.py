@@ -29,7 +29,6 @@ import os
 import sys
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -41,6 +40,8 @@ from configs import maml_sine  # pylint: disable=g-import-not-at-top
 from maml_plugin import checkpointing  # pylint: disable=g-import-not-at-top
 from maml_plugin import core  # pylint: disable=g-import-not-at-top
 from maml_plugin import train  # pylint: disable=g-import-not-at-top
+
+import hessian  # pylint: disable=g-import-not-at-top
 
 POWER_ITERATIONS = 20
 COLUMNS = ('step', 'meta_loss', 'query_loss_before', 'meta_grad_norm',
@@ -99,28 +100,13 @@ def make_probe(components, config, num_tasks):
   held = jax.tree.map(lambda a: a[:num_tasks],
                       components.evaluator.tasks)
 
-  def top_eigenvalue(params, support):
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    grad = lambda p: jax.grad(loss_fn)(p, support)
-
-    def hvp(v):
-      tangent = jax.jvp(grad, (params,), (unravel(v),))[1]
-      return jax.flatten_util.ravel_pytree(tangent)[0]
-
-    def body(v, _):
-      w = hvp(v)
-      return w / jnp.linalg.norm(w), None
-
-    v, _ = jax.lax.scan(body, jnp.ones_like(flat) / jnp.sqrt(flat.size), None,
-                        length=POWER_ITERATIONS)
-    return v @ hvp(v)
-
   def per_task(params, task):
     before = loss_fn(params, task['query'])
     adapted = core.adapt(loss_fn, params, task['support'],
                          inner_lr=config.inner_lr, num_steps=1)
     return (before, loss_fn(adapted, task['query']),
-            config.inner_lr * top_eigenvalue(params, task['support']))
+            config.inner_lr * hessian.top_eigenvalue(
+                loss_fn, params, task['support'], POWER_ITERATIONS))
 
   @jax.jit
   def probe(params):

@@ -22,7 +22,6 @@ import jax
 
 jax.config.update('jax_enable_x64', True)
 
-import jax.flatten_util  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -33,6 +32,8 @@ from configs import maml_sine  # pylint: disable=g-import-not-at-top
 from maml_plugin import checkpointing  # pylint: disable=g-import-not-at-top
 from maml_plugin import train  # pylint: disable=g-import-not-at-top
 
+import hessian  # pylint: disable=g-import-not-at-top
+
 POWER_ITERATIONS = 40
 
 
@@ -42,20 +43,7 @@ def _cast(tree, dtype):
 
 def top_eigenvalue(loss_fn, params, support):
   """Largest-magnitude Hessian eigenvalue of `loss_fn` at `params`."""
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  grad = lambda p: jax.grad(loss_fn)(p, support)
-
-  def hvp(v):
-    tangent = jax.jvp(grad, (params,), (unravel(v),))[1]
-    return jax.flatten_util.ravel_pytree(tangent)[0]
-
-  def body(v, _):
-    w = hvp(v)
-    return w / jnp.linalg.norm(w), None
-
-  v, _ = jax.lax.scan(body, jnp.ones_like(flat) / jnp.sqrt(flat.size), None,
-                      length=POWER_ITERATIONS)
-  return v @ hvp(v)
+  return hessian.top_eigenvalue(loss_fn, params, support, POWER_ITERATIONS)
 
 
 def per_task(loss_fn, inner_lr, steps, params, task):

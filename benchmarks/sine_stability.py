@@ -119,24 +119,11 @@ def launch(args, setting: str, seed: int) -> subprocess.Popen:
                           stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def eval_scalars(path: str) -> dict[int, dict[str, float]]:
-  """``{step: {tag: value}}`` of the run's ``eval/`` scalars."""
-  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  out = {}
-  for name in sorted(glob.glob(os.path.join(path, 'events.out.tfevents*'))):
-    for event in event_file_loader.EventFileLoader(name).Load():
-      for value in event.summary.value:
-        if value.tag.startswith('eval/') and value.HasField('tensor'):
-          out.setdefault(event.step, {})[value.tag] = float(
-              tensor_util.make_ndarray(value.tensor))
-  return out
-
-
 def run_rows(path: str) -> list[dict]:
   """One row per periodic evaluation, then the final one (``step='final'``):
   the mean MSE after 0, 1 and 10 steps and the non-finite tasks."""
   rows = []
+  from sine_results import eval_scalars  # pylint: disable=g-import-not-at-top
   for step, tags in sorted(eval_scalars(path).items()):
     rows.append({'step': step, **{
         k: tags.get(f'eval/mse_step{k}', math.nan) for k in (0, 1, 10)},
