@@ -75,8 +75,8 @@ def test_no_check_before_min_history_steps():
 
 def test_the_median_is_over_the_previous_window_only():
   """Pins the window: a median over all history (or another window) sees
-  the old level 1.0 and reports the new level 100 as a spike."""
-  losses = np.concatenate([np.ones(400), np.full(100, 100.0),
+  the old level 1.0 and reports 150 after the burst ended as a spike."""
+  losses = np.concatenate([np.ones(400), np.full(100, 100.0), [1.0],
                            np.full(300, 150.0)])
   found = _spikes(losses, first_step=0, window=100)
   assert [s.step for s in found] == [400]
@@ -84,7 +84,8 @@ def test_the_median_is_over_the_previous_window_only():
 
 def test_the_held_out_rule_compares_with_the_median_of_three():
   monitor = spikes.SpikeMonitor()
-  for step, loss in enumerate([10.0, 10.0, 10.0, 1.0, 1.0, 1.0]):
+  # The median of the last three (1), not of all six (7) nor their max.
+  for step, loss in enumerate([10.0, 10.0, 10.0, 1.0, 4.0, 1.0]):
     assert monitor.heldout_loss(step, loss) is None
   assert monitor.last_good_eval_step == 5
   spike = monitor.heldout_loss(6, 2.5)  # 2.5x the median (1) of 3 before.
