@@ -138,6 +138,14 @@ def get_config(arg=None):
   # A NaN/Inf meta-loss or meta-gradient: 'stop' the run (the last good
   # checkpoint stays) or 'skip' the update and count it in the metrics.
   config.on_nonfinite = 'stop'
+  # A finite blow-up (maml_plugin/spikes.py): a meta-loss above spike_factor
+  # times the median of the previous spike_window steps, or a held-out loss
+  # above eval_spike_factor times the previous 3 evaluations' median:
+  # 'warn' (one line), 'stop', or 'rollback' to the checkpoint before it.
+  config.on_spike = 'warn'
+  config.spike_factor = 10.0
+  config.eval_spike_factor = 2.0
+  config.spike_window = 1_000
   # Held-out evaluation: fixed seeded tasks, 100 query points, 0..10 steps.
   config.eval_seed = 1_000_003
   config.num_eval_tasks = 600

@@ -67,7 +67,8 @@ class FewShotEvaluation(periodic_actions.PeriodicAction):
     self._writer = writer
     self._state_fn = state_fn
     self.last_curves = None  # [tasks, steps + 1] of the latest evaluation,
-    self.last_step = None    # and the train step it evaluated.
+    self.last_step = None    # the train step it evaluated,
+    self.last_loss_before = None  # and its mean loss before adapting.
 
   @property
   def metric(self) -> str:
@@ -76,32 +77,64 @@ class FewShotEvaluation(periodic_actions.PeriodicAction):
   def _apply(self, step: int, t: float):
     del t
     state = self._state_fn()
-    self.last_curves = self._evaluator(state.params,
-                                       getattr(state, 'model_state', None))
+    model_state = getattr(state, 'model_state', None)
+    self.last_curves = self._evaluator(state.params, model_state)
+    self.last_loss_before = self._evaluator.loss_before(
+        state.params, model_state, curves=self.last_curves)
     self.last_step = step
     self._writer.write_scalars(
         step, evaluation_scalars(self._evaluator.metric, self.last_curves))
     self._writer.flush()
 
 
+class HeldOutSpikeCheck(periodic_actions.PeriodicAction):
+  """Feeds each evaluation's loss before adapting to a
+  `spikes.SpikeMonitor` and calls ``on_spike(spike)`` on a spike.
+
+  Place it after `evaluation` and before `Checkpoint` in the hooks, with the
+  evaluation's `every_steps`: ``on_spike`` may raise, so that the step of a
+  spike is never saved.
+  """
+
+  def __init__(self, *, evaluation: FewShotEvaluation, monitor,
+               on_spike: Callable[[Any], None], **kwargs):
+    super().__init__(**kwargs)
+    self._evaluation = evaluation
+    self._monitor = monitor
+    self._on_spike = on_spike
+
+  def _apply(self, step: int, t: float):
+    del t
+    if self._evaluation.last_step != step:  # No evaluation at this step.
+      return
+    spike = self._monitor.heldout_loss(step,
+                                       self._evaluation.last_loss_before)
+    if spike is not None:
+      self._on_spike(spike)
+
+
 class Checkpoint(periodic_actions.PeriodicAction):
-  """Saves the train state (and the loop's base key) with orbax."""
+  """Saves the train state (and the loop's base key) with orbax.
+
+  `rng`: the base key, or a function returning the current one (a loop
+  that changes it, e.g. after a rollback).
+  """
 
   def __init__(self, *, manager, state_fn: Callable[[], Any], rng, **kwargs):
     super().__init__(**kwargs)
     self._manager = manager
     self._state_fn = state_fn
-    self._rng = rng
+    self._rng_fn = rng if callable(rng) else lambda: rng
 
   def _apply(self, step: int, t: float):
     del step, t
-    checkpointing.save(self._manager, self._state_fn(), self._rng)
+    checkpointing.save(self._manager, self._state_fn(), self._rng_fn())
 
 
 def evaluation_report(metric: str, curves, train_step: int) -> dict:
   """The evaluation.json document (see README)."""
   summary = _summarize_and_log(metric, curves)
-  return {
+  report = {
       'metric': metric,
       'num_tasks': int(curves.shape[0]),
       'train_step': int(train_step),
@@ -109,6 +142,10 @@ def evaluation_report(metric: str, curves, train_step: int) -> dict:
                                for name, v in s._asdict().items()}
                       for k, s in summary.items()},
   }
+  dominated = evaluation.dominated_messages(summary)
+  if dominated:
+    report['dominated_by_few_tasks'] = dominated
+  return report
 
 
 def _json_number(value):
@@ -131,6 +168,10 @@ def format_table(report: dict) -> str:
                  f'{_cell(v["ci95"], 8, ".4f")}  '
                  f'{_cell(v.get("median"), 8, ".4f")}  '
                  f'{v.get("nonfinite", 0):>9}  {v.get("diverged", 0):>8}')
+  lines += report.get('dominated_by_few_tasks', [])
+  lines += [f'rolled back at meta-step {r["spike_step"]:,} ({r["what"]} '
+            f'spiked) to step {r["restored_step"]:,}'
+            for r in report.get('rollbacks', [])]
   return '\n'.join(lines)
 
 

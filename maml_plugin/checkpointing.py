@@ -49,6 +49,8 @@ CHECKSUMS = 'sha256.json'
 # An unreadable checkpoint, set aside by a training run so that the step can
 # be saved again: `<step>.unreadable-<time>`.
 UNREADABLE_MARK = '.unreadable'
+# A checkpoint after the step a run rolled back to (`set_aside_after`).
+ROLLED_BACK_MARK = '.rolled-back'
 
 
 class CheckpointError(RuntimeError):
@@ -184,6 +186,40 @@ def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return state, rng
+  return _restore_newest(manager, steps, state, rng,
+                         set_aside_unreadable=set_aside_unreadable)
+
+
+def restore_at_or_before(manager: ocp.CheckpointManager, step: int, state,
+                         rng: jax.Array, *, set_aside_unreadable: bool = False):
+  """`restore_latest` among the checkpoints of steps <= `step` (a rollback
+  to before a blow-up): ``(state, rng)``, or None when there is no such
+  checkpoint. One that does not read is named and the next older one is
+  tried, as there; none readable raises `CheckpointError`."""
+  steps = sorted((s for s in manager.all_steps() if s <= step), reverse=True)
+  if not steps:
+    return None
+  return _restore_newest(manager, steps, state, rng,
+                         set_aside_unreadable=set_aside_unreadable)
+
+
+def set_aside_after(manager: ocp.CheckpointManager, step: int) -> list[int]:
+  """Renames the checkpoints of steps after `step` to
+  ``<step>.rolled-back-<time>`` (kept, never deleted), so that neither a
+  resume nor the rolled-back run's own saves meet them; returns their
+  steps."""
+  later = sorted(s for s in manager.all_steps() if s > step)
+  if later:
+    _set_aside([os.path.join(str(manager.directory), str(s)) for s in later],
+               mark=ROLLED_BACK_MARK, why='rolled back past it')
+    manager.reload()
+  return later
+
+
+def _restore_newest(manager, steps: list[int], state, rng, *,
+                    set_aside_unreadable: bool):
+  """The first of `steps` (newest first) that reads; see `restore_latest`."""
+  directory = str(manager.directory)
   target = _as_arrays({'state': state, 'rng': jax.random.key_data(rng)})
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   unreadable = []
@@ -221,17 +257,18 @@ def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array,
       f'({len(unreadable)} tried); nothing in the workdir was changed')
 
 
-def _set_aside(paths: list[str]) -> None:
+def _set_aside(paths: list[str], *, mark: str = UNREADABLE_MARK,
+               why: str = 'unreadable') -> None:
   stamp = time.strftime('%Y%m%d-%H%M%S')
   for path in paths:
-    aside = f'{path}{UNREADABLE_MARK}-{stamp}'
+    aside = f'{path}{mark}-{stamp}'
     try:
       os.rename(path, aside)
     except OSError as e:
       raise CheckpointWriteError(workdir_lib.describe_os_error(e, aside)) from e
-    logging.warning('Moved the unreadable checkpoint %s to %s (kept for '
+    logging.warning('Moved the checkpoint %s (%s) to %s (kept for '
                     'inspection; the run will save that step again).', path,
-                    aside)
+                    why, aside)
 
 
 def _leaf_name(path) -> str:

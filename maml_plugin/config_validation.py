@@ -25,6 +25,7 @@ import difflib
 import importlib
 
 from maml_plugin import fields
+from maml_plugin import spikes
 from maml_plugin.algorithms import TRAIN_STEPS
 from maml_plugin.models import MODELS
 from maml_plugin.tasks import TASKS
@@ -37,6 +38,17 @@ class ConfigError(ValueError):
 def _module_names(v) -> bool:
   return isinstance(v, (list, tuple)) and all(
       isinstance(m, str) and m for m in v)
+
+
+def _above_one(v) -> bool:
+  return fields.positive_real(v) and v > 1
+
+
+def _factor(default: float):
+  """A spike threshold: how many times the median (`maml_plugin.spikes`)."""
+  return fields.field(default, check=_above_one,
+                      allowed='a finite number > 1 (times the median)',
+                      changes_training=False)
 
 
 def _schedule_decays(values) -> bool:
@@ -74,6 +86,15 @@ class TrainerFields(fields.Fields):
   steps_per_call: int = fields.integer(changes_training=False)
   seed: int = fields.integer(at_least=0)
   on_nonfinite: str = fields.choice('stop', 'skip', changes_training=False)
+  # Blow-ups (`maml_plugin.spikes`): a meta-loss or held-out loss far above
+  # its recent median. Detection changes nothing; 'stop' and 'rollback'
+  # act on a spike.
+  on_spike: str = fields.choice(*spikes.ON_SPIKE, default='warn',
+                                changes_training=False)
+  spike_factor: float = _factor(spikes.SPIKE_FACTOR)
+  eval_spike_factor: float = _factor(spikes.EVAL_SPIKE_FACTOR)
+  spike_window: int = fields.integer(spikes.SPIKE_WINDOW,
+                                     changes_training=False)
   # Periodic actions.
   log_every_steps: int = fields.integer(changes_training=False)
   eval_every_steps: int = fields.integer(changes_training=False)

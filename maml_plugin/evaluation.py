@@ -169,6 +169,23 @@ def summarize(curves, metric: str = 'mse') -> dict[int, StepSummary]:
   return out
 
 
+# A mean more than this many times its median is dominated by a few tasks.
+DOMINATED_RATIO = 10.0
+
+
+def dominated_messages(summary: dict[int, StepSummary]) -> list[str]:
+  """One line per inner-step count whose mean is more than
+  `DOMINATED_RATIO` times its median: a few tasks dominate that mean (the
+  median says what a typical task reaches)."""
+  out = []
+  for k, s in summary.items():
+    if s.median > 0 and s.mean > DOMINATED_RATIO * s.median:
+      out.append(f'after {k} inner step{"" if k == 1 else "s"} the mean '
+                 f'({s.mean:.3g}) is {s.mean / s.median:.3g}x the median '
+                 f'({s.median:.3g}): a few tasks dominate it')
+  return out
+
+
 def nonfinite_message(metric: str, summary: dict[int, StepSummary],
                       num_tasks: int) -> str | None:
   """One line naming the inner-step counts with non-finite tasks, or None.
@@ -251,10 +268,26 @@ class FewShotEvaluator:
                                inner_loop=loop_for(model_state),
                                task_batch_size=task_batch_size))
     self.inner_loop = loop_for(None) if not core.is_stateful(loss_fn) else None
+    self._losses_before = jax.jit(lambda params, model_state, tasks: jax.vmap(
+        lambda t: _measure(loop_for(model_state), loss_fn, 0)(
+            params, t['query']))(tasks))
 
   def __call__(self, params, model_state=None) -> np.ndarray:
     return np.asarray(jax.device_get(self._curves(params, model_state,
                                                   self.tasks)))
+
+  def loss_before(self, params, model_state=None, curves=None) -> float:
+    """The mean query loss before adapting over the finite held-out tasks
+    (NaN if none is): the loss for a metric that is not (accuracy), so a
+    blow-up shows (`maml_plugin.spikes`). `curves` of the same params, when
+    the metric is the loss, give it without computing anything."""
+    if curves is not None and self.metric_fn is self.loss_fn:
+      values = np.asarray(curves)[:, 0]
+    else:
+      values = np.asarray(jax.device_get(self._losses_before(
+          params, model_state, self.tasks)))
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
 
 
 def sinusoid_fits(predict_fn, loss_fn: core.LossFn, params, tasks, *,

@@ -63,10 +63,15 @@ class NonFiniteReport:
     return max(int(self.bad_loss_steps), int(self.bad_grad_steps))
 
 
+def meta_loss(metrics) -> jax.Array:
+  """One step's meta-loss: its metrics' ``query_loss_after``."""
+  return metrics.query_loss_after.total / metrics.query_loss_after.count
+
+
 def guard_update(state, new_state, metrics, report: NonFiniteReport, *,
                  skip: bool):
   """Returns ``(state, ok, report)``; see the module docstring."""
-  loss = metrics.query_loss_after.total / metrics.query_loss_after.count
+  loss = meta_loss(metrics)
   grad_norm = metrics.meta_grad_norm.total / metrics.meta_grad_norm.count
   loss_ok = jnp.isfinite(loss)
   grad_ok = jnp.isfinite(grad_norm)

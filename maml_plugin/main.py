@@ -33,6 +33,7 @@ from maml_plugin import config_validation
 from maml_plugin import console
 from maml_plugin import distributed
 from maml_plugin import guards
+from maml_plugin import spikes
 from maml_plugin import train
 from maml_plugin import workdir
 from maml_plugin.tasks import episodic
@@ -165,7 +166,7 @@ def main(argv):
     # matches no parameter of the model, known once the model exists.
     _fail(f'bad config: {e}')
   except (workdir.WorkdirError, checkpointing.CheckpointError,
-          guards.NonFiniteError, omniglot.OmniglotError,
+          guards.NonFiniteError, spikes.SpikeError, omniglot.OmniglotError,
           episodic.EpisodeError) as e:
     _fail(str(e))
   except Exception as e:  # pylint: disable=broad-except

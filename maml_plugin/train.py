@@ -52,6 +52,7 @@ from maml_plugin import fields
 from maml_plugin import guards
 from maml_plugin import models
 from maml_plugin import nnx_bridge
+from maml_plugin import spikes
 from maml_plugin import tasks as tasks_lib
 from maml_plugin import workdir as workdir_lib
 
@@ -238,7 +239,7 @@ def create_train_state(problem: Problem, algorithm: algorithms.MetaAlgorithm,
 
 def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
                      steps_per_call: int, skip_nonfinite: bool = False,
-                     batch_sharding=None):
+                     batch_sharding=None, step_losses: bool = False):
   """`steps_per_call` meta-steps as one pure function (jit it).
 
   ``train_chunk(state, rng) -> (state, metrics, nonfinite_report)``: step
@@ -246,7 +247,10 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
   the step key, so the tasks depend only on the seed and the step, never on
   the chunking. Non-finite updates are counted (and dropped when
   `skip_nonfinite`), see `maml_plugin.guards`; `batch_sharding` splits the
-  meta-batch's task axis over devices (`maml_plugin.distributed`).
+  meta-batch's task axis over devices (`maml_plugin.distributed`). With
+  `step_losses` it returns a fourth value, each step's meta-loss
+  (``query_loss_after``; ``[steps_per_call]``) for `maml_plugin.spikes`;
+  the steps compute the same either way.
   """
   def train_chunk(state, rng):
     # The metrics' type (regression or classification) from the step itself.
@@ -271,11 +275,13 @@ def make_train_chunk(train_step, tasks, *, meta_batch_size: int,
       if skip_nonfinite:  # A skipped step's NaNs must not poison the means.
         merged = jax.tree.map(lambda m, o: jnp.where(ok, m, o), merged,
                               metrics)
-      return (new_state, merged, report), None
+      return (new_state, merged, report), guards.meta_loss(step_metrics)
 
-    (state, metrics, report), _ = jax.lax.scan(
+    (state, metrics, report), losses = jax.lax.scan(
         body, (state, metrics_cls.empty(), guards.NonFiniteReport.empty()),
         None, length=steps_per_call)
+    if step_losses:
+      return state, metrics, report, losses
     return state, metrics, report
 
   return train_chunk
@@ -335,7 +341,8 @@ class Components:
                        ) -> list[periodic_actions.PeriodicAction]:
     """Our CLU actions for a loop that calls each with the step just done:
     few-shot evaluation every `config.eval_every_steps` (scalars to
-    `writer`) and a checkpoint of ``state_fn()`` and `rng` in
+    `writer`) and a checkpoint of ``state_fn()`` and `rng` (a key, or a
+    function returning the current one) in
     ``workdir/checkpoints`` every `config.checkpoint_every_steps` and at
     `config.num_train_steps`. `manager`: an orbax manager of your own
     (default: one for `workdir`)."""
@@ -388,12 +395,15 @@ def build_components(config: ml_collections.ConfigDict) -> Components:
 
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
                         workdir: str, evaluator=None,
-                        model_state=None) -> dict:
+                        model_state=None, rollbacks=()) -> dict:
   """Held-out evaluation: writes evaluation.json, and adaptation.png when
-  the task family draws a picture."""
+  the task family draws a picture. `rollbacks`: the run's rollbacks past
+  blow-ups (`maml_plugin.spikes`), recorded in the report."""
   evaluator = evaluator or create_evaluator(config, problem)
   curves = evaluator(params, model_state)
   report = actions.evaluation_report(problem.metric, curves, train_step)
+  if rollbacks:
+    report['rollbacks'] = list(rollbacks)
   if jax.process_index() > 0:  # Every host computes; the first one writes.
     return report
   actions.write_evaluation_report(workdir, report)
@@ -526,6 +536,24 @@ class _NewStepsOnly:
     return getattr(self._writer, name)
 
 
+class _RollBack(Exception):
+  """A spike under ``config.on_spike='rollback'``: the loop restores the
+  newest checkpoint before it (`train_and_evaluate`)."""
+
+  def __init__(self, spike: spikes.Spike):
+    super().__init__(spike.describe())
+    self.spike = spike
+
+
+def _kept_checkpoint(manager) -> str:
+  """What a run that stops keeps: 'the last good checkpoint (step N) in
+  DIR is kept'."""
+  last = manager.latest_step()
+  return (f'the last good checkpoint (step {last}) in {manager.directory} '
+          'is kept' if last is not None
+          else 'no checkpoint had been written yet')
+
+
 def _hparams_for_writer(config) -> dict:
   return {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
           for k, v in config.to_dict().items()}
@@ -638,35 +666,109 @@ def _train_and_evaluate(config, workdir: str, components: Components,
                        meta_batch_size=config.meta_batch_size,
                        steps_per_call=config.steps_per_call,
                        skip_nonfinite=config.on_nonfinite == 'skip',
-                       batch_sharding=batch_sharding),
+                       batch_sharding=batch_sharding, step_losses=True),
       donate_argnums=0)
+
+  # Blow-ups (`maml_plugin.spikes`): what a spike does.
+  monitor = spikes.SpikeMonitor(
+      factor=config.get('spike_factor', spikes.SPIKE_FACTOR),
+      eval_factor=config.get('eval_spike_factor', spikes.EVAL_SPIKE_FACTOR),
+      window=config.get('spike_window', spikes.SPIKE_WINDOW))
+  on_spike = config.get('on_spike', 'warn')
+  rollbacks = list((saved or {}).get('rollbacks', [])) if first_step else []
+
+  def respond(spike: spikes.Spike):
+    """Reports `spike`; raises `SpikeError` ('stop') or `_RollBack`."""
+    writer.write_scalars(spike.step, {f'spike/{spike.kind}_ratio':
+                                      spike.ratio})
+    writer.flush()
+    if on_spike == 'warn':
+      logging.warning("%s; on_spike='warn': training goes on",
+                      spike.describe())
+      return
+    if on_spike == 'rollback' and len(rollbacks) < spikes.MAX_ROLLBACKS:
+      raise _RollBack(spike)
+    why = ('' if on_spike == 'stop' else
+           f' after {len(rollbacks)} rollbacks')
+    raise spikes.SpikeError(f'{spike.describe()}; on_spike={on_spike!r}: '
+                            f'stopped{why}, {_kept_checkpoint(manager)}')
+
+  def roll_back(spike: spikes.Spike):
+    """The state and base key of the newest checkpoint before `spike`,
+    with a fresh key for the meta-batches from there (recorded)."""
+    target = (spike.step - 1 if spike.kind == spikes.META_LOSS
+              else monitor.last_good_eval_step)
+    restored = None if target is None else checkpointing.restore_at_or_before(
+        manager, target, state, rng, set_aside_unreadable=first_process)
+    if restored is None:
+      raise spikes.SpikeError(
+          f"{spike.describe()}; on_spike='rollback': stopped, no checkpoint "
+          f'before it in {manager.directory} to roll back to')
+    restored_state, restored_rng = restored
+    restored_step = int(restored_state.step)
+    if first_process:  # A resume must not meet the steps after it.
+      checkpointing.set_aside_after(manager, restored_step)
+    record = {'spike_step': spike.step, 'what': spike.kind,
+              'value': spike.value, 'median': spike.median,
+              'restored_step': restored_step}
+    rollbacks.append(record)
+    if first_process:
+      workdir_lib.write_config(workdir, config, num_devices=num_devices,
+                               previous=workdir_lib.read_config(workdir),
+                               rollbacks=[record])
+    monitor.rewind(restored_step)
+    logging.warning(
+        "%s; on_spike='rollback': restored step %s from %s (rollback %d of "
+        '%d); training goes on with fresh meta-batches', spike.describe(),
+        f'{restored_step:,}', manager.directory, len(rollbacks),
+        spikes.MAX_ROLLBACKS)
+    # Fresh meta-batches from there, kept in later checkpoints (resuming
+    # stays exact).
+    restored_rng = jax.random.fold_in(restored_rng, len(rollbacks))
+    if batch_sharding is not None:
+      restored_state, restored_rng = distributed.replicate(
+          (restored_state, restored_rng), mesh)
+    return restored_state, restored_rng, restored_step
 
   # Periodic actions.
   def state_fn():
     return state
 
   evaluator = components.evaluator
-  # Only on log steps (chunk boundaries): the hooks see the steps of a chunk
-  # in one burst, so a time-triggered report mid-chunk would divide a burst
-  # of steps by microseconds and log a meaningless steps_per_sec.
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer,
-      every_steps=config.log_every_steps, every_secs=None)
-  component_actions = components.periodic_actions(
-      writer, workdir, state_fn=state_fn, rng=rng, manager=manager)
-  few_shot_evaluation = component_actions[0]
-  hooks = [
-      report_progress,
-      *component_actions,
-      # After the evaluation, whose result it shows.
-      console.ProgressLine(num_train_steps=config.num_train_steps,
-                           every_steps=config.eval_every_steps,
-                           evaluation_action=few_shot_evaluation),
-  ]
-  # The rates' clocks start now, before compiling: a first rate measured
-  # from the first step's hook call would divide by microseconds.
-  for hook in (report_progress, hooks[-1]):
-    hook(first_step)
+
+  def make_hooks(at_step: int):
+    """The loop's hooks, their clocks started at `at_step` (the start, or
+    the step a rollback restored)."""
+    # Only on log steps (chunk boundaries): the hooks see the steps of a
+    # chunk in one burst, so a time-triggered report mid-chunk would divide
+    # a burst of steps by microseconds and log a meaningless steps_per_sec.
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=config.num_train_steps, writer=writer,
+        every_steps=config.log_every_steps, every_secs=None)
+    few_shot_evaluation, checkpoint = components.periodic_actions(
+        writer, workdir, state_fn=state_fn, rng=lambda: rng, manager=manager)
+    progress_line = console.ProgressLine(
+        num_train_steps=config.num_train_steps,
+        every_steps=config.eval_every_steps,
+        evaluation_action=few_shot_evaluation)
+    hooks = [
+        report_progress,
+        few_shot_evaluation,
+        # Before the checkpoint: a spike's step is never saved.
+        actions.HeldOutSpikeCheck(evaluation=few_shot_evaluation,
+                                  monitor=monitor, on_spike=respond,
+                                  every_steps=config.eval_every_steps),
+        checkpoint,
+        # After the evaluation, whose result it shows.
+        progress_line,
+    ]
+    # The rates' clocks start now, before compiling: a first rate measured
+    # from the first step's hook call would divide by microseconds.
+    for hook in (report_progress, progress_line):
+      hook(at_step)
+    return report_progress, hooks
+
+  report_progress, hooks = make_hooks(first_step)
   every_secs = config.get('checkpoint_every_secs')
 
   # Loop.
@@ -679,31 +781,38 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   train_metrics = None
   skipped = 0
   while step < config.num_train_steps:
-    state, chunk_metrics, report = train_chunk(state, rng)
+    state, chunk_metrics, report, losses = train_chunk(state, rng)
     # Reading the report waits for the chunk: the run stops at the first bad
     # chunk, and sharded CPU steps are never queued deep enough to time out
     # in a collective's rendezvous.
     report = jax.device_get(report)
     if int(report.first_bad_step) >= 0 and config.on_nonfinite == 'stop':
-      last = manager.latest_step()
-      kept = (f'the last good checkpoint (step {last}) in '
-              f'{manager.directory} is kept' if last is not None
-              else 'no checkpoint had been written yet')
       raise guards.NonFiniteError(f'{guards.describe(report)}; stopped, '
-                                  f'{kept}')
-    skipped += report.skipped
-    train_metrics = (chunk_metrics if train_metrics is None
-                     else train_metrics.merge(chunk_metrics))
-    previous, step = step, step + config.steps_per_call
-    if step % config.log_every_steps == 0:
-      scalars = {f'train/{k}': v for k, v in train_metrics.compute().items()}
-      if config.on_nonfinite == 'skip':
-        scalars['train/skipped_updates'] = skipped
-      writer.write_scalars(step, scalars)
+                                  f'{_kept_checkpoint(manager)}')
+    try:
+      for spike in monitor.meta_losses(step + 1, jax.device_get(losses)):
+        respond(spike)
+      skipped += report.skipped
+      train_metrics = (chunk_metrics if train_metrics is None
+                       else train_metrics.merge(chunk_metrics))
+      previous, step = step, step + config.steps_per_call
+      if step % config.log_every_steps == 0:
+        scalars = {f'train/{k}': v
+                   for k, v in train_metrics.compute().items()}
+        if config.on_nonfinite == 'skip':
+          scalars['train/skipped_updates'] = skipped
+        writer.write_scalars(step, scalars)
+        train_metrics, skipped = None, 0
+      for s in range(previous + 1, step + 1):
+        for hook in hooks:
+          hook(s)
+    except _RollBack as e:
+      state, rng, step = roll_back(e.spike)
+      report_progress, hooks = make_hooks(step)
       train_metrics, skipped = None, 0
-    for s in range(previous + 1, step + 1):
-      for hook in hooks:
-        hook(s)
+      signals.step = step
+      saved_at = time.monotonic()
+      continue
     stopping = signals.any_received()
     if manager.latest_step() == step:
       saved_at = time.monotonic()
@@ -724,7 +833,8 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   with report_progress.timed('final_eval'):
     report = evaluate_and_report(config, problem, state.params, int(state.step),
                                  workdir, evaluator=evaluator,
-                                 model_state=state.model_state)
+                                 model_state=state.model_state,
+                                 rollbacks=rollbacks)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   manager.close()
   return state
@@ -738,8 +848,10 @@ def _already_complete(config, problem: Problem, state, workdir: str, *,
   logging.info('Already complete: the checkpoint in %s is at step %s of %s; '
                'evaluating it.', workdir, f'{step:,}',
                f'{config.num_train_steps:,}')
+  rollbacks = (workdir_lib.read_config(workdir) or {}).get('rollbacks', ())
   report = evaluate_and_report(config, problem, state.params, step, workdir,
-                               model_state=state.model_state)
+                               model_state=state.model_state,
+                               rollbacks=rollbacks)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   manager.close()
   return state

@@ -211,16 +211,22 @@ def read_config(workdir: str) -> dict | None:
 
 
 def write_config(workdir: str, config, *, num_devices: int,
-                 previous: dict | None = None, changes=()) -> None:
+                 previous: dict | None = None, changes=(),
+                 rollbacks=()) -> None:
   """Writes ``WORKDIR/config.json``: ``{"config": ..., "num_devices": N,
-  "changes": [...]}``; `changes` (what `check_resume` returned) are added
-  to `previous`'s."""
+  "changes": [...]}``, and ``"rollbacks": [...]`` once a run rolled back
+  past a blow-up (`maml_plugin.spikes`); `changes` (what `check_resume`
+  returned) and `rollbacks` are added to `previous`'s."""
   values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  previous = previous or {}
   document = {
       'config': _jsonable(values),
       'num_devices': num_devices,
-      'changes': list((previous or {}).get('changes', [])) + list(changes),
+      'changes': list(previous.get('changes', [])) + list(changes),
   }
+  rollbacks = list(previous.get('rollbacks', [])) + list(rollbacks)
+  if rollbacks:
+    document['rollbacks'] = rollbacks
   write_text(os.path.join(workdir, CONFIG_NAME),
              json.dumps(document, indent=2, default=str) + '\n')
 
