@@ -19,7 +19,12 @@ initialization, by power iteration) over the same tasks. Run it with the
 run's own `XLA_FLAGS`. Writes a CSV (one row per meta-step, probe columns
 empty between probes) and prints the steps where a quantity first exceeds
 10x its median over the replay's first 1,000 steps, and whether the replay
-reached the run's own checkpoint at `--to_step` bit for bit.
+reached the run's own checkpoint at `--to_step`.
+
+`--inject_step=N --inject_scale=S` multiplies the targets of meta-step N's
+meta-batch by S: one rare meta-batch whose inner steps overshoot, on demand
+(the regression case of docs/sinusoid.md: S=10 at step 50,101 of seed 4).
+`--plot=LABEL=CSV,LABEL=CSV... --out=PNG` draws replays side by side.
 """
 
 import argparse
@@ -119,13 +124,49 @@ def make_probe(components, config, num_tasks):
   return probe
 
 
+def plot(specs: str, out: str) -> None:
+  """The held-out losses, Adam's largest second moment and the update
+  norm of replays ``LABEL=CSV,...``, one line each."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+  for spec in specs.split(','):
+    label, path = spec.rsplit('=', 1)
+    with open(path) as f:
+      rows = list(csv.DictReader(f))
+    probed = [r for r in rows if r['step_probed']]
+    x = [int(r['step_probed']) for r in probed]
+    axes[0].plot(x, [float(r['heldout_loss_before']) for r in probed], 'o-',
+                 label=label)
+    axes[1].plot(x, [float(r['heldout_loss_step1']) for r in probed], 'o-',
+                 label=label)
+    steps = [int(r['step']) for r in rows]
+    axes[2].semilogy(steps, [float(r['adam_nu_max']) for r in rows],
+                     label=label)
+    axes[3].semilogy(steps, [float(r['update_norm']) for r in rows],
+                     label=label, lw=0.5)
+  titles = ('held-out MSE before adapting', 'held-out MSE after 1 step',
+            "Adam's largest second moment", 'norm of the update applied')
+  for ax, title in zip(axes, titles):
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('meta-step')
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--plot', default=None,
+                      help='LABEL=CSV,... of earlier replays: draw to --out')
+  parser.add_argument('--workdir')
   parser.add_argument('--config_arg', default=None)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--from_step', type=int, required=True)
-  parser.add_argument('--to_step', type=int, required=True)
+  parser.add_argument('--from_step', type=int, default=0)
+  parser.add_argument('--to_step', type=int, default=10_000)
   parser.add_argument('--probe_every', type=int, default=500)
   parser.add_argument('--probe_tasks', type=int, default=100)
   parser.add_argument('--out', required=True)
@@ -135,6 +176,8 @@ def main():
   parser.add_argument('--set', action='append', default=[],
                       help='config field=value (a Python literal)')
   args = parser.parse_args()
+  if args.plot:
+    return plot(args.plot, args.out)
 
   config = maml_sine.get_config(args.config_arg)
   config.seed = args.seed
