@@ -2,7 +2,7 @@
 
   python benchmarks/sine_speed.py
 
-Second-order MAML, 1 inner step, meta-batch 25, K=10 (configs/maml_sine.py).
+The default config (configs/maml_sine.py): meta-batch 25, K=10.
 Measured:
   bare_core       the usual hand-written step: one jitted
                   value_and_grad(maml_loss) + Adam per call, batch sampled in
@@ -15,10 +15,16 @@ Measured:
                   lengths: rate = (N2 - N1) / (T2 - T1), with N1 = 10,000
                   and N2 = 70,000 (the whole protocol).
 Printed as a table with ratios to bare_core from the same run.
+
+`--before_after` also times what the blow-up guard costs, in the same
+process: bare_fused and the trainer on the default config without it
+(``max_meta_grad_norm=None``, and the trainer's spike monitor fed nothing)
+against the default, and prints the ratio after / before.
 """
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,8 +34,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import maml_sine  # pylint: disable=g-import-not-at-top
+from maml_plugin import spikes
 from maml_plugin import train
-from maml_plugin import train_steps
 
 
 def _rate(fn, state, steps_per_call, seconds):
@@ -46,34 +52,70 @@ def _rate(fn, state, steps_per_call, seconds):
 def bare(config, steps_per_call, seconds):
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)
-  step = train.create_train_step(config, problem, tx)
+  algorithm = train.create_algorithm(config, problem, tx)
   chunk = jax.jit(train.make_train_chunk(
-      step, problem.tasks, meta_batch_size=config.meta_batch_size,
+      algorithm.train_step, problem.tasks, meta_batch_size=config.meta_batch_size,
       steps_per_call=steps_per_call), donate_argnums=0)
   key = jax.random.key(0)
 
   def fn(state, i):
     return chunk(state, jax.random.fold_in(key, i))[0]
 
-  state = train_steps.MetaTrainState.create(problem.init_params, tx)
+  state = train.create_train_state(problem, algorithm, tx)
   return _rate(fn, state, steps_per_call, seconds)
 
 
-def trainer_run(config, num_steps):
+def trainer_run(config, num_steps, monitor=True):
   config = config.copy_and_resolve_references()
   config.num_train_steps = num_steps
-  with tempfile.TemporaryDirectory() as workdir:
-    t0 = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
-    return time.perf_counter() - t0
+  feed = spikes.SpikeMonitor.meta_losses
+  if not monitor:  # The trainer as before the guard: no spike rule.
+    spikes.SpikeMonitor.meta_losses = lambda self, first_step, losses: []
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      t0 = time.perf_counter()
+      train.train_and_evaluate(config, workdir)
+      return time.perf_counter() - t0
+  finally:
+    spikes.SpikeMonitor.meta_losses = feed
+
+
+def trainer_rate(config, monitor=True):
+  """Meta-steps/s of the trainer, fixed costs cancelled (module doc)."""
+  n1, n2 = config.eval_every_steps, config.num_train_steps
+  return (n2 - n1) / (trainer_run(config, n2, monitor)
+                      - trainer_run(config, n1, monitor))
+
+
+def before_after(config, seconds, num_steps):
+  """Rows of the guard's cost: without it, with it, interleaved twice; the
+  trainer's runs `num_steps` long."""
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = num_steps
+  before = config.copy_and_resolve_references()
+  before.max_meta_grad_norm = None
+  rates = {'bare_fused': ([], []), 'trainer': ([], [])}
+  for _ in range(2):
+    for i, c in enumerate((before, config)):
+      rates['bare_fused'][i].append(bare(c, 100, seconds))
+      rates['trainer'][i].append(trainer_rate(c, monitor=bool(i)))
+  print(f'{"guard off / on (median of 2 each)":<40}{"before":>10}'
+        f'{"after":>10}{"after/before":>14}')
+  for name, (off, on) in rates.items():
+    b, a = statistics.median(off), statistics.median(on)
+    print(f'{name:<40}{b:10.0f}{a:10.0f}{a / b:14.3f}')
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--seconds', type=float, default=5.0)
+  parser.add_argument('--before_after', action='store_true')
+  parser.add_argument('--before_after_steps', type=int, default=30_000)
   args = parser.parse_args()
   config = maml_sine.get_config()
   config.num_plot_tasks = 0
+  if args.before_after:
+    return before_after(config, args.seconds, args.before_after_steps)
 
   rows = [('bare_core (1 step/call)', bare(config, 1, args.seconds)),
           ('bare_fused (100 steps/call)', bare(config, 100, args.seconds))]

@@ -34,7 +34,16 @@ periodic actions; docs/own_loop.md)::
   components = maml_plugin.build_components(config)
 """
 
-from maml_plugin.core import InnerLoop
+import os as _os
+
+# TensorFlow (imported by CLU's writers and TFDS) prints a two-line oneDNN
+# banner on stderr at import, before any flag is parsed, on CPUs where its
+# oneDNN kernels are on. We use TensorFlow for files only (event files, TFDS
+# records), never for arithmetic, so they are turned off unless the user
+# set the variable.
+_os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from maml_plugin.core import InnerLoop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from maml_plugin.core import StatefulLoss
 from maml_plugin.core import adapt
 from maml_plugin.core import maml_loss

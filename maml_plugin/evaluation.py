@@ -268,9 +268,13 @@ class FewShotEvaluator:
                                inner_loop=loop_for(model_state),
                                task_batch_size=task_batch_size))
     self.inner_loop = loop_for(None) if not core.is_stateful(loss_fn) else None
-    self._losses_before = jax.jit(lambda params, model_state, tasks: jax.vmap(
-        lambda t: _measure(loop_for(model_state), loss_fn, 0)(
-            params, t['query']))(tasks))
+    def losses_before(params, model_state, tasks):
+      loop = loop_for(model_state)
+      model_params = loop.params(loop.init(params))  # Not the rates.
+      return jax.vmap(lambda t: _measure(loop, loss_fn, 0)(
+          model_params, t['query']))(tasks)
+
+    self._losses_before = jax.jit(losses_before)
 
   def __call__(self, params, model_state=None) -> np.ndarray:
     return np.asarray(jax.device_get(self._curves(params, model_state,
