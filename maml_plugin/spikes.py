@@ -126,21 +126,43 @@ class SpikeMonitor:
                   losses: Iterable[float]) -> list[Spike]:
     """Feeds the meta-losses of steps ``first_step, first_step + 1, ...``;
     returns the spikes among them (the first step of each burst)."""
+    values = np.asarray(losses, np.float64).ravel()
+    steps = np.arange(first_step, first_step + values.size)
+    finite = np.isfinite(values)
+    values, steps = values[finite], steps[finite]
+    known = np.fromiter((v for _, v in self._losses), np.float64,
+                        count=len(self._losses))
+    every = np.concatenate([known, values])
+    medians = self._medians(every, len(known), values.size)
     spikes = []
-    for step, loss in enumerate(np.asarray(losses, np.float64).ravel(),
-                                start=first_step):
-      loss = float(loss)
-      if not math.isfinite(loss):
-        continue
-      if len(self._losses) >= self.min_history:
-        median = float(np.median([v for _, v in self._losses]))
+    for i, (step, loss) in enumerate(zip(steps.tolist(), values.tolist())):
+      if medians[i] is not None:
+        median, history = medians[i]
         above = loss > self.factor * median
         if above and not self._in_burst:
-          spikes.append(Spike(META_LOSS, step, loss, median,
-                              len(self._losses)))
+          spikes.append(Spike(META_LOSS, step, loss, median, history))
         self._in_burst = above
       self._losses.append((step, loss))
     return spikes
+
+  def _medians(self, every, num_known: int, num_new: int) -> list:
+    """For each new value ``every[num_known + i]``: ``(median, count)`` of
+    the up to `window` values before it, or None with fewer than
+    `min_history`. One vectorized median over the chunk once the window is
+    full (the trainer's case after its first `window` steps)."""
+    if num_new == 0:
+      return []
+    if num_known >= self.window:
+      windows = np.lib.stride_tricks.sliding_window_view(
+          every[num_known - self.window:num_known + num_new - 1], self.window)
+      return [(float(m), self.window) for m in np.median(windows, axis=1)]
+    out = []
+    for i in range(num_new):
+      end = num_known + i
+      before = every[max(0, end - self.window):end]
+      out.append((float(np.median(before)), before.size)
+                 if before.size >= self.min_history else None)
+    return out
 
   def heldout_loss(self, step: int, loss: float) -> Spike | None:
     """Feeds one evaluation's held-out loss before adapting; the spike, or
