@@ -47,6 +47,9 @@ MIN_HISTORY = 100
 EVAL_HISTORY = 3
 # What the trainer does on a spike (``config.on_spike``).
 ON_SPIKE = ('warn', 'stop', 'rollback')
+# Spike lines one run prints under 'warn'; later spikes go to TensorBoard
+# only.
+MAX_WARNINGS = 10
 # Rollbacks for spikes in one run before it stops as 'stop' would.
 MAX_ROLLBACKS = 3
 

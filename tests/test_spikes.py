@@ -234,3 +234,22 @@ def test_the_report_says_when_a_few_tasks_dominate_the_mean():
   curves[0, 1] = 0.5  # 0.14 against 0.1: no line.
   assert 'dominated_by_few_tasks' not in actions.evaluation_report(
       'mse', curves, train_step=7)
+
+
+def test_warn_prints_at_most_max_warnings_lines(tmp_path, caplog):
+  """A run that spikes again and again: the first `MAX_WARNINGS` lines in
+  the console, the last one saying so; every spike in TensorBoard."""
+  # Targets x1000 from step 151 on, the meta-loss rule re-armed by a tiny
+  # window whose median soon follows the new level, then trips again.
+  config = _config('maml_spiking_for_tests', spike_factor=1.01,
+                   spike_window=2)
+  with caplog.at_level(std_logging.WARNING):
+    train.train_and_evaluate(config, str(tmp_path))
+  lines = _spike_lines(caplog)
+  scalars = event_files.read_scalars(str(tmp_path))
+  written = [step for (tag, step) in scalars if tag == 'spike/meta_loss_ratio']
+  assert len(written) > spikes.MAX_WARNINGS
+  assert len(lines) == spikes.MAX_WARNINGS
+  assert lines[-1].endswith('later spikes are written to TensorBoard only '
+                            '(spike/*_ratio)')
+  assert not any('TensorBoard only' in line for line in lines[:-1])
