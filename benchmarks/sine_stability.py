@@ -168,6 +168,16 @@ def _num(v) -> str:
   return f'{v:.3g}' if abs(v) >= 1e3 else f'{v:.3f}'
 
 
+def _why_stopped(workdir: str, setting: str, seed: int) -> str:
+  """The last error line of a run that did not finish."""
+  try:
+    with open(os.path.join(workdir, f'{setting}_seed{seed}.log')) as f:
+      errors = [line.strip() for line in f if 'Error' in line.split(':')[0]]
+  except OSError:
+    return 'no log'
+  return errors[-1] if errors else 'no error line in its log'
+
+
 def table(args, results: dict) -> str:
   lines = [f'configs/maml_sine.py{":" + args.config_arg if args.config_arg else ""}'
            f'{" " + " ".join("--config." + s for s in args.set) if args.set else ""}'
@@ -241,14 +251,17 @@ def main():
         running.remove(item)
         print(f'{item[0]} exit {item[1].returncode} after '
               f'{time.time() - start:.0f} s', flush=True)
-  results = {}
+  results, stopped = {}, {}
   for g in grid:
     path = run_dir(args.workdir, *g)
     if finished(path):
       results[g] = run_rows(path)
     else:
-      print(f'{g}: no evaluation.json in {path} (see its log)')
+      stopped[g] = _why_stopped(args.workdir, *g)
   text = table(args, results)
+  for (setting, seed), why in stopped.items():
+    text += (f'\n- {setting}, seed {seed}: no final evaluation (FAIL): '
+             f'{why}')
   print(text)
   if args.out:
     with open(args.out, 'w') as f:
