@@ -45,6 +45,7 @@ from configs import maml_sine  # pylint: disable=g-import-not-at-top
 from maml_plugin import checkpointing  # pylint: disable=g-import-not-at-top
 from maml_plugin import core  # pylint: disable=g-import-not-at-top
 from maml_plugin import train  # pylint: disable=g-import-not-at-top
+from maml_plugin import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
 import hessian  # pylint: disable=g-import-not-at-top
 
@@ -185,15 +186,22 @@ def main():
     name, value = item.split('=', 1)
     config[name] = ast.literal_eval(value)
   components = train.build_components(config)
-  # The checkpoint's own optimizer state (the run's config, unclipped) as
-  # the restore target; a clipped replay wraps it in the chain's state.
-  saved_config = maml_sine.get_config(args.config_arg)
-  saved_config.seed = args.seed
-  saved_state = train.build_components(saved_config).state
+  # The checkpoints hold the optimizer state of the run's own config
+  # (config.json); a replay with or without the clip differs from it by the
+  # clip's empty state in front of Adam's.
+  run = (workdir_lib.read_config(args.workdir) or {}).get('config', {})
+  run_clipped = run.get('max_meta_grad_norm') is not None
+  replay_clipped = config.max_meta_grad_norm is not None
+  opt_state = components.state.opt_state
+  if replay_clipped and not run_clipped:
+    opt_state = opt_state[1]
+  elif run_clipped and not replay_clipped:
+    opt_state = (optax.EmptyState(), opt_state)
   # Only restores: a manager deletes old steps only when it saves.
   manager = checkpointing.create_manager(args.workdir, max_to_keep=1000)
   rng = jax.random.key(config.seed)
-  target = {'state': saved_state, 'rng': jax.random.key_data(rng)}
+  target = {'state': components.state.replace(opt_state=opt_state),
+            'rng': jax.random.key_data(rng)}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                           checkpointing._as_arrays(target))  # pylint: disable=protected-access
 
@@ -204,8 +212,10 @@ def main():
   state = components.state
   if args.from_step:
     state, rng = restore(args.from_step)
-    if config.max_meta_grad_norm is not None:
+    if replay_clipped and not run_clipped:
       state = state.replace(opt_state=(optax.EmptyState(), state.opt_state))
+    elif run_clipped and not replay_clipped:
+      state = state.replace(opt_state=state.opt_state[1])
   chunk = make_replay_chunk(components, config, args.inject_step,
                             args.inject_scale)
   probe = make_probe(components, config, args.probe_tasks)

@@ -122,7 +122,7 @@ def get_config(arg=None):
   config.task_batch_size = config_dict.placeholder(int)
   config.meta_lr = 1e-3
   # The meta-gradient's global norm is clipped to this before Adam; None:
-  # never (the paper).
+  # never (the paper; from a flag, which cannot set None, 1e30 is the same).
   config.max_meta_grad_norm = config_dict.placeholder(float)
   config.num_train_steps = 70_000
   config.seed = 0

@@ -677,10 +677,11 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   on_spike = config.get('on_spike', 'warn')
   rollbacks = list((saved or {}).get('rollbacks', [])) if first_step else []
 
-  warned = [0]  # Spike lines printed by this process ('warn').
+  warned = 0  # Spike lines printed by this process ('warn').
 
   def respond(spike: spikes.Spike):
     """Reports `spike`; raises `SpikeError` ('stop') or `_RollBack`."""
+    nonlocal warned
     writer.write_scalars(spike.step, {f'spike/{spike.kind}_ratio':
                                       spike.ratio})
     writer.flush()
@@ -688,9 +689,9 @@ def _train_and_evaluate(config, workdir: str, components: Components,
       # A run that spikes all the time (an algorithm whose meta-loss is
       # heavy-tailed) must not bury the console: the first lines, then
       # TensorBoard only.
-      warned[0] += 1
-      if warned[0] <= spikes.MAX_WARNINGS:
-        last = ('' if warned[0] < spikes.MAX_WARNINGS else
+      warned += 1
+      if warned <= spikes.MAX_WARNINGS:
+        last = ('' if warned < spikes.MAX_WARNINGS else
                 f'; this is the {spikes.MAX_WARNINGS}th spike line of this '
                 'run: later spikes are written to TensorBoard only '
                 '(spike/*_ratio)')
