@@ -277,3 +277,103 @@ def test_inner_rate_that_diverges_on_the_proximal_term_is_one_line():
   assert str(err.value) == (
       'inner_lr=0.5: must be < 2 / prox_lambda = 0.5 (gradient descent on '
       'the proximal term diverges otherwise)')
+
+
+# ----------------------------------------------------------------------------
+# Backtracking (`inner_backtracks`): the inner solve cannot diverge.
+
+
+def test_backtracking_step_takes_the_first_rate_that_passes_armijo(x64):
+  """One step on F(x) = a x^2 / 2 + lam (x - t)^2 / 2 from x0, in NumPy:
+  rates lr * 2^-j, the first with F(x0 - r d) <= F(x0) - 1e-4 r d^2 is
+  taken. With a = 30, lam = 2 (curvature 32) and lr = 2 / 32 the full step
+  lands on the mirror point, where F is unchanged: it fails Armijo's
+  sufficient decrease and the half step is taken (computed here, not
+  assumed). Caught when broken on purpose: the candidates' order reversed
+  (the smallest rate first), the Armijo sign flipped (an unchanged F
+  accepted), and the anchor dropped from F."""
+  del x64
+  a, lam, lr, t, x0 = 30.0, 2.0, 2 / 32, 0.5, 1.7
+
+  def loss_fn(params, batch):
+    return 0.5 * batch['a'] * jnp.sum(params['x'] ** 2)
+
+  def f(x):
+    return 0.5 * a * x ** 2 + 0.5 * lam * (x - t) ** 2
+
+  d = a * x0 + lam * (x0 - t)
+  want = x0
+  for j in range(5):
+    r = lr * 0.5 ** j
+    if f(x0 - r * d) <= f(x0) - 1e-4 * r * d * d:
+      want = x0 - r * d
+      break
+  np.testing.assert_allclose(want, x0 - lr / 2 * d)  # The half step.
+  got = imaml.proximal_step(
+      loss_fn, {'x': jnp.array([x0])}, {'x': jnp.array([t])},
+      {'a': jnp.float64(a)}, inner_lr=lr, prox_lambda=lam, backtracks=4)
+  np.testing.assert_allclose(got['x'][0], want, rtol=0, atol=1e-12)
+  plain = imaml.proximal_step(
+      loss_fn, {'x': jnp.array([x0])}, {'x': jnp.array([t])},
+      {'a': jnp.float64(a)}, inner_lr=lr, prox_lambda=lam)
+  np.testing.assert_allclose(plain['x'][0], x0 - lr * d, rtol=0, atol=1e-12)
+
+
+def test_backtracking_reaches_the_closed_form_where_plain_steps_diverge(x64):
+  """The quadratic tasks (curvature up to 3 + 1.5) at inner_lr 0.6: plain
+  gradient descent diverges (0.6 * 4.5 > 2); with backtracking the inner
+  solve still reaches phi* and the meta-gradient is the closed form."""
+  del x64
+  batch = _quadratic_tasks(QUAD_TASKS)
+  theta = jax.tree.map(jnp.array, QUAD_THETA)
+  kwargs = dict(loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=0.6,
+                num_inner_steps=200, prox_lambda=QUAD_LAMBDA,
+                num_cg_steps=2 * DIM, cg_tol=1e-14)
+  plain = maml_plugin.make_algorithm('imaml', **kwargs)
+  _, metrics = _meta_gradient(plain, theta, batch)
+  assert not np.isfinite(metrics['query_loss_after']) or (
+      metrics['query_loss_after'] > 1e6)
+
+  algorithm = maml_plugin.make_algorithm('imaml', inner_backtracks=4,
+                                         **kwargs)
+  grads, _ = _meta_gradient(algorithm, theta, batch)
+  expected = [QUAD_LAMBDA * np.linalg.solve(a + QUAD_LAMBDA * np.eye(DIM),
+                                            b @ (phi - d))
+              for a, phi, b, d in _closed_form_tasks(batch, theta)]
+  np.testing.assert_allclose(ravel_pytree(grads)[0],
+                             np.mean(expected, axis=0), rtol=0, atol=1e-8)
+
+
+def test_sine_config_inner_solve_never_raises_the_proximal_objective():
+  """The measured failure: at initialization the sine MLP's support losses
+  are sharper than inner_lr 0.01 allows (top eigenvalue ~250, past 2/0.01 -
+  lambda), so plain proximal steps blow up on some of 25 tasks, while the
+  config's backtracking keeps the objective non-increasing on every one.
+  Through `maml_plugin.build_components`, as a user's loop gets it."""
+  from configs import maml_sine  # pylint: disable=g-import-not-at-top
+  config = maml_sine.get_config('imaml')
+  components = maml_plugin.build_components(config)
+  params = components.state.params
+  loss_fn = components.problem.loss_fn
+  batch = components.meta_batch(jax.random.key(3))
+
+  def objectives(backtracks):
+    def per_task(task):
+      def body(p, _):
+        q = imaml.proximal_step(loss_fn, p, params, task['support'],
+                                inner_lr=config.inner_lr,
+                                prox_lambda=config.prox_lambda,
+                                backtracks=backtracks)
+        dist = sum(jnp.sum((x - y) ** 2) for x, y in zip(
+            jax.tree.leaves(q), jax.tree.leaves(params)))
+        return q, loss_fn(q, task['support']) + 0.5 * config.prox_lambda * dist
+      _, values = jax.lax.scan(body, params, None,
+                               length=config.num_inner_steps)
+      return jnp.concatenate([loss_fn(params, task['support'])[None], values])
+    return np.asarray(jax.jit(jax.vmap(per_task))(batch))
+
+  plain = objectives(0)
+  assert np.sum(~(plain[:, -1] <= plain[:, 0])) >= 1
+  guarded = objectives(config.inner_backtracks)
+  assert np.all(np.isfinite(guarded))
+  assert np.all(np.diff(guarded, axis=1) <= 1e-5 * np.abs(guarded[:, :-1]))

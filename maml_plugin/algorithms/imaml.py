@@ -11,7 +11,8 @@ Each task adapts by `num_inner_steps` steps of gradient descent at
 
     L_support(phi) + (prox_lambda / 2) * ||phi - theta||^2
 
-from ``phi = theta``. Its minimizer ``phi*`` depends on ``theta`` through
+from ``phi = theta`` (with ``inner_backtracks > 0``, each step's size is
+halved until the proximal objective falls: `proximal_step`). Its minimizer ``phi*`` depends on ``theta`` through
 ``d phi* / d theta = (I + H / prox_lambda)^-1`` (implicit function theorem,
 ``H`` the Hessian of ``L_support`` at ``phi*``), so the task's
 meta-gradient is
@@ -76,6 +77,13 @@ class IMAMLHParams(base.HParams):
       problem) the exact system is indefinite and CG does not converge,
       while any ``cg_lambda`` above ``-(H's lowest eigenvalue)`` keeps it
       positive definite.
+    inner_backtracks: the most halvings of the inner step size per proximal
+      step (a backtracking line search, `proximal_step`); 0: plain gradient
+      descent at `inner_lr`, which diverges on a task whose support loss
+      has curvature above ``2 / inner_lr - prox_lambda``. Any value keeps
+      the proximal objective from rising, so every inner solve stays
+      bounded, at the cost of ``inner_backtracks + 1`` more forward passes
+      per step.
   """
 
   prox_lambda: float = fields.positive(1.0)
@@ -85,6 +93,7 @@ class IMAMLHParams(base.HParams):
       None, check=fields.or_none(fields.positive_real),
       allowed='a finite number > 0, or None (prox_lambda: the exact '
       'implicit gradient)')
+  inner_backtracks: int = fields.integer(0, at_least=0)
 
   @property
   def system_lambda(self) -> float:
@@ -103,24 +112,54 @@ class IMAMLHParams(base.HParams):
 
 def proximal_step(loss_fn: core.LossFn, params, anchor, batch, *,
                   inner_lr: float, prox_lambda: float, model_state=None,
-                  rng=None):
-  """One gradient-descent step on ``loss + (prox_lambda/2)||params - anchor||^2``.
+                  rng=None, backtracks: int = 0):
+  """One gradient-descent step on the proximal objective
+  ``F(params) = loss + (prox_lambda/2)||params - anchor||^2``.
+
+  With ``backtracks > 0`` the step size is the largest of ``inner_lr *
+  2**-j``, ``j = 0..backtracks``, that lowers F by at least ``1e-4 * rate *
+  ||grad F||^2`` (Armijo's condition; the candidates are forward passes
+  with this step's state and key, evaluated together), and 0 when none
+  does: F never rises, so the inner solve stays bounded whatever the
+  curvature of the support loss. ``backtracks=0`` is plain gradient
+  descent at `inner_lr`.
 
   Returns the new params, or ``(params, model_state)`` for a
-  `core.StatefulLoss` (the state its forward pass left).
+  `core.StatefulLoss` (the state its gradient pass left).
   """
   fn = core.as_stateful(loss_fn)
-  grads, model_state = jax.grad(fn, has_aux=True)(params, model_state, batch,
-                                                  rng)
-  params = jax.tree.map(
-      lambda p, g, a: p - inner_lr * (g + prox_lambda * (p - a)),
-      params, grads, anchor)
+
+  def proximal(p, loss):
+    return loss + 0.5 * prox_lambda * sum(
+        jnp.sum(jnp.square(x - a)) for x, a in
+        zip(jax.tree.leaves(p), jax.tree.leaves(anchor)))
+
+  (loss, new_state), grads = jax.value_and_grad(fn, has_aux=True)(
+      params, model_state, batch, rng)
+  direction = jax.tree.map(lambda p, g, a: g + prox_lambda * (p - a),
+                           params, grads, anchor)
+  rate = inner_lr
+  if backtracks:
+    rates = inner_lr * 0.5 ** jnp.arange(backtracks + 1).astype(loss.dtype)
+
+    def value_at(r):
+      p = jax.tree.map(lambda x, d: x - (r * d).astype(x.dtype), params,
+                       direction)
+      return proximal(p, fn(p, model_state, batch, rng)[0])
+
+    values = jax.vmap(value_at)(rates)
+    sq_norm = optax.global_norm(direction) ** 2
+    ok = values <= proximal(params, loss) - 1e-4 * rates * sq_norm
+    rate = jnp.where(jnp.any(ok), rates[jnp.argmax(ok)], 0.0)
+  params = jax.tree.map(lambda x, d: x - (rate * d).astype(x.dtype), params,
+                        direction)
+  model_state = new_state
   return (params, model_state) if core.is_stateful(loss_fn) else params
 
 
 def proximal_adapt(loss_fn: core.LossFn, params, support, *, inner_lr: float,
                    prox_lambda: float, num_steps: int, model_state=None,
-                   rng=None):
+                   rng=None, backtracks: int = 0):
   """ONE task's inner solve: `num_steps` `proximal_step`s from `params`,
   anchored at `params`, under `jax.lax.scan`; step k's key is
   ``core.support_key(rng, k)``.
@@ -136,7 +175,8 @@ def proximal_adapt(loss_fn: core.LossFn, params, support, *, inner_lr: float,
     p, state = carry
     return proximal_step(fn, p, anchor, support, inner_lr=inner_lr,
                          prox_lambda=prox_lambda, model_state=state,
-                         rng=core.support_key(rng, k)), None
+                         rng=core.support_key(rng, k),
+                         backtracks=backtracks), None
 
   (adapted, model_state), _ = jax.lax.scan(
       body, (anchor, model_state), jnp.arange(num_steps, dtype=jnp.int32))
@@ -195,7 +235,8 @@ def imaml_gradient(loss_fn: core.LossFn, params, meta_batch, *,
     adapted, state = proximal_adapt(
         core.StatefulLoss(fn), params, task['support'], inner_lr=hparams.inner_lr,
         prox_lambda=hparams.prox_lambda, num_steps=hparams.num_inner_steps,
-        model_state=model_state, rng=key)
+        model_state=model_state, rng=key,
+        backtracks=hparams.inner_backtracks)
     qkey = core.query_key(key)
     (after, query_state), query_grad = jax.value_and_grad(
         fn, has_aux=True)(adapted, state, task['query'], qkey)
@@ -253,7 +294,8 @@ def make_imaml(hparams: IMAMLHParams, *, loss_fn: core.LossFn,
         init=lambda theta: theta,
         step=lambda theta, phi, support, k: proximal_step(
             loss, phi, theta, support, inner_lr=hparams.inner_lr,
-            prox_lambda=hparams.prox_lambda),
+            prox_lambda=hparams.prox_lambda,
+            backtracks=hparams.inner_backtracks),
         params=lambda phi: phi)
 
   return base.MetaAlgorithm(train_step=train_step,
