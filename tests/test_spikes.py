@@ -4,6 +4,8 @@
 import json
 import logging as std_logging
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -253,3 +255,43 @@ def test_warn_prints_at_most_max_warnings_lines(tmp_path, caplog):
   assert lines[-1].endswith('later spikes are written to TensorBoard only '
                             '(spike/*_ratio)')
   assert not any('TensorBoard only' in line for line in lines[:-1])
+
+
+def test_main_stops_on_a_spike_in_one_line_and_a_nonzero_exit(tmp_path):
+  """`python -m maml_plugin.main` with on_spike='stop', as a user runs it:
+  the spiking step comes from a module of the user's own, imported by the
+  user's config file (`config.imports`);
+  the run exits 1 with one `maml_plugin:` line naming the step, no
+  traceback, and keeps the checkpoint before the spike."""
+  (tmp_path / 'user_spiking_step.py').write_text(
+      'from tests.nan_steps import register_spiking_step\n'
+      "register_spiking_step('maml_spiking_cli', 150)\n")
+  (tmp_path / 'user_config.py').write_text(
+      'from configs import maml_sine\n\n'
+      'def get_config():\n'
+      "  config = maml_sine.get_config('maml,quick')\n"
+      "  config.imports = ('user_spiking_step',)\n"
+      "  config.train_step = 'maml_spiking_cli'\n"
+      '  return config\n')
+  workdir = tmp_path / 'work'
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ,
+             PYTHONPATH=os.pathsep.join([str(tmp_path), repo]))
+  flags = dict(on_spike='stop', seed=SEED,
+               num_train_steps=200, steps_per_call=10, log_every_steps=50,
+               eval_every_steps=50, checkpoint_every_steps=50,
+               meta_batch_size=2, num_eval_tasks=4, eval_num_inner_steps=1,
+               num_plot_tasks=0)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'maml_plugin.main',
+       f'--config={tmp_path}/user_config.py', f'--workdir={workdir}',
+       *[f'--config.{k}={v}' for k, v in flags.items()]],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('maml_plugin: spike at meta-step 151: meta-loss '), last
+  assert last.endswith(
+      "on_spike='stop': stopped, the last good checkpoint (step 150) in "
+      f'{workdir}/checkpoints is kept'), last
+  assert _checkpoints(str(workdir)) == [50, 100, 150]
