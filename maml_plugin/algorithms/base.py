@@ -30,7 +30,11 @@ rest of the plugin needs to know about the algorithm,
 
 * ``init_params(model_params) -> params``: what the train state holds
   (Meta-SGD and MAML++ hold their learned inner rates beside the model, so
-  they are meta-trained, checkpointed and restored with it);
+  they are meta-trained, checkpointed and restored with it), and
+  ``model_params``, its inverse; `make_algorithm`'s train step lifts a
+  state of the model's own params into that layout itself
+  (`lifting_train_step`), so ``MetaTrainState.create(params, tx)`` works
+  for every algorithm;
 * ``inner_loop``: how the algorithm adapts one task (a `core.InnerLoop`),
   which evaluation runs for 0..N steps, so every algorithm is evaluated
   with its own inner loop (learned rates, head only, its inner optimizer).
@@ -39,6 +43,7 @@ rest of the plugin needs to know about the algorithm,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from typing import Any, Callable
@@ -135,6 +140,9 @@ class MetaAlgorithm:
       per-step batch-norm statistics); None binds the state once.
     init_model_state: maps the model's state to the train state's
       (MAML++ keeps one copy per inner step).
+    model_params: the inverse of `init_params`: the model's params in the
+      train state's (`model_of` where `init_params` puts them under
+      ``'model'``).
   """
 
   train_step: TrainStep
@@ -143,6 +151,7 @@ class MetaAlgorithm:
   loss_fn: Any = None
   stateful_inner_loop: Callable[[Any, Any], core.InnerLoop] | None = None
   init_model_state: Callable[[Any], Any] = _identity
+  model_params: Callable[[Any], Any] = _identity
 
   def eval_inner_loop(self, loss_fn=None, model_state=None) -> core.InnerLoop:
     """The inner loop evaluation runs with `loss_fn` (default: the training
@@ -184,13 +193,73 @@ def make_algorithm(name: str, *, loss_fn: core.LossFn,
     extra['metric_fn'] = metric_fn
   algorithm = factory(values, loss_fn=loss_fn, tx=tx, **extra)
   return dataclasses.replace(
-      algorithm, train_step=checks.checked_train_step(algorithm.train_step))
+      algorithm, train_step=checks.checked_train_step(
+          lifting_train_step(algorithm, tx)))
 
 
 def make_train_step(name: str, *, loss_fn: core.LossFn,
                     tx: optax.GradientTransformation, **hparams) -> TrainStep:
   """Builds the train step of the registered algorithm `name`."""
   return make_algorithm(name, loss_fn=loss_fn, tx=tx, **hparams).train_step
+
+
+def model_of(params):
+  """The model's params in train-state params ``{'model': ..., ...}``
+  (`MetaAlgorithm.model_params` of Meta-SGD and MAML++)."""
+  return params['model']
+
+
+def _shapes(tree):
+  return (jax.tree.structure(tree),
+          [(jnp.shape(l), jnp.result_type(l)) for l in jax.tree.leaves(tree)])
+
+
+def in_state_layout(algorithm: MetaAlgorithm, params) -> bool:
+  """Whether `params` are already the train state's params of `algorithm`
+  (what its `init_params` makes), rather than the model's own."""
+  try:
+    model = algorithm.model_params(params)
+  except (KeyError, TypeError, IndexError, AttributeError):
+    return False  # No model where the layout puts it: the model's own.
+  return _shapes(jax.eval_shape(algorithm.init_params, model)) == _shapes(
+      params)
+
+
+def lift_state(state, algorithm: MetaAlgorithm,
+               tx: optax.GradientTransformation):
+  """`state` of the model's own params, in `algorithm`'s layout: its
+  `init_params` (learned rates beside the model), `tx` initialised anew
+  for them, and its `init_model_state`."""
+  params = algorithm.init_params(state.params)
+  lifted = state.replace(params=params, opt_state=tx.init(params))
+  if model_state_of(state) is not None:
+    lifted = lifted.replace(
+        model_state=algorithm.init_model_state(state.model_state))
+  return lifted
+
+
+def lifting_train_step(algorithm: MetaAlgorithm,
+                       tx: optax.GradientTransformation) -> TrainStep:
+  """`algorithm.train_step` that also takes a state of the model's own
+  params (``MetaTrainState.create(params, tx)``, as for MAML) and lifts it
+  first (`lift_state`); decided from the params' shapes, at trace time.
+
+  Why: Meta-SGD and MAML++ meta-train learned inner rates beside the model
+  (``{'model': ..., 'inner_lr': ...}``), so the state the other algorithms
+  take would otherwise fail deep inside the step. The step returns the
+  lifted state, so under `jax.jit` the second call compiles once more, for
+  that layout; a state made with ``MetaTrainState.create(
+  algorithm.init_params(params), tx)`` compiles once.
+  """
+  train_step = algorithm.train_step
+
+  @functools.wraps(train_step)
+  def step(state, batch, rng):
+    if not in_state_layout(algorithm, state.params):
+      state = lift_state(state, algorithm, tx)
+    return train_step(state, batch, rng)
+
+  return step
 
 
 def hparam_names(name: str) -> list[str]:
