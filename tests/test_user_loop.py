@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import maml_plugin
+from maml_plugin import fields
 from maml_plugin.tasks import SinusoidTasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,3 +76,48 @@ def test_a_state_of_the_model_params_trains_every_algorithm(example, name):
   _, after = train_step(state, fixed, key)
   assert float(after.compute()['query_loss_after']) < float(
       before.compute()['query_loss_after'])
+
+
+@pytest.mark.parametrize('call', ['make_train_step', 'make_algorithm'])
+@pytest.mark.parametrize('name', NAMES)
+def test_a_missing_inner_lr_names_the_call_and_the_algorithms_fields(
+    name, call):
+  """Without ``inner_lr`` every algorithm stopped with ``inner_lr is
+  missing`` and nothing said whose fields those are or where they are
+  documented."""
+  with pytest.raises(fields.FieldError) as err:
+    getattr(maml_plugin, call)(name, loss_fn=lambda p, b: 0.0,
+                               tx=optax.sgd(0.1))
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith('inner_lr is missing: must be a finite number')
+  assert f'{call}({name!r}, ...) requires inner_lr;' in message
+  assert message.endswith(maml_plugin.algorithms.describe_hparams(name))
+  declared = maml_plugin.TRAIN_STEPS.fields(name)
+  assert f'{declared.__module__}.{declared.__qualname__}' in message
+
+
+def test_the_docs_list_every_algorithms_hyper_parameters_and_defaults():
+  with open(os.path.join(REPO, PAGE)) as f:
+    text = f.read()
+  listed = re.search(r'<!-- hparams-list -->\n(.*?)<!-- /hparams-list -->',
+                     text, re.S)
+  assert listed, f'{PAGE}: no <!-- hparams-list --> block'
+  assert listed.group(1) == maml_plugin.algorithms.hparams_list(), (
+      f'{PAGE}: paste maml_plugin.algorithms.hparams_list() between the '
+      'hparams-list markers')
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_each_hparams_docstring_says_what_each_of_its_fields_means(name):
+  """Each field appears in the docstring of the dataclass that declares it
+  (`make_train_step`'s docstring sends users there)."""
+  declared = maml_plugin.TRAIN_STEPS.fields(name)
+  for cls in declared.__mro__:
+    own = [f for f in getattr(cls, '__annotations__', {})
+           if f in declared.names()]
+    for field in own:
+      assert re.search(rf'\b{field}\b', cls.__doc__ or ''), (
+          f'{cls.__qualname__}: its docstring does not explain {field}')
+  for fn in (maml_plugin.make_train_step, maml_plugin.make_algorithm):
+    assert 'describe_hparams' in fn.__doc__ and 'inner_lr' in fn.__doc__

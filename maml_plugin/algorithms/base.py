@@ -178,13 +178,50 @@ def make_algorithm(name: str, *, loss_fn: core.LossFn,
                    ) -> MetaAlgorithm:
   """Builds the registered algorithm `name`: train step, inner loop, params.
 
-  `hparams` are checked by the algorithm's `HParams` (a `fields.FieldError`,
-  a ValueError, names a bad or unknown one). The train step checks its
-  meta-batch's shapes when traced (`checks.check_meta_batch`).
+  Args:
+    name: a registered train step (`TRAIN_STEPS.names()`: 'maml', 'fomaml',
+      'reptile', 'metasgd', 'anil', 'mamlpp', 'imaml', and yours).
+    loss_fn: the task loss, ``loss_fn(params, batch) -> scalar`` (or a
+      `core.StatefulLoss`).
+    tx: the outer optimizer (the train state's ``opt_state`` is its state).
+    metric_fn: a metric reported beside the loss (accuracy), for the
+      algorithms that take one (`accepts_metric_fn`).
+    **hparams: the algorithm's hyper-parameters, the fields of its
+      `HParams` dataclass (`TRAIN_STEPS.fields(name)`, e.g.
+      `maml.MAMLHParams`, whose docstring says what each means). Every
+      algorithm takes ``inner_lr`` (required: no default),
+      ``num_inner_steps=1`` and ``task_batch_size=None`` (`HParams`);
+      `describe_hparams(name)` lists all of an algorithm's with their
+      defaults, and docs/algorithms.md lists them for every algorithm,
+      with settings that meta-train on sinusoids in a loop of your own.
+
+  Returns:
+    The `MetaAlgorithm`. Its train step takes a state of the model's own
+    params, ``MetaTrainState.create(params, tx)``, for every algorithm
+    (`lifting_train_step`), and checks its meta-batch's shapes when traced
+    (`checks.check_meta_batch`).
+
+  Raises:
+    fields.FieldError: (a ValueError) one line naming a bad, unknown or
+      missing hyper-parameter; a missing one also names this call and the
+      algorithm's hyper-parameters.
   """
+  return _make_algorithm('make_algorithm', name, loss_fn=loss_fn, tx=tx,
+                         metric_fn=metric_fn, hparams=hparams)
+
+
+def _make_algorithm(call: str, name: str, *, loss_fn, tx, metric_fn,
+                    hparams) -> MetaAlgorithm:
   factory = TRAIN_STEPS.lookup(name)
-  values = TRAIN_STEPS.fields(name).build(hparams,
-                                          owner=f'train_step {name!r}')
+  declared = TRAIN_STEPS.fields(name)
+  required = [n for n in declared.names() if n not in declared.defaults()]
+  missing = [n for n in required if n not in hparams]
+  if missing:
+    raise fields.FieldError(
+        f'{missing[0]} is missing: must be {declared.allowed(missing[0])}; '
+        f'{call}({name!r}, ...) requires {", ".join(required)}; its '
+        f'hyper-parameters: {describe_hparams(name)}')
+  values = declared.build(hparams, owner=f'train_step {name!r}')
   extra = {}
   if metric_fn is not None:
     if not accepts_metric_fn(name):
@@ -199,8 +236,54 @@ def make_algorithm(name: str, *, loss_fn: core.LossFn,
 
 def make_train_step(name: str, *, loss_fn: core.LossFn,
                     tx: optax.GradientTransformation, **hparams) -> TrainStep:
-  """Builds the train step of the registered algorithm `name`."""
-  return make_algorithm(name, loss_fn=loss_fn, tx=tx, **hparams).train_step
+  """The train step of the registered algorithm `name`:
+  ``train_step(state, batch, rng) -> (state, metrics)``, pure; `jax.jit` it.
+
+  The arguments and the hyper-parameters are `make_algorithm`'s: every
+  algorithm takes ``inner_lr`` (required), ``num_inner_steps=1`` and
+  ``task_batch_size=None``, and its own fields (its `HParams` dataclass,
+  `TRAIN_STEPS.fields(name)`; `describe_hparams(name)`; the list in
+  docs/algorithms.md). ``state = MetaTrainState.create(params, tx)`` of
+  the model's params is a state for every algorithm: one whose train state
+  holds more (Meta-SGD's, MAML++'s learned rates) lifts it at the first
+  call (`lifting_train_step`).
+  """
+  metric_fn = hparams.pop('metric_fn', None)
+  return _make_algorithm('make_train_step', name, loss_fn=loss_fn, tx=tx,
+                         metric_fn=metric_fn, hparams=hparams).train_step
+
+
+def _hparam_items(name: str, quote: str = '') -> tuple[type, list[str]]:
+  """`name`'s HParams dataclass and ``name=default`` (``name (required)``)
+  for each of its fields, each name and default between `quote`s."""
+  declared = TRAIN_STEPS.fields(name)
+  defaults = declared.defaults()
+  return declared, [
+      f'{quote}{n}={defaults[n]!r}{quote}' if n in defaults
+      else f'{quote}{n}{quote} (required)' for n in declared.names()]
+
+
+def _qualified(cls: type) -> str:
+  return f'{cls.__module__}.{cls.__qualname__}'
+
+
+def describe_hparams(name: str) -> str:
+  """The hyper-parameters of the algorithm `name` with their defaults, and
+  the dataclass that documents them: ``inner_lr (required),
+  num_inner_steps=1, ... (maml_plugin.algorithms.maml.MAMLHParams)``."""
+  declared, items = _hparam_items(name)
+  return f'{", ".join(items)} ({_qualified(declared)})'
+
+
+def hparams_list() -> str:
+  """Markdown: one item per registered algorithm, its hyper-parameters and
+  defaults (the list in docs/algorithms.md, which a test keeps equal)."""
+  lines = []
+  for name in TRAIN_STEPS.names():
+    declared, items = _hparam_items(name, quote='`')
+    lines.append(f'- `{name}` (`{_qualified(declared)}`): '
+                 f'{", ".join(items)}')
+  return '\n'.join(lines) + '\n'
 
 
 def model_of(params):
