@@ -69,8 +69,18 @@ class HParams(fields.Fields):
   """The hyper-parameters every algorithm takes (its own add to these).
 
   Attributes:
-    inner_lr: the inner loop's step size (the initial one, where learned).
-    num_inner_steps: inner steps per task in meta-training.
+    inner_lr: the inner loop's step size (the initial one, where learned);
+      required, no default. Every algorithm but Reptile takes plain
+      gradient-descent steps ``p - inner_lr * grad`` with it; Reptile's is
+      the step size of its `inner_optimizer`, Adam by default
+      (`reptile.ReptileHParams`). 0.01 (the MAML paper's alpha) trains
+      every algorithm on sinusoids (docs/algorithms.md).
+    num_inner_steps: inner steps per task in meta-training (default 1, the
+      MAML paper's). Reptile and iMAML need more than one: with one step
+      Reptile's update is a plain gradient step on the tasks' loss (no
+      meta-learning), and iMAML's implicit gradient assumes the inner loop
+      has nearly solved its proximal problem (`imaml.IMAMLHParams`;
+      docs/algorithms.md gives settings that train).
     task_batch_size: tasks whose meta-gradient is computed at once
       (`core.over_task_batches`: the same update, faster on CPU); None:
       all tasks of the meta-batch in one `vmap`.
