@@ -20,6 +20,12 @@ The registered train steps (``train_step(state, batch, rng)``): 'maml',
   train_step = maml_plugin.make_train_step('maml', loss_fn=loss_fn, tx=tx,
                                            inner_lr=0.01)
 
+Each algorithm's hyper-parameters and their defaults:
+``maml_plugin.algorithms.describe_hparams('reptile')`` (docs/algorithms.md
+lists them all). ``MetaTrainState.create(params, tx)`` is a state for
+every algorithm (Meta-SGD's and MAML++'s steps lift it to hold their
+learned rates).
+
 The whole algorithm (train step, its own inner loop for evaluation, and
 the params its train state holds)::
 

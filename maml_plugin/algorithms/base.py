@@ -30,7 +30,11 @@ rest of the plugin needs to know about the algorithm,
 
 * ``init_params(model_params) -> params``: what the train state holds
   (Meta-SGD and MAML++ hold their learned inner rates beside the model, so
-  they are meta-trained, checkpointed and restored with it);
+  they are meta-trained, checkpointed and restored with it), and
+  ``model_params``, its inverse; `make_algorithm`'s train step lifts a
+  state of the model's own params into that layout itself
+  (`lifting_train_step`), so ``MetaTrainState.create(params, tx)`` works
+  for every algorithm;
 * ``inner_loop``: how the algorithm adapts one task (a `core.InnerLoop`),
   which evaluation runs for 0..N steps, so every algorithm is evaluated
   with its own inner loop (learned rates, head only, its inner optimizer).
@@ -39,6 +43,7 @@ rest of the plugin needs to know about the algorithm,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from typing import Any, Callable
@@ -64,8 +69,18 @@ class HParams(fields.Fields):
   """The hyper-parameters every algorithm takes (its own add to these).
 
   Attributes:
-    inner_lr: the inner loop's step size (the initial one, where learned).
-    num_inner_steps: inner steps per task in meta-training.
+    inner_lr: the inner loop's step size (the initial one, where learned);
+      required, no default. Every algorithm but Reptile takes plain
+      gradient-descent steps ``p - inner_lr * grad`` with it; Reptile's is
+      the step size of its `inner_optimizer`, Adam by default
+      (`reptile.ReptileHParams`). 0.01 (the MAML paper's alpha) trains
+      every algorithm on sinusoids (docs/algorithms.md).
+    num_inner_steps: inner steps per task in meta-training (default 1, the
+      MAML paper's). Reptile and iMAML need more than one: with one step
+      Reptile's update is a plain gradient step on the tasks' loss (no
+      meta-learning), and iMAML's implicit gradient assumes the inner loop
+      has nearly solved its proximal problem (`imaml.IMAMLHParams`;
+      docs/algorithms.md gives settings that train).
     task_batch_size: tasks whose meta-gradient is computed at once
       (`core.over_task_batches`: the same update, faster on CPU); None:
       all tasks of the meta-batch in one `vmap`.
@@ -135,6 +150,9 @@ class MetaAlgorithm:
       per-step batch-norm statistics); None binds the state once.
     init_model_state: maps the model's state to the train state's
       (MAML++ keeps one copy per inner step).
+    model_params: the inverse of `init_params`: the model's params in the
+      train state's (`model_of` where `init_params` puts them under
+      ``'model'``).
   """
 
   train_step: TrainStep
@@ -143,6 +161,7 @@ class MetaAlgorithm:
   loss_fn: Any = None
   stateful_inner_loop: Callable[[Any, Any], core.InnerLoop] | None = None
   init_model_state: Callable[[Any], Any] = _identity
+  model_params: Callable[[Any], Any] = _identity
 
   def eval_inner_loop(self, loss_fn=None, model_state=None) -> core.InnerLoop:
     """The inner loop evaluation runs with `loss_fn` (default: the training
@@ -169,13 +188,50 @@ def make_algorithm(name: str, *, loss_fn: core.LossFn,
                    ) -> MetaAlgorithm:
   """Builds the registered algorithm `name`: train step, inner loop, params.
 
-  `hparams` are checked by the algorithm's `HParams` (a `fields.FieldError`,
-  a ValueError, names a bad or unknown one). The train step checks its
-  meta-batch's shapes when traced (`checks.check_meta_batch`).
+  Args:
+    name: a registered train step (`TRAIN_STEPS.names()`: 'maml', 'fomaml',
+      'reptile', 'metasgd', 'anil', 'mamlpp', 'imaml', and yours).
+    loss_fn: the task loss, ``loss_fn(params, batch) -> scalar`` (or a
+      `core.StatefulLoss`).
+    tx: the outer optimizer (the train state's ``opt_state`` is its state).
+    metric_fn: a metric reported beside the loss (accuracy), for the
+      algorithms that take one (`accepts_metric_fn`).
+    **hparams: the algorithm's hyper-parameters, the fields of its
+      `HParams` dataclass (`TRAIN_STEPS.fields(name)`, e.g.
+      `maml.MAMLHParams`, whose docstring says what each means). Every
+      algorithm takes ``inner_lr`` (required: no default),
+      ``num_inner_steps=1`` and ``task_batch_size=None`` (`HParams`);
+      `describe_hparams(name)` lists all of an algorithm's with their
+      defaults, and docs/algorithms.md lists them for every algorithm,
+      with settings that meta-train on sinusoids in a loop of your own.
+
+  Returns:
+    The `MetaAlgorithm`. Its train step takes a state of the model's own
+    params, ``MetaTrainState.create(params, tx)``, for every algorithm
+    (`lifting_train_step`), and checks its meta-batch's shapes when traced
+    (`checks.check_meta_batch`).
+
+  Raises:
+    fields.FieldError: (a ValueError) one line naming a bad, unknown or
+      missing hyper-parameter; a missing one also names this call and the
+      algorithm's hyper-parameters.
   """
+  return _make_algorithm('make_algorithm', name, loss_fn=loss_fn, tx=tx,
+                         metric_fn=metric_fn, hparams=hparams)
+
+
+def _make_algorithm(call: str, name: str, *, loss_fn, tx, metric_fn,
+                    hparams) -> MetaAlgorithm:
   factory = TRAIN_STEPS.lookup(name)
-  values = TRAIN_STEPS.fields(name).build(hparams,
-                                          owner=f'train_step {name!r}')
+  declared = TRAIN_STEPS.fields(name)
+  required = [n for n in declared.names() if n not in declared.defaults()]
+  missing = [n for n in required if n not in hparams]
+  if missing:
+    raise fields.FieldError(
+        f'{missing[0]} is missing: must be {declared.allowed(missing[0])}; '
+        f'{call}({name!r}, ...) requires {", ".join(required)}; its '
+        f'hyper-parameters: {describe_hparams(name)}')
+  values = declared.build(hparams, owner=f'train_step {name!r}')
   extra = {}
   if metric_fn is not None:
     if not accepts_metric_fn(name):
@@ -184,13 +240,119 @@ def make_algorithm(name: str, *, loss_fn: core.LossFn,
     extra['metric_fn'] = metric_fn
   algorithm = factory(values, loss_fn=loss_fn, tx=tx, **extra)
   return dataclasses.replace(
-      algorithm, train_step=checks.checked_train_step(algorithm.train_step))
+      algorithm, train_step=checks.checked_train_step(
+          lifting_train_step(algorithm, tx)))
 
 
 def make_train_step(name: str, *, loss_fn: core.LossFn,
                     tx: optax.GradientTransformation, **hparams) -> TrainStep:
-  """Builds the train step of the registered algorithm `name`."""
-  return make_algorithm(name, loss_fn=loss_fn, tx=tx, **hparams).train_step
+  """The train step of the registered algorithm `name`:
+  ``train_step(state, batch, rng) -> (state, metrics)``, pure; `jax.jit` it.
+
+  The arguments and the hyper-parameters are `make_algorithm`'s: every
+  algorithm takes ``inner_lr`` (required), ``num_inner_steps=1`` and
+  ``task_batch_size=None``, and its own fields (its `HParams` dataclass,
+  `TRAIN_STEPS.fields(name)`; `describe_hparams(name)`; the list in
+  docs/algorithms.md). ``state = MetaTrainState.create(params, tx)`` of
+  the model's params is a state for every algorithm: one whose train state
+  holds more (Meta-SGD's, MAML++'s learned rates) lifts it at the first
+  call (`lifting_train_step`).
+  """
+  metric_fn = hparams.pop('metric_fn', None)
+  return _make_algorithm('make_train_step', name, loss_fn=loss_fn, tx=tx,
+                         metric_fn=metric_fn, hparams=hparams).train_step
+
+
+def _hparam_items(name: str, quote: str = '') -> tuple[type, list[str]]:
+  """`name`'s HParams dataclass and ``name=default`` (``name (required)``)
+  for each of its fields, each name and default between `quote`s."""
+  declared = TRAIN_STEPS.fields(name)
+  defaults = declared.defaults()
+  return declared, [
+      f'{quote}{n}={defaults[n]!r}{quote}' if n in defaults
+      else f'{quote}{n}{quote} (required)' for n in declared.names()]
+
+
+def _qualified(cls: type) -> str:
+  return f'{cls.__module__}.{cls.__qualname__}'
+
+
+def describe_hparams(name: str) -> str:
+  """The hyper-parameters of the algorithm `name` with their defaults, and
+  the dataclass that documents them: ``inner_lr (required),
+  num_inner_steps=1, ... (maml_plugin.algorithms.maml.MAMLHParams)``."""
+  declared, items = _hparam_items(name)
+  return f'{", ".join(items)} ({_qualified(declared)})'
+
+
+def hparams_list() -> str:
+  """Markdown: one item per registered algorithm, its hyper-parameters and
+  defaults (the list in docs/algorithms.md, which a test keeps equal)."""
+  lines = []
+  for name in TRAIN_STEPS.names():
+    declared, items = _hparam_items(name, quote='`')
+    lines.append(f'- `{name}` (`{_qualified(declared)}`): '
+                 f'{", ".join(items)}')
+  return '\n'.join(lines) + '\n'
+
+
+def model_of(params):
+  """The model's params in train-state params ``{'model': ..., ...}``
+  (`MetaAlgorithm.model_params` of Meta-SGD and MAML++)."""
+  return params['model']
+
+
+def _shapes(tree):
+  return (jax.tree.structure(tree),
+          [(jnp.shape(l), jnp.result_type(l)) for l in jax.tree.leaves(tree)])
+
+
+def in_state_layout(algorithm: MetaAlgorithm, params) -> bool:
+  """Whether `params` are already the train state's params of `algorithm`
+  (what its `init_params` makes), rather than the model's own."""
+  try:
+    model = algorithm.model_params(params)
+  except (KeyError, TypeError, IndexError, AttributeError):
+    return False  # No model where the layout puts it: the model's own.
+  return _shapes(jax.eval_shape(algorithm.init_params, model)) == _shapes(
+      params)
+
+
+def lift_state(state, algorithm: MetaAlgorithm,
+               tx: optax.GradientTransformation):
+  """`state` of the model's own params, in `algorithm`'s layout: its
+  `init_params` (learned rates beside the model), `tx` initialised anew
+  for them, and its `init_model_state`."""
+  params = algorithm.init_params(state.params)
+  lifted = state.replace(params=params, opt_state=tx.init(params))
+  if model_state_of(state) is not None:
+    lifted = lifted.replace(
+        model_state=algorithm.init_model_state(state.model_state))
+  return lifted
+
+
+def lifting_train_step(algorithm: MetaAlgorithm,
+                       tx: optax.GradientTransformation) -> TrainStep:
+  """`algorithm.train_step` that also takes a state of the model's own
+  params (``MetaTrainState.create(params, tx)``, as for MAML) and lifts it
+  first (`lift_state`); decided from the params' shapes, at trace time.
+
+  Why: Meta-SGD and MAML++ meta-train learned inner rates beside the model
+  (``{'model': ..., 'inner_lr': ...}``), so the state the other algorithms
+  take would otherwise fail deep inside the step. The step returns the
+  lifted state, so under `jax.jit` the second call compiles once more, for
+  that layout; a state made with ``MetaTrainState.create(
+  algorithm.init_params(params), tx)`` compiles once.
+  """
+  train_step = algorithm.train_step
+
+  @functools.wraps(train_step)
+  def step(state, batch, rng):
+    if not in_state_layout(algorithm, state.params):
+      state = lift_state(state, algorithm, tx)
+    return train_step(state, batch, rng)
+
+  return step
 
 
 def hparam_names(name: str) -> list[str]:

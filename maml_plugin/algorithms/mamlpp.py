@@ -462,6 +462,7 @@ def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
 
   return base.MetaAlgorithm(
       train_step=train_step, inner_loop_for=inner_loop,
+      model_params=base.model_of,
       init_params=init_params, loss_fn=loss_fn,
       stateful_inner_loop=per_step_inner_loop if per_step_bn_stats else None,
       init_model_state=init_model_state)

@@ -5,7 +5,9 @@ Usage::
   algorithm = make_algorithm('metasgd', loss_fn=loss_fn, tx=tx, inner_lr=0.01)
   state = MetaTrainState.create(algorithm.init_params(params), tx)
 
-A learned inner rate for every parameter: the state's params are
+(``MetaTrainState.create(params, tx)`` of the model's params works too: the
+train step lifts it into this layout at its first call,
+`base.lifting_train_step`.) A learned inner rate for every parameter: the state's params are
 ``{'model': ..., 'inner_lr': ...}`` (`inner_lr` has the model's tree and
 shapes, initialised to the config's `inner_lr`); both are meta-trained by
 the outer optimizer, checkpointed, and used by evaluation
@@ -96,5 +98,6 @@ def make_metasgd(hparams: MetaSGDHParams, *, loss_fn: core.LossFn,
                                           core.is_stateful(loss_fn),
                                           pass_step=True),
       inner_loop_for=inner_loop_for,
+      model_params=base.model_of,
       init_params=functools.partial(metasgd_params, inner_lr=hparams.inner_lr),
       loss_fn=loss_fn)
