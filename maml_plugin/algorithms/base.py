@@ -46,7 +46,7 @@ import dataclasses
 import functools
 import inspect
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -285,11 +285,12 @@ def describe_hparams(name: str) -> str:
   return f'{", ".join(items)} ({_qualified(declared)})'
 
 
-def hparams_list() -> str:
-  """Markdown: one item per registered algorithm, its hyper-parameters and
-  defaults (the list in docs/algorithms.md, which a test keeps equal)."""
+def hparams_list(names: Sequence[str] | None = None) -> str:
+  """Markdown: one item per algorithm in `names` (default: every registered
+  one), its hyper-parameters and defaults (the list in docs/algorithms.md,
+  which a test keeps equal)."""
   lines = []
-  for name in TRAIN_STEPS.names():
+  for name in TRAIN_STEPS.names() if names is None else names:
     declared, items = _hparam_items(name, quote='`')
     lines.append(f'- `{name}` (`{_qualified(declared)}`): '
                  f'{", ".join(items)}')
