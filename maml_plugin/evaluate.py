@@ -23,7 +23,7 @@ from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import console
 from maml_plugin import train
-from maml_plugin import workdir
+from maml_plugin import workdir as workdir_lib
 from maml_plugin.tasks import episodic
 from maml_plugin.tasks import omniglot
 
@@ -38,6 +38,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def evaluate(config, workdir: str) -> dict:
   """Restores the latest checkpoint in `workdir` and writes the report."""
   config_validation.validate(config)
+  workdir_lib.check_directory(workdir)
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)
   algorithm = train.create_algorithm(config, problem, tx)
@@ -78,7 +79,7 @@ def main(argv):
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
   except (config_validation.ConfigError, checkpointing.CheckpointError,
-          workdir.WorkdirError, omniglot.OmniglotError,
+          workdir_lib.WorkdirError, omniglot.OmniglotError,
           episodic.EpisodeError) as e:
     raise SystemExit(f'maml_plugin: {e}') from None
   print(actions.format_table(report))

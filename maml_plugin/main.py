@@ -147,8 +147,11 @@ def main(argv):
                            process_id=FLAGS.process_id)
     config_validation.validate(FLAGS.config,
                                num_devices=distributed.num_task_devices())
+    workdir.check_directory(FLAGS.workdir)
   except config_validation.ConfigError as e:
     _fail(f'bad config: {e}')
+  except workdir.WorkdirError as e:
+    _fail(str(e))
   logging.info('config file: %s; workdir: %s; %s',
                config_flags.get_config_filename(FLAGS['config']),
                FLAGS.workdir, console.describe_devices())

@@ -574,9 +574,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Raises:
     Interrupted: SIGTERM or SIGINT; the step reached is saved.
-    workdir_lib.WorkdirError: another run holds `workdir`, the config
-      differs from the saved one, or a write failed.
+    workdir_lib.WorkdirError: `workdir` is a file, another run holds it,
+      the config differs from the saved one, or a write failed.
   """
+  workdir_lib.check_directory(workdir)  # Before minutes of building.
   num_devices = distributed.num_task_devices()
   # Validation, tasks, model, algorithm and state first (`build_components`
   # validates for this device count): a bad config or bad data stops the run

@@ -80,6 +80,26 @@ def is_io_error(e: BaseException) -> bool:
   return any(os.strerror(n) in str(e) for n in _REPORTED)
 
 
+def check_directory(workdir: str) -> None:
+  """Raises `WorkdirError` when `workdir`, or the nearest of its parents
+  that exists, is not a directory (a regular file, say): checked before a
+  run builds anything, where creating the folder or its lock would fail
+  later with only ``File exists`` or ``Not a directory``."""
+  path = os.path.abspath(workdir)
+  while not os.path.lexists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      return
+    path = parent
+  if os.path.isdir(path):
+    return
+  what = 'a file, not a directory' if os.path.isfile(path) else (
+      'not a directory')
+  where = (f'workdir {workdir}' if path == os.path.abspath(workdir)
+           else f'workdir {workdir}: {path}')
+  raise WorkdirError(f'{where} is {what}: use another --workdir')
+
+
 def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)

@@ -27,6 +27,7 @@ import pytest
 
 from configs import maml_sine
 from maml_plugin import checkpointing
+from maml_plugin import evaluate
 from maml_plugin import train
 from maml_plugin import workdir as workdir_lib
 from tests import event_files
@@ -220,6 +221,39 @@ def test_lock_held_elsewhere_refuses_and_a_stale_one_is_taken_over(
   with workdir_lib.lock(workdir):
     pass
   assert 'Taking over' not in caplog.text
+
+
+@pytest.mark.parametrize('module', ['maml_plugin.main',
+                                    'maml_plugin.evaluate'])
+def test_workdir_that_is_a_file_stops_before_training_in_one_line(
+    tmp_path, module):
+  """Pins: main's 'cannot write .../afile/lock: File exists' after
+  building the run, evaluate's 'no checkpoint in .../afile: train first'."""
+  path = tmp_path / 'afile'
+  path.write_text('mine\n')
+  proc = subprocess.run(
+      [sys.executable, '-m', module, '--config=configs/maml_sine.py:quick',
+       f'--workdir={path}'], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert (proc.stdout + proc.stderr).strip() == (
+      f'maml_plugin: workdir {path} is a file, not a directory: use '
+      'another --workdir'), proc.stderr
+  assert path.read_text() == 'mine\n'
+
+
+def test_workdir_under_a_file_is_named_by_the_library_calls(tmp_path):
+  """`train_and_evaluate` and `evaluate` (no command line) say it too,
+  naming the file; pins 'cannot write .../afile/run/lock: Not a
+  directory'."""
+  path = tmp_path / 'afile'
+  path.write_text('')
+  workdir = str(path / 'run')
+  for call in (train.train_and_evaluate, evaluate.evaluate):
+    with pytest.raises(workdir_lib.WorkdirError) as err:
+      call(quick_config(), workdir)
+    assert str(err.value) == (f'workdir {workdir}: {path} is a file, not a '
+                              'directory: use another --workdir')
 
 
 # Resume under the config that made the checkpoint.
