@@ -276,7 +276,9 @@ def _leaf_name(path) -> str:
 
 
 def _check_shapes(path: str, abstract) -> None:
-  """Names the first array whose stored shape differs from `abstract`'s."""
+  """Names the first array of `abstract` the checkpoint lacks or stores
+  with another shape (a config change, not damage: no older checkpoint of
+  the run would read either)."""
   try:
     # The item's handler reads the item's own metadata; a Checkpointer
     # would also look for checkpoint-level metadata in the item's folder,
@@ -293,6 +295,11 @@ def _check_shapes(path: str, abstract) -> None:
     return
   for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
     name = _leaf_name(leaf_path)
+    if stored and name not in stored:
+      raise CheckpointError(
+          f'checkpoint {path} does not match this config\'s train state: '
+          f'it holds no {name} (another train_step, or a version of '
+          'maml_plugin with another state layout?); use another --workdir')
     if name in stored and stored[name] != tuple(leaf.shape):
       raise CheckpointError(
           f'checkpoint {path} does not match this config\'s model: {name} '

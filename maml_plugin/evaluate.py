@@ -7,6 +7,11 @@ to `config.eval_num_inner_steps` inner steps, prints a table, and writes
 `WORKDIR/evaluation.json` and `WORKDIR/adaptation.png`. Stored state is read,
 never changed: nothing else in the workdir is written or created, and a
 workdir without a checkpoint stops with one line.
+
+Evaluate with the config the checkpoints were trained with (saved in
+``WORKDIR/config.json``). A config whose train state does not fit them
+stops with one line naming the fields that differ from it (the comparison
+`main` makes on resume, `workdir.training_changes`; docs/evaluation.md).
 """
 
 import os
@@ -55,13 +60,34 @@ def evaluate(config, workdir: str) -> dict:
   if manager.latest_step() is None:
     manager.close()
     raise no_checkpoint
-  state, _ = checkpointing.restore_latest(manager, state,
-                                          jax.random.key(config.seed))
-  manager.close()
+  try:
+    state, _ = checkpointing.restore_latest(manager, state,
+                                            jax.random.key(config.seed))
+  except checkpointing.CheckpointError as e:
+    changes = _training_changes(config, workdir)
+    if not changes:
+      raise
+    raise workdir_lib.WorkdirError(
+        f'the checkpoints in {workdir} do not match this config: it differs '
+        f'from the one they were trained with '
+        f'({workdir_lib.CONFIG_NAME}): {workdir_lib.describe_changes(changes)}'
+        '; evaluate with the config they were trained with') from e
+  finally:
+    manager.close()
   return train.evaluate_and_report(
       config, problem, state.params, int(state.step), workdir,
       evaluator=train.create_evaluator(config, problem, algorithm=algorithm),
       model_state=state.model_state)
+
+
+def _training_changes(config, workdir: str) -> list:
+  """`workdir_lib.training_changes` against ``WORKDIR/config.json`` (none
+  for a workdir from before it was written)."""
+  saved = workdir_lib.read_config(workdir)
+  if saved is None:
+    return []
+  return workdir_lib.training_changes(
+      saved, config, training_fields=config_validation.training_fields)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

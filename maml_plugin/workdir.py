@@ -251,35 +251,53 @@ def write_config(workdir: str, config, *, num_devices: int,
              json.dumps(document, indent=2, default=str) + '\n')
 
 
-def check_resume(saved: dict, config, *, step: int, num_devices: int,
-                 training_fields: Callable[[dict], list[str]],
-                 allow_change: bool = False) -> list[dict]:
-  """Compares `config` with the `saved` one (`read_config`) for a run
-  resumed at `step`, on the fields `training_fields(values)` names
-  (`config_validation.training_fields`).
-
-  Raises `WorkdirError` naming the first field that changes training, its
-  saved value and its new one, unless `allow_change`. Returns the changes
-  to record (deliberate ones, and a different device count), each logged.
-  """
+def training_changes(saved: dict, config, *,
+                     training_fields: Callable[[dict], list[str]]
+                     ) -> list[tuple[str, Any, Any]]:
+  """The fields that change training (those `training_fields(values)`
+  names, `config_validation.training_fields`) whose value in `config`
+  differs from the `saved` one (`read_config`): ``(name, saved value,
+  value in config)`` each, in declaration order, the values as JSON reads
+  them."""
   old = saved['config']
   new = _jsonable(config.to_dict() if hasattr(config, 'to_dict')
                   else dict(config))
   names = training_fields(new)
   names += [n for n in training_fields(old) if n not in names]
-  changed = [n for n in names if n in old and old.get(n) != new.get(n)]
+  return [(n, old[n], new.get(n)) for n in names
+          if n in old and old.get(n) != new.get(n)]
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+  """``config.num_inner_steps: 5 in the workdir, 3 given; ...`` for
+  `training_changes`."""
+  return '; '.join(f'config.{name}: {old!r} in the workdir, {new!r} given'
+                   for name, old, new in changes)
+
+
+def check_resume(saved: dict, config, *, step: int, num_devices: int,
+                 training_fields: Callable[[dict], list[str]],
+                 allow_change: bool = False) -> list[dict]:
+  """Compares `config` with the `saved` one (`read_config`) for a run
+  resumed at `step`, on the fields `training_fields(values)` names
+  (`training_changes`).
+
+  Raises `WorkdirError` naming the first field that changes training, its
+  saved value and its new one, unless `allow_change`. Returns the changes
+  to record (deliberate ones, and a different device count), each logged.
+  """
   changes = []
-  for name in changed:
+  for name, old, new in training_changes(saved, config,
+                                         training_fields=training_fields):
     if not allow_change:
       raise WorkdirError(
-          f'config.{name}={new.get(name)!r} differs from the checkpoints\' '
-          f'{old[name]!r} (step {step}), and it changes training: use a '
+          f'config.{name}={new!r} differs from the checkpoints\' '
+          f'{old!r} (step {step}), and it changes training: use a '
           f'fresh --workdir, or resume with {ALLOW_FLAG} to change it on '
           'purpose')
     logging.warning('config.%s changed from %r to %r at step %d (%s).',
-                    name, old[name], new.get(name), step, ALLOW_FLAG)
-    changes.append({'step': step, 'field': name, 'old': old[name],
-                    'new': new.get(name)})
+                    name, old, new, step, ALLOW_FLAG)
+    changes.append({'step': step, 'field': name, 'old': old, 'new': new})
   before = saved.get('num_devices')
   if before is not None and before != num_devices:
     logging.warning(

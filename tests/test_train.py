@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ from configs import maml_sine
 from maml_plugin import checkpointing
 from maml_plugin import evaluate
 from maml_plugin import train
+from maml_plugin import workdir as workdir_lib
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -128,3 +130,44 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, trained):
   assert int(resumed.step) == config.num_train_steps
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+SMALL = dict(num_train_steps=20, checkpoint_every_steps=20,
+             eval_every_steps=20, num_eval_tasks=10, eval_num_inner_steps=2,
+             num_plot_tasks=0)
+
+
+def _small(arg: str, **overrides):
+  config = maml_sine.get_config(arg)
+  config.update(dict(SMALL, **overrides))
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained_metasgd(tmp_path_factory):
+  """20 steps of Meta-SGD: its state holds learned inner rates."""
+  workdir = str(tmp_path_factory.mktemp('metasgd'))
+  train.train_and_evaluate(_small('metasgd,quick'), workdir)
+  return workdir
+
+
+def test_evaluate_under_another_train_step_names_the_differing_fields(
+    trained_metasgd, caplog):
+  """The comparison `main` makes on resume (`workdir.training_changes`),
+  in one line with every differing field. Pins "checkpoint ... cannot be
+  read (corrupt, truncated or written by another version?): ValueError:
+  ... tree structures do not match" after a warning per checkpoint."""
+  workdir = trained_metasgd
+  before = _tree(workdir)
+  caplog.set_level('WARNING')
+  with pytest.raises(workdir_lib.WorkdirError) as error:
+    evaluate.evaluate(_small('maml,quick'), workdir)
+  message = str(error.value)
+  assert message.startswith(
+      f'the checkpoints in {workdir} do not match this config: it differs '
+      'from the one they were trained with (config.json): '
+      "config.train_step: 'metasgd' in the workdir, 'maml' given; "), message
+  assert message.endswith('; evaluate with the config they were trained '
+                          'with'), message
+  assert '\n' not in message and 'cannot be read' not in caplog.text
+  assert _tree(workdir) == before

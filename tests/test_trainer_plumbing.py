@@ -152,27 +152,51 @@ def test_max_checkpoints_to_keep_keeps_that_many_latest(tmp_path):
   manager.close()
 
 
+def _restore_refusal(tmp_path, saved_params, params) -> str:
+  """The `CheckpointError` restoring a state of `params` from a checkpoint
+  of one of `saved_params` (step 0) raises."""
+  tx = optax.sgd(0.1)
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  checkpointing.save(manager,
+                     train_steps.MetaTrainState.create(saved_params, tx),
+                     jax.random.key(0))
+  other = train_steps.MetaTrainState.create(params, tx)
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    checkpointing.restore_latest(manager, other, jax.random.key(1))
+  manager.close()
+  return str(err.value)
+
+
 def test_checkpoint_of_another_shape_names_the_leaf_and_both_shapes(
     tmp_path):
   """Pins the shape check before a restore (`_check_shapes`): a stored
   leaf compared only when it is missing (``in`` -> ``not in``), or not at
   all, lets orbax fail instead, and the user reads "cannot be read" for a
   checkpoint that is fine but belongs to another model."""
-  tx = optax.sgd(0.1)
-  saved = train_steps.MetaTrainState.create(
-      {'b': jnp.zeros(2), 'w': jnp.zeros(3)}, tx).replace(step=jnp.int32(4))
-  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
-  checkpointing.save(manager, saved, jax.random.key(0))
-  other = train_steps.MetaTrainState.create(
-      {'b': jnp.zeros(2), 'w': jnp.zeros(5)}, tx)
-  with pytest.raises(checkpointing.CheckpointError) as err:
-    checkpointing.restore_latest(manager, other, jax.random.key(1))
-  manager.close()
-  path = tmp_path / 'checkpoints' / '4'
-  assert str(err.value) == (
+  message = _restore_refusal(tmp_path, {'b': jnp.zeros(2), 'w': jnp.zeros(3)},
+                             {'b': jnp.zeros(2), 'w': jnp.zeros(5)})
+  path = tmp_path / 'checkpoints' / '0'
+  assert message == (
       f"checkpoint {path} does not match this config's model: "
       'state.params.w has shape (3,) there, (5,) here (another hidden_sizes '
       'or task?); use another --workdir')
+
+
+def test_checkpoint_of_another_state_layout_names_the_missing_leaf(
+    tmp_path, caplog):
+  """A model's params against Meta-SGD's ``{'model', 'inner_lr'}``: pins
+  orbax's "tree structures do not match" logged as unreadable, every older
+  checkpoint tried, then "cannot be read (corrupt, truncated ...?)"."""
+  params = {'w': jnp.zeros(3)}
+  caplog.set_level(std_logging.WARNING)
+  message = _restore_refusal(tmp_path, params,
+                             {'model': params, 'inner_lr': params})
+  path = tmp_path / 'checkpoints' / '0'
+  assert message == (
+      f"checkpoint {path} does not match this config's train state: it "
+      'holds no state.params.inner_lr.w (another train_step, or a version '
+      'of maml_plugin with another state layout?); use another --workdir')
+  assert 'cannot be read' not in caplog.text
 
 
 def _residual_norm_loss(p, batch):
