@@ -11,7 +11,10 @@ workdir without a checkpoint stops with one line.
 Evaluate with the config the checkpoints were trained with (saved in
 ``WORKDIR/config.json``). A config whose train state does not fit them
 stops with one line naming the fields that differ from it (the comparison
-`main` makes on resume, `workdir.training_changes`; docs/evaluation.md).
+`main` makes on resume, `workdir.training_changes`), and so does an
+``inner_lr`` other than the trained one where the checkpoint holds the
+inner rates (Meta-SGD, MAML++), which evaluation adapts with instead
+(docs/evaluation.md).
 """
 
 import os
@@ -23,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from maml_plugin import actions
+from maml_plugin import algorithms
 from maml_plugin import checkpointing
 from maml_plugin import config_files
 from maml_plugin import config_validation
@@ -74,6 +78,7 @@ def evaluate(config, workdir: str) -> dict:
         '; evaluate with the config they were trained with') from e
   finally:
     manager.close()
+  _check_inner_lr_is_used(config, workdir, state)
   return train.evaluate_and_report(
       config, problem, state.params, int(state.step), workdir,
       evaluator=train.create_evaluator(config, problem, algorithm=algorithm),
@@ -88,6 +93,22 @@ def _training_changes(config, workdir: str) -> list:
     return []
   return workdir_lib.training_changes(
       saved, config, training_fields=config_validation.training_fields)
+
+
+def _check_inner_lr_is_used(config, workdir: str, state) -> None:
+  """Refuses a `config.inner_lr` other than the trained one where the
+  checkpoint holds the inner rates (Meta-SGD, MAML++): evaluation adapts
+  with those, so the value would change nothing."""
+  if not algorithms.holds_inner_rates(state.params):
+    return
+  for name, trained, given in _training_changes(config, workdir):
+    if name == 'inner_lr':
+      raise config_validation.ConfigError(
+          f'config.inner_lr={given!r} would not be used: '
+          f'{config.train_step!r} keeps its inner rates in the train state, '
+          'and evaluation adapts with the checkpoint\'s (which started from '
+          f'the workdir\'s {trained!r}); evaluate with '
+          f'--config.inner_lr={trained!r}, or train with {given!r}')
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

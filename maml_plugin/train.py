@@ -163,7 +163,7 @@ def meta_lr_schedule(config, lr: float | None = None) -> optax.Schedule:
 
 def _rate_labels(params):
   """'rates' for learned inner rates (``params['inner_lr']``), else 'model'."""
-  if isinstance(params, dict) and 'inner_lr' in params:
+  if algorithms.holds_inner_rates(params):
     return {name: jax.tree.map(
         lambda _, n=name: 'rates' if n == 'inner_lr' else 'model', sub)
             for name, sub in params.items()}

@@ -10,6 +10,7 @@ import pytest
 
 from configs import maml_sine
 from maml_plugin import checkpointing
+from maml_plugin import config_validation
 from maml_plugin import evaluate
 from maml_plugin import train
 from maml_plugin import workdir as workdir_lib
@@ -171,3 +172,31 @@ def test_evaluate_under_another_train_step_names_the_differing_fields(
                           'with'), message
   assert '\n' not in message and 'cannot be read' not in caplog.text
   assert _tree(workdir) == before
+
+
+def test_evaluate_refuses_an_inner_lr_the_learned_rates_replace(
+    trained_metasgd):
+  """Pins `--config.inner_lr=0.5` accepted silently on a Meta-SGD workdir,
+  whose checkpoint's rates are what evaluation adapts with."""
+  with pytest.raises(config_validation.ConfigError) as error:
+    evaluate.evaluate(_small('metasgd,quick', inner_lr=0.5), trained_metasgd)
+  assert str(error.value) == (
+      "config.inner_lr=0.5 would not be used: 'metasgd' keeps its inner "
+      "rates in the train state, and evaluation adapts with the checkpoint's "
+      "(which started from the workdir's 0.01); evaluate with "
+      '--config.inner_lr=0.01, or train with 0.5')
+
+
+def test_evaluate_with_another_inner_lr_adapts_with_it_where_it_is_used(
+    trained, tmp_path):
+  """MAML's inner_lr is not in its state: an evaluation at another step
+  size is a legitimate question, answered (and answered differently)."""
+  config, workdir, _ = trained
+  workdir = str(shutil.copytree(workdir, tmp_path / 'copy'))  # Report kept.
+  means = []
+  for inner_lr in (config.inner_lr, config.inner_lr / 2):
+    other = config.copy_and_resolve_references()
+    other.update(num_eval_tasks=10, eval_num_inner_steps=1, num_plot_tasks=0,
+                 inner_lr=inner_lr)
+    means.append(evaluate.evaluate(other, workdir)['inner_steps']['1']['mean'])
+  assert means[0] != means[1]

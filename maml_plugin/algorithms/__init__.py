@@ -30,5 +30,6 @@ from maml_plugin.algorithms.base import accepts_metric_fn
 from maml_plugin.algorithms.base import describe_hparams
 from maml_plugin.algorithms.base import hparam_names
 from maml_plugin.algorithms.base import hparams_list
+from maml_plugin.algorithms.base import holds_inner_rates
 from maml_plugin.algorithms.base import make_algorithm
 from maml_plugin.algorithms.base import make_train_step

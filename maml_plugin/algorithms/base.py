@@ -303,6 +303,14 @@ def model_of(params):
   return params['model']
 
 
+def holds_inner_rates(params) -> bool:
+  """Whether train-state params hold inner rates beside the model
+  (``params['inner_lr']``: Meta-SGD's and MAML++'s, learned or not): the
+  inner loop then adapts with those, not with the ``inner_lr`` it was
+  built with, which only initialised them."""
+  return isinstance(params, dict) and 'inner_lr' in params
+
+
 def _shapes(tree):
   return (jax.tree.structure(tree),
           [(jnp.shape(l), jnp.result_type(l)) for l in jax.tree.leaves(tree)])
