@@ -40,6 +40,11 @@ What jaxline hands the experiment, and what it does with it:
   is listed in ``NON_BROADCAST_CHECKPOINT_ATTRS``. jaxline's snapshot keeps
   references to its arrays, so the jitted step does not donate them: a
   snapshot taken mid-run stays valid while training goes on.
+* A NaN or Inf meta-loss or meta-gradient is met as ``config.on_nonfinite``
+  says, as in our trainer (`maml_plugin.guards`): ``'stop'`` (the
+  default) raises `guards.NonFiniteError` naming the meta-step, which ends
+  jaxline's loop, the experiment's state the last good one; ``'skip'``
+  drops the update and returns ``train/skipped_updates``.
 * ``evaluate`` returns the few-shot evaluation scalars
   (``eval/mse_step0``, ...) of `maml_plugin.evaluation.FewShotEvaluator`
   on the config's held-out tasks, with the algorithm's own inner loop.
@@ -62,6 +67,7 @@ import numpy as np
 from maml_plugin import actions
 from maml_plugin import config_validation
 from maml_plugin import distributed
+from maml_plugin import guards
 from maml_plugin import jaxline_compat
 from maml_plugin import train
 
@@ -148,7 +154,14 @@ class MetaExperiment(experiment.AbstractExperiment):
     if self._mesh is not None:
       batch = jax.lax.with_sharding_constraint(
           batch, distributed.task_sharding(self._mesh))
-    return self._algorithm.train_step(state, batch, step_keys[0])
+    new_state, metrics = self._algorithm.train_step(state, batch,
+                                                    step_keys[0])
+    # `config.on_nonfinite`, as our trainer's loop: 'skip' drops a bad
+    # update here, 'stop' raises in `step` (`maml_plugin.guards`).
+    new_state, _, report = guards.guard_update(
+        state, new_state, metrics, guards.NonFiniteReport.empty(),
+        skip=self._config.on_nonfinite == 'skip')
+    return new_state, metrics, report
 
   def _device_keys(self, rng) -> np.ndarray:
     """jaxline's per-device keys as ``uint32[devices, 2]`` host data."""
@@ -171,13 +184,33 @@ class MetaExperiment(experiment.AbstractExperiment):
     return keys
 
   def step(self, *, global_step, rng, writer) -> dict[str, float]:
-    """One meta-step; returns its scalars for jaxline to write."""
+    """One meta-step; returns its scalars for jaxline to write.
+
+    A NaN or Inf meta-loss or meta-gradient is handled as
+    ``config.on_nonfinite`` says, as in our trainer: 'stop' raises
+    `guards.NonFiniteError` naming the meta-step, the state kept at the
+    last good one; 'skip' keeps the state's values (its step advances),
+    returns ``train/skipped_updates`` (1 or 0) and leaves out the bad
+    step's other scalars.
+    """
     del global_step, writer  # The state counts steps; jaxline writes.
-    self._state, metrics = self._train(self._state, self._device_keys(rng))
+    state, metrics, report = self._train(self._state,
+                                         self._device_keys(rng))
     # Reading the values waits for the step: sharded CPU steps are never
     # queued deep enough to time out in a collective's rendezvous.
-    return {f'train/{k}': float(v)
-            for k, v in jax.device_get(metrics.compute()).items()}
+    report = jax.device_get(report)
+    bad = int(report.first_bad_step) >= 0
+    if bad and self._config.on_nonfinite == 'stop':
+      raise guards.NonFiniteError(
+          f'{guards.describe(report)}; stopped before applying it: the '
+          "experiment's state is the last good one")
+    self._state = state
+    scalars = {} if bad else {
+        f'train/{k}': float(v)
+        for k, v in jax.device_get(metrics.compute()).items()}
+    if self._config.on_nonfinite == 'skip':
+      scalars['train/skipped_updates'] = float(bad)
+    return scalars
 
   def evaluate(self, *, global_step, rng, writer) -> dict[str, float]:
     """Few-shot evaluation of the current state; jaxline writes the result."""
@@ -207,7 +240,10 @@ class MetaExperiment(experiment.AbstractExperiment):
 def main(argv: Any) -> None:
   """jaxline's ``platform.main`` over `MetaExperiment` (``--config=...``)."""
   from jaxline import platform  # pylint: disable=g-import-not-at-top
-  platform.main(MetaExperiment, argv)
+  try:
+    platform.main(MetaExperiment, argv)
+  except guards.NonFiniteError as e:  # jaxline has logged its traceback.
+    raise SystemExit(f'maml_plugin: {e}') from None
 
 
 if __name__ == '__main__':

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from maml_plugin import guards
 from maml_plugin import jaxline_compat
+from maml_plugin import jaxline_experiment
 from tests import jaxline_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +109,34 @@ def test_training_steps_must_equal_num_train_steps(one_device_run):
     one_device_run['experiment'].should_run_step(0, jl)
 
 
+def test_on_nonfinite_stop_ends_jaxlines_loop_at_the_bad_step():
+  """Pins the experiment ignoring config.on_nonfinite: inner_lr=1e30 went
+  on stepping, every scalar NaN, exit status 0."""
+  config = jaxline_worker.small_config()
+  config.inner_lr = 1e30
+  with pytest.raises(guards.NonFiniteError, match=(
+      r'^meta-step 1: meta-loss \(query_loss_after\) is nan and '
+      r'meta-gradient \(meta_grad_norm\) is nan; stopped before applying '
+      "it: the experiment's state is the last good one$")):
+    jaxline_worker.run_train(jaxline_worker.jaxline_config(config))
+  assert len(jaxline_worker.RecordingExperiment.handed) == 1
+
+
+def test_on_nonfinite_skip_keeps_the_state_and_counts_the_steps():
+  config = jaxline_worker.small_config()
+  config.update(inner_lr=1e30, on_nonfinite='skip')
+  experiment, writer, _ = jaxline_worker.run_train(
+      jaxline_worker.jaxline_config(config))
+  state = experiment.state
+  assert int(state.step) == jaxline_worker.NUM_STEPS
+  initial = jaxline_experiment.MetaExperiment('train', config=config).state
+  assert_trees_close(state.params, initial.params, rtol=0, atol=0)
+  assert writer.values[('train/skipped_updates',
+                        jaxline_worker.NUM_STEPS)] == 1.0
+  assert not any(name.startswith('train/query_loss')
+                 for name, _ in writer.counts)
+
+
 def test_compat_defines_the_removed_names_with_their_old_semantics():
   # Applied by importing maml_plugin.jaxline_experiment (the worker did);
   # the JAX we require has neither name.
@@ -174,3 +204,20 @@ def test_jaxline_platform_runs_the_config_file(tmp_path):
   assert {tag for tag, step in scalars if step == 2} == (
       TRAIN_SCALARS | {'steps_per_sec'})
   assert all(len(values) == 1 for values in scalars.values())
+
+
+def test_jaxline_platform_stops_on_a_nan_with_one_last_line(tmp_path):
+  """Pins the second traceback (absl's, after jaxline's own log of the
+  error) as the command's last words."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'maml_plugin.jaxline_experiment',
+       '--config=configs/jaxline_sine.py:quick',
+       f'--config.checkpoint_dir={tmp_path}', '--config.training_steps=2',
+       '--config.experiment_kwargs.config.inner_lr=1e30'],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'maml_plugin: meta-step 1: meta-loss (query_loss_after) is nan and '
+      'meta-gradient (meta_grad_norm) is nan; stopped before applying it: '
+      "the experiment's state is the last good one"), proc.stderr[-3000:]
