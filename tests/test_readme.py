@@ -6,6 +6,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +66,36 @@ def _own_loop_setup(steps: int) -> dict:
   exec(compile(block.replace('range(1, 501)', f'range(1, {steps + 1})'),
                'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   return namespace
+
+
+def test_own_loop_example_loss_refuses_targets_that_would_broadcast():
+  """One task's targets [10] against its predictions [10, 1] (the loss
+  sees one task; a meta-batch's [25, 10] against [25, 10, 1] the same):
+  pins the example's bare ``jnp.mean((prediction - y) ** 2)``, which
+  broadcast them to [10, 10] and trained on that without a word."""
+  namespace = _own_loop_setup(steps=1)
+  x = np.zeros((10, 1), np.float32)
+  with pytest.raises(ValueError, match=r'targets of shape \(10,\) against '
+                     r'predictions of shape \(10, 1\) would broadcast'):
+    namespace['loss_fn'](namespace['state'].params, {'x': x, 'y': x[:, 0]})
+
+
+# A task loss in an example: a mean of squared differences, spelt out.
+_BARE_MSE = re.compile(r'jnp\.mean\(\(.*\)\s*\*\*\s*2\s*\)')
+
+
+def test_no_example_spells_out_a_squared_error_that_can_broadcast():
+  """Every page's examples use `maml_plugin.losses.mse`, which checks the
+  shapes; users copy the examples' losses."""
+  pages = ['README.md'] + sorted(
+      os.path.join('docs', n) for n in os.listdir(os.path.join(REPO, 'docs'))
+      if n.endswith('.md'))
+  found = []
+  for page in pages:
+    with open(os.path.join(REPO, page)) as f:
+      found += [f'{page}:{i}: {line.strip()}'
+                for i, line in enumerate(f, 1) if _BARE_MSE.search(line)]
+  assert not found, '\n'.join(found)
 
 
 def test_train_state_example_trains_saves_and_resumes(tmp_path, capsys):
