@@ -107,9 +107,19 @@ def test_finished_run_says_so_once_and_verbosity_shows_everything(
 @pytest.mark.parametrize('module', ['maml_plugin.main',
                                     'maml_plugin.evaluate'])
 def test_help_shows_our_flags_and_exits_0(module):
-  """Pins absl's --help (exit status 1, every library's flags)."""
-  proc = _run(module, ['--help'])
+  """Pins absl's --help (exit status 1, every library's flags), and
+  TensorFlow's start-up banner on stderr (``WARNING: All log messages
+  before absl::InitializeLog() ...``, ``oneDNN custom operations are on
+  ...``), printed when it is imported unless TF_ENABLE_ONEDNN_OPTS is set
+  (`maml_plugin/__init__.py` sets it to 0 unless the user did)."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_ENABLE_ONEDNN_OPTS', 'TF_CPP_MIN_LOG_LEVEL')}
+  proc = _run(module, ['--help'], env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  banner = [l for l in proc.stderr.splitlines()
+            if any(s in l for s in ('absl::InitializeLog', 'oneDNN',
+                                    'cpu_feature_guard'))]
+  assert not banner, proc.stderr
   assert '--config' in proc.stdout and '--workdir' in proc.stdout
   assert 'tfds' not in proc.stdout.lower() and 'tpu' not in proc.stdout.lower()
   assert len(proc.stdout.splitlines()) < 40, proc.stdout
