@@ -33,7 +33,8 @@ at any of them, and whether the run meets the checks (`--checks`):
             0.41-0.50 in healthy runs), and the un-adapted mean never above
             1.5x its value at the first evaluation;
   family    finite at every evaluation, and the final 10-step mean no
-            worse than the 1-step mean.
+            worse than the 1-step mean and below the un-adapted one (an
+            inner loop that stopped moving gives 10 steps = 1 step).
 
 Extra config fields for every run: `--set field=value` (repeatable),
 parsed as Python literals.
@@ -159,6 +160,8 @@ def check(rows: list[dict], kind: str) -> list[str]:
       failed.append('not finite')
     if not rows[-1][10] <= rows[-1][1]:
       failed.append('10 steps worse than 1')
+    if not rows[-1][10] < rows[-1][0]:
+      failed.append('adapting does not help')
   return failed
 
 
