@@ -24,6 +24,7 @@ from maml_plugin import train
 from maml_plugin.algorithms import TRAIN_STEPS
 from maml_plugin.models import MLP
 from maml_plugin.tasks import SinusoidTasks
+from tests.package_entries import package_names
 
 # Hyper-parameters each algorithm is checked with: its declared defaults,
 # then a few inner steps (so that the inner loop matters) and these
@@ -36,8 +37,7 @@ CONTRACT_OVERRIDES = {
 MODELS = ('params_only', 'with_state')
 META_BATCH = 4
 # The package's own algorithms (tests register others; they are not ours).
-ALGORITHMS = [n for n in TRAIN_STEPS.names()
-              if TRAIN_STEPS.lookup(n).__module__.startswith('maml_plugin.')]
+ALGORITHMS = package_names(TRAIN_STEPS)
 
 
 def _hparams(name: str) -> dict:

@@ -31,6 +31,7 @@ from maml_plugin import train
 from maml_plugin import train_steps
 from maml_plugin.config_validation import ConfigError
 from maml_plugin.config_validation import REGISTRIES
+from tests.package_entries import package_names
 from maml_plugin.config_validation import TrainerFields
 
 
@@ -70,9 +71,8 @@ def _declared():
   package registers."""
   out = [('trainer', '', TrainerFields)]
   for kind, registry in REGISTRIES.items():
-    for entry in registry.names():
-      if registry.lookup(entry).__module__.startswith('maml_plugin.'):
-        out.append((kind, entry, registry.fields(entry)))
+    for entry in package_names(registry):
+      out.append((kind, entry, registry.fields(entry)))
   return out
 
 
@@ -257,9 +257,7 @@ def test_every_algorithm_has_a_config_the_boundaries_use():
   """Pins: an algorithm registered by the package for which no valid quick
   config exists (the boundary cases above would then fail for a reason
   other than the field under test)."""
-  for entry in REGISTRIES['train_step'].names():
-    if REGISTRIES['train_step'].lookup(entry).__module__.startswith(
-        'maml_plugin.'):
-      config = _base_config('train_step', entry)
-      config_validation.validate(config)
-      assert config.train_step == entry
+  for entry in package_names(REGISTRIES['train_step']):
+    config = _base_config('train_step', entry)
+    config_validation.validate(config)
+    assert config.train_step == entry

@@ -15,6 +15,7 @@ from maml_plugin import algorithms
 from maml_plugin import models
 from maml_plugin import tasks
 from maml_plugin import train_steps
+from tests.package_entries import package_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'maml_plugin')
@@ -99,9 +100,7 @@ def test_each_module_imports_alone_in_a_fresh_process(module):
                          ids=lambda r: r.kind)
 def test_each_entry_is_registered_by_its_own_module(registry):
   expected = REGISTERED_BY[registry]
-  package_entries = [n for n in registry.names()
-                     if registry.lookup(n).__module__.startswith(
-                         'maml_plugin.')]
+  package_entries = package_names(registry)
   assert sorted(package_entries) == sorted(expected)
   for name, module in expected.items():
     assert registry.lookup(name).__module__ == module

@@ -13,14 +13,11 @@ import pytest
 import maml_plugin
 from maml_plugin import fields
 from maml_plugin.tasks import SinusoidTasks
+from tests.package_entries import package_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join('docs', 'algorithms.md')
-# The package's own algorithms: other test modules register test-only
-# steps in the same process (pytest-xdist collects them all in each worker).
-NAMES = [n for n in maml_plugin.TRAIN_STEPS.names()
-         if maml_plugin.TRAIN_STEPS.lookup(n).__module__.startswith(
-             'maml_plugin.')]
+NAMES = package_names(maml_plugin.TRAIN_STEPS)
 
 
 def _block_after(marker: str) -> str:
