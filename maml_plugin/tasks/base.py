@@ -39,8 +39,8 @@ ModuleLoss = Callable[[Any, Any], jax.Array]
 
 
 class TaskSource(Protocol):
-  """Samples meta-batches in the DESIGN.md form (``{'support': {'x', 'y'},
-  'query': {...}}``, leaves ``[tasks, examples, ...]``)."""
+  """Samples meta-batches (``{'support': {'x', 'y'}, 'query': {...}}``,
+  leaves ``[tasks, examples, ...]``; the form `maml_plugin.checks` checks)."""
 
   def train_batch(self, rng: jax.Array, num_tasks: int) -> dict:
     """The meta-batch of one training step (jittable)."""

@@ -8,7 +8,7 @@ Usage::
   meta_batch = tasks.train_batch(rng, num_tasks=32)     # jittable
   eval_tasks = tasks.held_out(seed=0, num_tasks=600, num_query=15)
 
-A meta-batch is the DESIGN.md form with a leading task axis::
+A meta-batch (the form `maml_plugin.checks` checks) has a leading task axis::
 
   {'support': {'x': float32 [T, ways * num_support, H, W, C],
                'y': int32 [T, ways * num_support],         # 0..ways-1

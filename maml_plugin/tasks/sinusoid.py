@@ -44,7 +44,8 @@ def sinusoid(x: jax.Array, amplitude: jax.Array, phase: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class SinusoidTasks:
-  """In-process sampler of sinusoid meta-batches (the DESIGN.md contract).
+  """In-process sampler of sinusoid meta-batches (their form: see
+  `maml_plugin.checks`).
 
   Attributes:
     num_support: K, support points per task.
