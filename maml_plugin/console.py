@@ -6,9 +6,11 @@ devices, new or resumed run), one progress line per periodic evaluation
 the files in the workdir: about 25 lines for the sinusoid protocol.
 Library log lines (JAX's backend probing, orbax's internals, CLU's metric
 lines, which TensorBoard has anyway) are hidden, and log lines lose absl's
-``I1127 03:21:10.604511 ... file.py:139]`` prefix. absl's ``--verbosity``
-flag, given with any value (``--verbosity=0`` is absl's default level),
-brings every line back in absl's format::
+``I1127 03:21:10.604511 ... file.py:139]`` prefix. These lines, the run's
+results, go to stdout (``> log`` keeps them); warnings and errors, every
+library's included, go to stderr. absl's ``--verbosity`` flag, given with
+any value (``--verbosity=0`` is absl's default level), brings every line
+back in absl's format, all of it on stderr as absl writes it::
 
   python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/s
   python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/s \\
@@ -60,12 +62,22 @@ def verbose() -> bool:
     return True  # No absl flags: leave logging as the caller set it.
 
 
-class _OursAndWarnings(std_logging.Filter):
-  """Keeps our own log lines and every library's warnings and errors."""
+def _ours(record) -> bool:
+  return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+
+
+class _Diagnostics(std_logging.Filter):
+  """Every library's warnings and errors (absl's handler: stderr)."""
 
   def filter(self, record):
-    return (record.levelno >= std_logging.WARNING
-            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+    return record.levelno >= std_logging.WARNING
+
+
+class _Results(std_logging.Filter):
+  """Our own lines below warnings (a handler on stdout)."""
+
+  def filter(self, record):
+    return record.levelno < std_logging.WARNING and _ours(record)
 
 
 class _Plain(std_logging.Formatter):
@@ -81,14 +93,20 @@ class _Plain(std_logging.Formatter):
 
 
 def setup() -> None:
-  """Our log lines only, without absl's prefix, unless ``--verbosity`` was
-  given. Idempotent; call it after the flags are parsed."""
+  """Our log lines only, without absl's prefix, on stdout, and warnings and
+  errors on stderr, unless ``--verbosity`` was given. Idempotent; call it
+  after the flags are parsed."""
   if verbose():
     return
   handler = logging.get_absl_handler()
-  if not any(isinstance(f, _OursAndWarnings) for f in handler.filters):
-    handler.addFilter(_OursAndWarnings())
+  if any(isinstance(f, _Diagnostics) for f in handler.filters):
+    return
+  handler.addFilter(_Diagnostics())
   handler.setFormatter(_Plain())
+  results = std_logging.StreamHandler(sys.stdout)
+  results.addFilter(_Results())
+  results.setFormatter(_Plain())
+  std_logging.getLogger().addHandler(results)
 
 
 def format_duration(seconds: float) -> str:

@@ -340,8 +340,8 @@ class Components:
                        rng: jax.Array, manager=None
                        ) -> list[periodic_actions.PeriodicAction]:
     """Our CLU actions for a loop that calls each with the step just done:
-    few-shot evaluation every `config.eval_every_steps` (scalars to
-    `writer`) and a checkpoint of ``state_fn()`` and `rng` (a key, or a
+    few-shot evaluation every `config.eval_every_steps` and at
+    `config.num_train_steps` (scalars to `writer`) and a checkpoint of ``state_fn()`` and `rng` (a key, or a
     function returning the current one) in
     ``workdir/checkpoints`` every `config.checkpoint_every_steps` and at
     `config.num_train_steps`. `manager`: an orbax manager of your own
@@ -353,7 +353,8 @@ class Components:
     return [
         actions.FewShotEvaluation(evaluator=self.evaluator, writer=writer,
                                   state_fn=state_fn,
-                                  every_steps=config.eval_every_steps),
+                                  every_steps=config.eval_every_steps,
+                                  on_steps=[config.num_train_steps]),
         actions.Checkpoint(manager=manager, state_fn=state_fn, rng=rng,
                            every_steps=config.checkpoint_every_steps,
                            on_steps=[config.num_train_steps]),
@@ -395,12 +396,15 @@ def build_components(config: ml_collections.ConfigDict) -> Components:
 
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
                         workdir: str, evaluator=None,
-                        model_state=None, rollbacks=()) -> dict:
+                        model_state=None, rollbacks=(), curves=None) -> dict:
   """Held-out evaluation: writes evaluation.json, and adaptation.png when
   the task family draws a picture. `rollbacks`: the run's rollbacks past
-  blow-ups (`maml_plugin.spikes`), recorded in the report."""
+  blow-ups (`maml_plugin.spikes`), recorded in the report. `curves`: the
+  evaluator's result for `params` when already computed (the periodic
+  evaluation of the last step), instead of evaluating again."""
   evaluator = evaluator or create_evaluator(config, problem)
-  curves = evaluator(params, model_state)
+  if curves is None:
+    curves = evaluator(params, model_state)
   report = actions.evaluation_report(problem.metric, curves, train_step)
   if rollbacks:
     report['rollbacks'] = list(rollbacks)
@@ -770,17 +774,20 @@ def _train_and_evaluate(config, workdir: str, components: Components,
         # Before the checkpoint: a spike's step is never saved.
         actions.HeldOutSpikeCheck(evaluation=few_shot_evaluation,
                                   monitor=monitor, on_spike=respond,
-                                  every_steps=config.eval_every_steps),
+                                  every_steps=config.eval_every_steps,
+                                  on_steps=[config.num_train_steps]),
         checkpoint,
         # After the evaluation, whose result it shows.
         progress_line,
     ]
+    hooks_of_run['few_shot_evaluation'] = few_shot_evaluation
     # The rates' clocks start now, before compiling: a first rate measured
     # from the first step's hook call would divide by microseconds.
     for hook in (report_progress, progress_line):
       hook(at_step)
     return report_progress, hooks
 
+  hooks_of_run = {}
   report_progress, hooks = make_hooks(first_step)
   every_secs = config.get('checkpoint_every_secs')
 
@@ -843,11 +850,15 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   signals.immediate = True
   if signals.received is not None:  # Came while resuming a finished run.
     raise Interrupted(signals.received, step, 'final evaluation')
+  # The periodic evaluation of the last step (in TensorBoard) is the final
+  # one: same evaluator, same params.
+  last = hooks_of_run['few_shot_evaluation']
   with report_progress.timed('final_eval'):
-    report = evaluate_and_report(config, problem, state.params, int(state.step),
-                                 workdir, evaluator=evaluator,
-                                 model_state=state.model_state,
-                                 rollbacks=rollbacks)
+    report = evaluate_and_report(
+        config, problem, state.params, int(state.step), workdir,
+        evaluator=evaluator, model_state=state.model_state,
+        rollbacks=rollbacks,
+        curves=last.last_curves if last.last_step == step else None)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   manager.close()
   return state

@@ -1,7 +1,9 @@
-"""What the commands print: a short default run, everything with
---verbosity, one line for a finished run, --help, a misspelt config
-argument (`maml_plugin.console`)."""
+"""What the commands print: a short default run (results on stdout,
+diagnostics on stderr), everything with --verbosity, one line for a
+finished run, --help, a misspelt config argument (`maml_plugin.console`);
+every evaluation, the final one included, in TensorBoard."""
 
+import json
 import os
 import re
 import subprocess
@@ -42,7 +44,9 @@ def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('console') / 'work'
   proc = _run('maml_plugin.main', [*TINY, f'--workdir={workdir}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, (proc.stdout + proc.stderr).strip().splitlines()
+  # A healthy run has nothing to say on stderr: the results are on stdout.
+  assert proc.stderr == '', proc.stderr[-3000:]
+  return workdir, proc.stdout.strip().splitlines()
 
 
 def test_default_run_prints_start_progress_table_and_files_only(tiny_run):
@@ -152,3 +156,58 @@ def test_format_duration():
   assert console.format_duration(42.4) == '42 s'
   assert console.format_duration(185) == '3 min 05 s'
   assert console.format_duration(2 * 3600 + 7 * 60 + 3) == '2 h 07 min'
+
+
+def _final_means(workdir) -> dict[int, float]:
+  with open(os.path.join(workdir, 'evaluation.json')) as f:
+    report = json.load(f)
+  return {int(k): v['mean'] for k, v in report['inner_steps'].items()}
+
+
+def test_the_final_evaluation_is_in_tensorboard(tiny_run):
+  """The final table's means are the TensorBoard scalars of the last step
+  (the periodic evaluation of the last step is the final one). Pins a final
+  evaluation computed apart from what TensorBoard shows."""
+  workdir, _ = tiny_run
+  scalars = event_files.read_scalars(str(workdir))
+  means = _final_means(workdir)
+  assert sorted(means) == [0, 1, 2]
+  for k, mean in means.items():
+    (logged,) = scalars[(f'eval/mse_step{k}', 100)]
+    assert float(logged) == pytest.approx(mean, rel=1e-6), k
+
+
+def test_a_run_shorter_than_eval_every_steps_is_evaluated_in_tensorboard(
+    tmp_path):
+  """30 meta-steps with evaluations every 50: TensorBoard gets the
+  evaluation of step 30 (it used to get none), the progress line shows it,
+  and an error goes to stderr alone."""
+  workdir = tmp_path / 'short'
+  args = [*TINY, f'--workdir={workdir}', '--config.num_train_steps=30',
+          '--config.checkpoint_every_steps=30']
+  proc = _run('maml_plugin.main', args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stderr == '', proc.stderr[-3000:]
+  progress = [l for l in proc.stdout.splitlines() if l.startswith('step ')]
+  assert len(progress) == 1 and progress[0].startswith('step 30/30 (100%)')
+  assert 'held-out mse after 0/1/2 inner steps: ' in progress[0]
+  scalars = event_files.read_scalars(str(workdir))
+  assert sorted(s for t, s in scalars if t == 'eval/mse_step0') == [30]
+  for k, mean in _final_means(workdir).items():
+    (logged,) = scalars[(f'eval/mse_step{k}', 30)]
+    assert float(logged) == pytest.approx(mean, rel=1e-6), k
+  # A refusal is a diagnostic: stderr, nothing on stdout.
+  proc = _run('maml_plugin.main', [*args, '--config.num_eval_tasks=-1'])
+  assert proc.returncode != 0
+  assert proc.stdout == '' and proc.stderr.startswith('maml_plugin: '), (
+      proc.stdout, proc.stderr)
+
+
+def test_evaluate_prints_its_table_on_stdout(tiny_run):
+  workdir, _ = tiny_run
+  proc = _run('maml_plugin.evaluate', [TINY[0], f'--workdir={workdir}',
+                                       '--config.num_eval_tasks=5',
+                                       '--config.eval_num_inner_steps=2'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stderr == '', proc.stderr[-3000:]
+  assert 'held-out tasks, checkpoint step 100' in proc.stdout

@@ -306,7 +306,7 @@ def test_wheel_runs_a_shipped_config_outside_the_repository(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   loaded = os.path.join(str(target), 'maml_plugin', 'configs',
                         'maml_sine.py')
-  assert f'config file: {loaded}:quick' in proc.stderr, proc.stderr[-3000:]
+  assert f'config file: {loaded}:quick' in proc.stdout, proc.stdout[-3000:]
   with open(workdir / 'evaluation.json') as f:
     report = json.load(f)
   assert report['train_step'] == 20 and report['num_tasks'] == 10
