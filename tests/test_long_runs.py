@@ -436,7 +436,7 @@ mount -t tmpfs -o size={size} tmpfs {mnt}
 {copy}
 {mount_ro}
 set +e
-"$@"
+"$@" >/dev/null
 code=$?
 ls -A {mnt}/run/checkpoints
 exit $code
@@ -447,7 +447,8 @@ def run_in_mount(tmp_path, argv, *, size='176k', source=None,
                  read_only=False):
   """Runs `argv` with `tmp_path/mnt` a small tmpfs (private mount
   namespace), holding a copy of `source` as mnt/run, read-only if asked;
-  its stdout ends with the names in mnt/run/checkpoints."""
+  its stdout is the names in mnt/run/checkpoints (the run's own stdout,
+  its progress lines, is dropped)."""
   mnt = str(tmp_path / 'mnt')
   os.makedirs(mnt)
   script = _IN_TMPFS.format(
