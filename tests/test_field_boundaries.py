@@ -16,7 +16,6 @@ written out by hand).
 import dataclasses
 import importlib
 import math
-import os
 import re
 
 import jax
@@ -33,7 +32,7 @@ from maml_plugin import train
 from maml_plugin import train_steps
 from maml_plugin.config_validation import ConfigError
 from maml_plugin.config_validation import REGISTRIES
-from tests import test_shipped_configs as shipped
+from tests import config_variants
 from tests.package_entries import package_names
 from maml_plugin.config_validation import TrainerFields
 
@@ -254,13 +253,13 @@ def test_shipped_config_anneals_its_outer_step_as_its_paper(name, config):
 
 def _every_shipped_variant():
   """Every config file with every argument it documents
-  (`test_shipped_configs.VARIANTS`), and each sinusoid algorithm quick."""
+  (`config_variants.VARIANTS`), and each sinusoid algorithm quick."""
   out = []
-  for name, args in shipped.VARIANTS.items():
+  for name, args in config_variants.VARIANTS.items():
     if name == 'maml_sine':
       args += tuple(f'{a},quick' for a in maml_sine.ALGORITHMS)
-    skip = () if shipped._available(name) else pytest.mark.skip(  # pylint: disable=protected-access
-        reason=f'needs {shipped.NEEDS[name]}')
+    skip = () if config_variants.available(name) else pytest.mark.skip(
+        reason=f'needs {config_variants.NEEDS[name]}')
     out += [pytest.param(name, arg, id=f'{name}:{arg}', marks=skip)
             for arg in args]
   return out
@@ -278,7 +277,7 @@ def test_shipped_schedule_fields_agree_with_each_other(name, arg):
   in a 200-step run, a 23,333-step phase in a 2,000-step run) passes
   validation and shows only in a long run's curves."""
   config = importlib.import_module(f'configs.{name}').get_config(arg)
-  ours = shipped._ours(config)  # pylint: disable=protected-access
+  ours = config_variants.ours(config)
   total, every = ours.num_train_steps, ours.steps_per_call
   for field in ('log_every_steps', 'eval_every_steps',
                 'checkpoint_every_steps', 'num_train_steps'):
@@ -296,15 +295,6 @@ def test_shipped_schedule_fields_agree_with_each_other(name, arg):
     assert config.save_checkpoint_interval == ours.checkpoint_every_steps
     assert config.log_train_data_interval == ours.log_every_steps
     assert config.random_seed == ours.seed
-
-
-def test_the_sinusoid_defaults_length_is_the_one_docs_configs_md_gives():
-  """docs/configs.md names the default's meta-steps ('70,000 meta-steps')."""
-  docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'docs',
-                      'configs.md')
-  with open(docs) as f:
-    steps = re.search(r'([\d,]+) meta-steps', f.read()).group(1)
-  assert maml_sine.get_config().num_train_steps == int(steps.replace(',', ''))
 
 
 def jax_tree_full(tree, value):
