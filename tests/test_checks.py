@@ -171,15 +171,15 @@ def test_mse_refuses_targets_of_the_same_size_in_another_shape(
 def test_accuracy_refuses_labels_that_would_broadcast():
   """Pins: ``argmax(logits) == y`` on labels [n, 1] compares [n] with
   [n, 1] as [n, n] (here 0.5 instead of 1.0), without a word."""
-  logits = jnp.array([[0.0, 1.0], [1.0, 0.0]])
-  labels = jnp.array([1, 0])
-  assert float(losses.accuracy(logits, labels)) == 1.0
-  assert float(losses.accuracy(logits, labels[::-1])) == 0.0
+  logits = jnp.array([[0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+  labels = jnp.array([1, 0, 0])
+  assert float(losses.accuracy(logits, labels)) == pytest.approx(2 / 3)
+  assert float(losses.accuracy(logits, 1 - labels)) == pytest.approx(1 / 3)
   with pytest.raises(ValueError) as err:
     jax.jit(losses.accuracy)(logits, labels[:, None])
   assert str(err.value) == (
-      'accuracy: labels of shape (2, 1) against logits of shape (2, 2): '
-      'expected labels of shape (2,); drop the trailing axis of the labels: '
+      'accuracy: labels of shape (3, 1) against logits of shape (3, 2): '
+      'expected labels of shape (3,); drop the trailing axis of the labels: '
       'y[..., 0]')
   with pytest.raises(ValueError, match='^accuracy: labels of dtype float32'):
     losses.accuracy(logits, labels.astype(jnp.float32))
