@@ -91,6 +91,15 @@ MODULES = {
                        'tests/test_train.py']),
     'guards': (['maml_plugin/guards.py'],
                ['tests/test_guards.py', 'tests/test_trainer_plumbing.py']),
+    'config_validation': (['maml_plugin/config_validation.py'],
+                          ['tests/test_config.py',
+                           'tests/test_field_boundaries.py']),
+    'losses': (['maml_plugin/losses.py'],
+               ['tests/test_checks.py', 'tests/test_evaluation.py']),
+    'jaxline': (['maml_plugin/jaxline_experiment.py'],
+                ['tests/test_jaxline_experiment.py']),
+    'nnx_bridge': (['maml_plugin/nnx_bridge.py'],
+                   ['tests/test_nnx_state.py']),
 }
 
 # Libraries the forked test processes find already imported.

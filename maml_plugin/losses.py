@@ -8,6 +8,9 @@ Usage, inside a task loss ``loss_fn(params, batch) -> scalar``::
   def loss_fn(params, batch):
     return losses.softmax_cross_entropy(logits_fn(params, batch), batch['y'])
 
+  def metric_fn(params, batch):                   # evaluation's accuracy
+    return losses.accuracy(logits_fn(params, batch), batch['y'])
+
 ``jnp.mean((predictions - y) ** 2)`` with y ``[25, 10]`` against predictions
 ``[25, 10, 1]`` broadcasts to ``[25, 10, 10]`` and trains on the wrong loss
 without a word; these check the shapes when traced (shapes are static under
@@ -45,14 +48,8 @@ def mse(predictions, targets) -> jnp.ndarray:
   return jnp.mean(jnp.square(predictions - targets))
 
 
-def softmax_cross_entropy(logits, labels) -> jnp.ndarray:
-  """Mean cross-entropy of integer class labels, ``labels.shape ==
-  logits.shape[:-1]``.
-
-  Raises:
-    ValueError: if `labels` does not have that shape or is not integer
-      (one line: both shapes and the fix).
-  """
+def _check_labels(name: str, logits, labels) -> None:
+  """Integer class ids of shape ``logits.shape[:-1]``, else one line."""
   lg, lb = _shape(logits), _shape(labels)
   if lb != lg[:-1]:
     if lb == lg[:-1] + (1,):
@@ -62,11 +59,33 @@ def softmax_cross_entropy(logits, labels) -> jnp.ndarray:
              'jnp.argmax(y, -1)')
     else:
       fix = 'give one integer class id per row of logits'
-    raise ValueError(f'softmax_cross_entropy: labels of shape {lb} against '
-                     f'logits of shape {lg}: expected labels of shape '
-                     f'{lg[:-1]}; {fix}')
+    raise ValueError(f'{name}: labels of shape {lb} against logits of '
+                     f'shape {lg}: expected labels of shape {lg[:-1]}; {fix}')
   if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-    raise ValueError(f'softmax_cross_entropy: labels of dtype '
-                     f'{jnp.result_type(labels)}: expected integer class ids '
-                     'in [0, classes); cast them: y.astype(jnp.int32)')
+    raise ValueError(f'{name}: labels of dtype {jnp.result_type(labels)}: '
+                     'expected integer class ids in [0, classes); cast '
+                     'them: y.astype(jnp.int32)')
+
+
+def softmax_cross_entropy(logits, labels) -> jnp.ndarray:
+  """Mean cross-entropy of integer class labels, ``labels.shape ==
+  logits.shape[:-1]``.
+
+  Raises:
+    ValueError: if `labels` does not have that shape or is not integer
+      (one line: both shapes and the fix).
+  """
+  _check_labels('softmax_cross_entropy', logits, labels)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits, labels) -> jnp.ndarray:
+  """The fraction of rows whose largest logit is the label's, with the
+  labels of `softmax_cross_entropy` (``argmax(logits) == labels`` on labels
+  ``[n, 1]`` would compare ``[n]`` with ``[n, 1]`` as ``[n, n]``).
+
+  Raises:
+    ValueError: as `softmax_cross_entropy`.
+  """
+  _check_labels('accuracy', logits, labels)
+  return jnp.mean(jnp.argmax(logits, -1) == labels)

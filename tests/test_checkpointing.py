@@ -122,3 +122,36 @@ def test_a_full_disk_names_the_path_removes_the_temporary_folder(
   with pytest.raises(ValueError, match='not a disk error at step 2'):
     checkpointing.save(manager, _state(2, 2.0), jax.random.key(2))
   manager.close()
+
+
+def test_restore_gives_back_adams_moments_and_count_not_fresh_ones(tmp_path):
+  """Pins: a restore that returns the optimizer state it was given (a
+  fresh Adam: zero moments, count 0) instead of the saved one. A resumed
+  run would then take Adam's first, bias-corrected steps again, and the
+  end-to-end comparison of a resumed run with an uninterrupted one is the
+  only other test that would notice. The moments are computed here by
+  hand (optax's Adam: mu = (1 - b1) sum b1^k g, nu likewise with g^2)."""
+  tx = optax.adam(0.1)
+  params = {'w': jnp.zeros(3)}
+  state = train_steps.MetaTrainState.create(params, tx)
+  grads = [jnp.array([1.0, -2.0, 0.5]), jnp.array([3.0, 1.0, -1.0])]
+  for g in grads:
+    updates, opt_state = tx.update({'w': g}, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, opt_state=opt_state,
+                          params=optax.apply_updates(state.params, updates))
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
+  checkpointing.save(manager, state, jax.random.key(0))
+  fresh = train_steps.MetaTrainState.create(params, tx)
+  restored, _ = checkpointing.restore_latest(manager, fresh,
+                                             jax.random.key(1))
+  manager.close()
+  adam, _ = restored.opt_state
+  mu = 0.1 * (0.9 * grads[0] + grads[1])
+  nu = 0.001 * (0.999 * grads[0] ** 2 + grads[1] ** 2)
+  np.testing.assert_allclose(adam.mu['w'], mu, rtol=1e-6)
+  np.testing.assert_allclose(adam.nu['w'], nu, rtol=1e-6)
+  assert int(adam.count) == 2 and int(restored.step) == 2
+  np.testing.assert_array_equal(restored.params['w'], state.params['w'])
+  for a, b in zip(jax.tree.leaves(restored.opt_state),
+                  jax.tree.leaves(state.opt_state)):
+    np.testing.assert_array_equal(a, b)

@@ -146,3 +146,40 @@ def test_cross_entropy_wants_integer_labels_of_the_logits_leading_shape():
     assert fix in str(err.value)
   with pytest.raises(ValueError, match='labels of dtype float32'):
     losses.softmax_cross_entropy(logits, labels.astype(jnp.float32))
+
+
+@pytest.mark.parametrize('predictions,targets,fix', [
+    ((10, 1), (10,), 'add the trailing axis to the targets: y[..., None]'),
+    ((10,), (10, 1), 'drop the trailing axis of the targets: y[..., 0]'),
+    ((25, 10), (25, 10, 1),
+     'drop the trailing axis of the targets: y[..., 0]'),
+    ((10, 1), (1, 10), "reshape the targets to the predictions' shape"),
+    ((2, 5), (10,), "reshape the targets to the predictions' shape"),
+])
+def test_mse_refuses_targets_of_the_same_size_in_another_shape(
+    predictions, targets, fix):
+  """Pins the shape check on every pair that has the same number of
+  values but broadcasts (or would, against a differently laid out
+  target) to another loss: [10, 1] - [10] is [10, 10]."""
+  with pytest.raises(ValueError) as err:
+    jax.jit(losses.mse)(jnp.ones(predictions), jnp.zeros(targets))
+  assert str(err.value) == (
+      f'mse: targets of shape {targets} against predictions of shape '
+      f'{predictions} would broadcast; {fix}')
+
+
+def test_accuracy_refuses_labels_that_would_broadcast():
+  """Pins: ``argmax(logits) == y`` on labels [n, 1] compares [n] with
+  [n, 1] as [n, n] (here 0.5 instead of 1.0), without a word."""
+  logits = jnp.array([[0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+  labels = jnp.array([1, 0, 0])
+  assert float(losses.accuracy(logits, labels)) == pytest.approx(2 / 3)
+  assert float(losses.accuracy(logits, 1 - labels)) == pytest.approx(1 / 3)
+  with pytest.raises(ValueError) as err:
+    jax.jit(losses.accuracy)(logits, labels[:, None])
+  assert str(err.value) == (
+      'accuracy: labels of shape (3, 1) against logits of shape (3, 2): '
+      'expected labels of shape (3,); drop the trailing axis of the labels: '
+      'y[..., 0]')
+  with pytest.raises(ValueError, match='^accuracy: labels of dtype float32'):
+    losses.accuracy(logits, labels.astype(jnp.float32))

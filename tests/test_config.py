@@ -70,6 +70,33 @@ def test_misaligned_interval_is_refused():
     config_validation.validate(config)
 
 
+@pytest.mark.parametrize('field', ['checkpoint_every_steps',
+                                   'log_every_steps', 'eval_every_steps',
+                                   'num_train_steps'])
+def test_every_interval_must_be_a_multiple_of_steps_per_call(field, tmp_path):
+  """Pins the alignment of each interval with `steps_per_call` (the loop
+  runs `steps_per_call` meta-steps per call and fires its actions on call
+  boundaries): a field dropped from the check, or the check inverted.
+  A `checkpoint_every_steps` of 15 with calls of 10 steps would never
+  save on its own cadence (steps 10, 20, ... are never 15, 30, ...), and
+  only a long run would show it. The trainer refuses it before it
+  creates the workdir; a multiple (30) is accepted."""
+  from maml_plugin import train  # pylint: disable=g-import-not-at-top
+  config = maml_sine.get_config('quick')
+  config.num_train_steps = 300
+  config[field] = 15
+  with pytest.raises(ConfigError) as err:
+    config_validation.validate(config)
+  assert str(err.value) == (f'config.{field}=15: must be a multiple of '
+                            'config.steps_per_call=10')
+  workdir = tmp_path / 'run'
+  with pytest.raises(ConfigError, match=f'^config.{field}=15: '):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+  config[field] = 30
+  config_validation.validate(config)
+
+
 def test_unknown_field_is_refused():
   config = maml_sine.get_config('quick')
   config.inner_lrr = 0.1

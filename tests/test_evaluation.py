@@ -201,3 +201,41 @@ def test_a_run_whose_evaluation_diverges_reports_counts_and_medians(
   for name in ('median', 'nonfinite', 'diverged'):
     (value,) = scalars[(f'eval/mse_step10_{name}', 10)]
     assert float(value) == pytest.approx(last[name], rel=1e-5)
+
+
+@pytest.mark.parametrize('family', ['sinusoid', 'episodic'])
+def test_evaluation_refuses_targets_of_another_shape(family):
+  """Held-out targets with the trailing axis dropped (or added, for
+  labels) have as many values as the predictions but broadcast to
+  another loss and metric: the evaluator of a shipped task family's loss
+  and metric must refuse them in one line naming both shapes when it is
+  traced, never report a number. Pins the task families' loss and metric
+  going through the shape-checked `losses` (a bare ``argmax == y`` for
+  accuracy compared [5] with [5, 1] as [5, 5])."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from maml_plugin import nnx_bridge  # pylint: disable=g-import-not-at-top
+  from maml_plugin.models import MLP  # pylint: disable=g-import-not-at-top
+  from maml_plugin.tasks import episodic  # pylint: disable=g-import-not-at-top
+  from maml_plugin.tasks import sinusoid  # pylint: disable=g-import-not-at-top
+  x = np.zeros((3, 5, 1), np.float32)
+  if family == 'sinusoid':
+    model = nnx_bridge.NNXModel(MLP(1, (4,), 1, rngs=nnx.Rngs(0)))
+    loss, metric = sinusoid.mse_loss, sinusoid.mse_loss
+    y = np.zeros((3, 5), np.float32)               # predictions [5, 1]
+    expected = ('mse: targets of shape (5,) against predictions of shape '
+                '(5, 1) would broadcast')
+  else:
+    model = nnx_bridge.NNXModel(MLP(1, (4,), 2, rngs=nnx.Rngs(0)))
+    loss, metric = episodic.cross_entropy, episodic.accuracy
+    y = np.zeros((3, 5, 1), np.int32)              # logits [5, 2]
+    expected = ('labels of shape (5, 1) against logits of shape (5, 2): '
+                'expected labels of shape (5,)')
+  tasks = {'support': {'x': x, 'y': y}, 'query': {'x': x, 'y': y}}
+  for loss_fn, metric_fn in ((loss, metric), (metric, metric)):
+    evaluator = evaluation.FewShotEvaluator(
+        model.eval_loss(loss_fn), tasks, inner_lr=0.1, max_steps=1,
+        metric='mse' if family == 'sinusoid' else 'accuracy',
+        metric_fn=model.eval_loss(metric_fn))
+    with pytest.raises(ValueError) as err:
+      evaluator(model.params)
+    assert expected in str(err.value) and '\n' not in str(err.value)

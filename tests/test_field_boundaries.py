@@ -14,6 +14,7 @@ written out by hand).
 """
 
 import dataclasses
+import importlib
 import math
 import re
 
@@ -31,6 +32,7 @@ from maml_plugin import train
 from maml_plugin import train_steps
 from maml_plugin.config_validation import ConfigError
 from maml_plugin.config_validation import REGISTRIES
+from tests import config_variants
 from tests.package_entries import package_names
 from maml_plugin.config_validation import TrainerFields
 
@@ -247,6 +249,52 @@ def test_shipped_config_anneals_its_outer_step_as_its_paper(name, config):
   if 'inner_lr' in params:  # Learned rates take their own step size.
     assert float(-updates['inner_lr']) == pytest.approx(
         config.rate_meta_lr * (2 if kind == 'sgd' else 1), rel=1e-5)
+
+
+def _every_shipped_variant():
+  """Every config file with every argument it documents
+  (`config_variants.VARIANTS`), and each sinusoid algorithm quick."""
+  out = []
+  for name, args in config_variants.VARIANTS.items():
+    if name == 'maml_sine':
+      args += tuple(f'{a},quick' for a in maml_sine.ALGORITHMS)
+    skip = () if config_variants.available(name) else pytest.mark.skip(
+        reason=f'needs {config_variants.NEEDS[name]}')
+    out += [pytest.param(name, arg, id=f'{name}:{arg}', marks=skip)
+            for arg in args]
+  return out
+
+
+@pytest.mark.parametrize('name,arg', _every_shipped_variant())
+def test_shipped_schedule_fields_agree_with_each_other(name, arg):
+  """Pins a shipped config's schedule: every interval a multiple of
+  `steps_per_call` (docs/configs.md), evaluation and checkpoints evenly
+  spaced up to `num_train_steps` (the last meta-step is evaluated and saved
+  on the cadence, not by a short last interval), logging on every
+  evaluation step, MAML++'s annealing and first-order phase inside the
+  run, at least one checkpoint kept, and a jaxline config's own intervals
+  and length equal to ours. A typo in one of them (eval_every_steps=150
+  in a 200-step run, a 23,333-step phase in a 2,000-step run) passes
+  validation and shows only in a long run's curves."""
+  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  ours = config_variants.ours(config)
+  total, every = ours.num_train_steps, ours.steps_per_call
+  for field in ('log_every_steps', 'eval_every_steps',
+                'checkpoint_every_steps', 'num_train_steps'):
+    assert ours[field] % every == 0, (field, ours[field], every)
+  for field in ('eval_every_steps', 'checkpoint_every_steps'):
+    assert total % ours[field] == 0, (field, ours[field], total)
+  assert ours.eval_every_steps % ours.log_every_steps == 0
+  for field in ('msl_anneal_steps', 'first_order_steps'):
+    if ours.get(field) is not None:
+      assert 0 <= ours[field] <= total, (field, ours[field], total)
+  assert ours.max_checkpoints_to_keep >= 1
+  if 'experiment_kwargs' in config:  # jaxline's config around ours.
+    assert every == 1
+    assert config.training_steps == total
+    assert config.save_checkpoint_interval == ours.checkpoint_every_steps
+    assert config.log_train_data_interval == ours.log_every_steps
+    assert config.random_seed == ours.seed
 
 
 def jax_tree_full(tree, value):

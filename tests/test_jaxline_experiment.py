@@ -1,17 +1,23 @@
 """MetaExperiment through jaxline's own train and evaluate, on 1 and 2 devices."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from maml_plugin import guards
 from maml_plugin import jaxline_compat
 from maml_plugin import jaxline_experiment
+from maml_plugin import train
+from maml_plugin import train_steps
+from maml_plugin.algorithms import maml
+from maml_plugin.metrics import TrainMetrics
 from tests import jaxline_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +98,55 @@ def test_training_resumed_from_a_mid_run_snapshot_equals_uninterrupted(
       np.asarray([k for _, k in run['handed'][at:]]))
   assert_trees_close(experiment.state, run['experiment'].state, rtol=0,
                      atol=0)
+
+
+_KEY_RECORDING_STEP = 'maml_reporting_its_key_for_jaxline_tests'
+
+
+@train_steps.TRAIN_STEPS.register(_KEY_RECORDING_STEP,
+                                  fields=maml.MAMLHParams)
+def _make_key_recording_step(hparams, *, loss_fn, tx):
+  """MAML whose reported query_loss_after is a draw from the step's key
+  and query_loss_before the sum of its support inputs (MAML on the MLP
+  ignores the key: a wrong key would change no parameter)."""
+  algorithm = train_steps.make_algorithm(
+      'maml', loss_fn=loss_fn, tx=tx, **dataclasses.asdict(hparams))
+
+  def train_step(state, batch, rng):
+    state, _ = algorithm.train_step(state, batch, rng)
+    return state, TrainMetrics.single_from_model_output(
+        query_loss_before=jnp.sum(batch['support']['x']),
+        query_loss_after=jax.random.uniform(rng),
+        meta_grad_norm=jnp.float32(1.0))
+
+  return dataclasses.replace(algorithm, train_step=train_step)
+
+
+def test_train_step_gets_the_step_key_of_jaxlines_key_for_each_step():
+  """Pins the key `step` passes the train step: device 0's key from
+  jaxline, split into (task key, step key), the step key to the train
+  step, as the module doc says. A constant key, the init key, the task
+  key or the first step's key every step all pass the replay test above
+  (MAML on an MLP draws nothing from it); here each step's draw is
+  compared with one from the key jaxline handed that step."""
+  config = jaxline_worker.small_config()
+  config.train_step = _KEY_RECORDING_STEP
+  _, writer, _ = jaxline_worker.run_train(jaxline_worker.jaxline_config(
+      config))
+  handed = list(jaxline_worker.RecordingExperiment.handed)
+  assert len(handed) == jaxline_worker.NUM_STEPS
+  problem = train.create_problem(config)
+  draws, sums = [], []
+  for step, (_, keys) in enumerate(handed):
+    task_key, step_key = jax.random.split(jax.random.wrap_key_data(keys[0]))
+    batch = problem.tasks.train_batch(task_key, config.meta_batch_size)
+    assert writer.values[('train/query_loss_after', step + 1)] == (
+        pytest.approx(float(jax.random.uniform(step_key)), rel=1e-6))
+    assert writer.values[('train/query_loss_before', step + 1)] == (
+        pytest.approx(float(jnp.sum(batch['support']['x'])), rel=1e-5))
+    draws.append(writer.values[('train/query_loss_after', step + 1)])
+    sums.append(writer.values[('train/query_loss_before', step + 1)])
+  assert len(set(draws)) == len(set(sums)) == jaxline_worker.NUM_STEPS
 
 
 def test_keys_of_the_wrong_shape_are_refused(one_device_run):

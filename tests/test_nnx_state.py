@@ -247,14 +247,17 @@ def recorder_batch(tasks):
   return {'support': {'x': ones, 'y': ones}, 'query': {'x': ones, 'y': ones}}
 
 
-def masks_of_one_task(model, key, steps=3):
+def masks_of_one_task(model, key, steps=3, layers=False):
+  """The masks of one task's support passes and query pass (``[layer,
+  pass, width]`` with `layers`, for a module recording one per layer)."""
   loss = model.task_loss(recorder_loss)
   task = jax.tree.map(lambda a: a[0], recorder_batch(1))
   _, state = core.adapt(loss, model.params, task['support'], inner_lr=0.1,
                         num_steps=steps, model_state=model.model_state,
                         rng=key)
   _, state = loss(model.params, state, task['query'], core.query_key(key))
-  return np.asarray(pure(state)['masks'])[:steps + 1]
+  masks = np.asarray(pure(state)['masks'])
+  return masks[:, :steps + 1] if layers else masks[:steps + 1]
 
 
 def test_dropout_masks_differ_per_inner_step_and_support_or_query():
@@ -295,6 +298,49 @@ def test_dropout_masks_differ_per_task_and_repeat_under_a_seed(name):
   assert not np.array_equal(first, run(jax.random.key(5)))
   np.testing.assert_array_equal(first, run(jax.random.key(0),
                                            task_batch_size=1))
+
+
+class TwoDropouts(nnx.Module):
+  """Two Dropout layers on one input, each recording its masks: both
+  fork the one 'dropout' stream of the user's `nnx.Rngs`."""
+
+  def __init__(self, rngs, width=64, passes=8):
+    self.w = nnx.Param(jnp.ones((width,)))
+    self.first = nnx.Dropout(0.5, rngs=rngs)
+    self.second = nnx.Dropout(0.5, rngs=rngs)
+    self.masks = MaskLog(jnp.zeros((2, passes, width)))
+    self.count = PassCount(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x):
+    ones = jnp.ones_like(self.w.value)
+    a, b = self.first(ones), self.second(ones)
+    i = self.count.value
+    self.masks.value = self.masks.value.at[0, i].set(a).at[1, i].set(b)
+    self.count.value = i + 1
+    return x * self.w.value * a * b
+
+
+def test_two_dropout_layers_draw_different_masks_in_every_pass():
+  """Pins the key each RNG stream of one module gets (`NNXModel` folds the
+  pass's key with the stream's position): one key for every stream would
+  give both layers the same mask in each pass. Also different across
+  inner steps, support and query, and the keys of two tasks; the same
+  under the same key."""
+  model = nnx_bridge.NNXModel(TwoDropouts(nnx.Rngs(0)))
+  steps = 3
+
+  def masks(key):  # [layer, pass, width]: 3 support passes, the query.
+    return masks_of_one_task(model, key, steps=steps, layers=True)
+
+  first = masks(jax.random.key(1))
+  assert set(np.unique(first)) <= {0.0, 2.0}
+  rows = np.concatenate([first, masks(jax.random.key(2))]).reshape(
+      -1, first.shape[-1])
+  assert len(rows) == 2 * 2 * (steps + 1)
+  for i in range(len(rows)):
+    for j in range(i):
+      assert not np.array_equal(rows[i], rows[j]), (i, j)
+  np.testing.assert_array_equal(first, masks(jax.random.key(1)))
 
 
 def test_mamlpp_per_step_statistics_keep_one_independent_set_per_step(

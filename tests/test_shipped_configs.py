@@ -8,7 +8,6 @@
 - A bad override or `--config` is one line naming what is wrong.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -20,39 +19,21 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from configs import maml_omniglot
 from configs import maml_sine
 from maml_plugin import algorithms
 from maml_plugin import config_files
 from maml_plugin import config_validation
+from tests.config_variants import NEEDS
+from tests.config_variants import VARIANTS
+from tests.config_variants import available
+from tests.config_variants import ours
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, 'configs')
 
-# Every config in configs/ with every argument it documents (None: default).
-VARIANTS = {
-    'maml_sine': (None, 'quick', 'paper', 'metasgd,paper') + maml_sine.ALGORITHMS,
-    'maml_omniglot': (None, 'quick', 'mamlpp', 'imaml', '20w1s,imaml',
-                      'imaml,quick') + maml_omniglot.PROTOCOLS,
-    'jaxline_sine': (None, 'quick', 'paper') + maml_sine.ALGORITHMS,
-    'maml_tfds': (None, 'quick'),
-}
 # The configs of `maml_plugin.main`, those README's prose overrides are for
 # (jaxline_sine's own fields are at the top level, ours one level down).
 FOR_MAIN = ('maml_sine', 'maml_omniglot', 'maml_tfds')
-# Configs that need an optional dependency: config -> module.
-NEEDS = {'jaxline_sine': 'jaxline'}
-
-
-def _available(name):
-  return NEEDS.get(name) is None or importlib.util.find_spec(NEEDS[name])
-
-
-def _ours(config):
-  """Our config: itself, or the one inside jaxline's config."""
-  if 'experiment_kwargs' in config:
-    return config.experiment_kwargs.config
-  return config
 
 
 def _config_files():
@@ -117,7 +98,7 @@ def _documented_for(field, name, arg):
   that task families or models declare for configs of those, an
   algorithm's hyper-parameter for configs whose train step takes it, any
   other field for every config."""
-  config = _ours(config_files.load(
+  config = ours(config_files.load(
       os.path.join(CONFIG_DIR, name + '.py') + (f':{arg}' if arg else '')))
   for kind in ('task', 'model', 'train_step'):
     registry = config_validation.REGISTRIES[kind]
@@ -142,7 +123,7 @@ def test_readme_has_the_overrides_this_test_is_about():
 def test_readme_override_works_on_every_config_it_is_documented_for(
     overrides, name, arg, line):
   if name is not None:
-    if not _available(name):
+    if not available(name):
       pytest.skip(f'{name} needs {NEEDS[name]}')
     targets = [(name, arg)]
   else:
@@ -154,7 +135,7 @@ def test_readme_override_works_on_every_config_it_is_documented_for(
   for target in targets:
     try:
       config = _parse(*target, overrides)
-      config_validation.validate(_ours(config))
+      config_validation.validate(ours(config))
     except Exception as e:  # pylint: disable=broad-except
       failures.append(f'{target[0]}:{target[1]}: {type(e).__name__}: '
                       f'{" ".join(str(e).split())[:300]}')
@@ -286,7 +267,7 @@ def test_wheel_runs_a_shipped_config_outside_the_repository(tmp_path):
       f'assert maml_plugin.__file__.startswith({str(target)!r})',
       f'variants = {VARIANTS!r}',
       'assert config_files.shipped_names() == sorted(variants)',
-      f'available = {[n for n in VARIANTS if _available(n)]!r}',
+      f'available = {[n for n in VARIANTS if available(n)]!r}',
       'configs = [config_files.load('
       "f'configs/{n}.py' + (f':{a}' if a else '')) "
       'for n in available for a in variants[n]]',
@@ -319,3 +300,11 @@ def test_wheel_runs_a_shipped_config_outside_the_repository(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(workdir / 'evaluation.json') as f:
     assert json.load(f)['train_step'] == 20
+
+
+def test_the_sinusoid_defaults_length_is_the_one_docs_configs_md_gives():
+  """docs/configs.md names the default's meta-steps ('70,000 meta-steps')."""
+  docs = os.path.join(REPO, 'docs', 'configs.md')
+  with open(docs) as f:
+    steps = re.search(r'([\d,]+) meta-steps', f.read()).group(1)
+  assert maml_sine.get_config().num_train_steps == int(steps.replace(',', ''))

@@ -167,6 +167,70 @@ def _restore_refusal(tmp_path, saved_params, params) -> str:
   return str(err.value)
 
 
+def _two_chunks_config(**overrides):
+  """MAML on 2 tasks, 2 meta-steps per call, saved every call."""
+  config = maml_sine.get_config('maml,quick')
+  config.update(dict(num_train_steps=4, steps_per_call=2, log_every_steps=2,
+                     eval_every_steps=4, checkpoint_every_steps=2,
+                     max_checkpoints_to_keep=3, meta_batch_size=2,
+                     num_eval_tasks=2, eval_num_inner_steps=1,
+                     num_plot_tasks=0))
+  config.update(overrides)
+  return config
+
+
+def test_a_seed_changed_on_resume_draws_the_new_seeds_tasks_from_there(
+    tmp_path):
+  """What docs/long_runs.md promises for ``--allow_config_change`` with a
+  new `seed`: the resumed run keeps the checkpoint's params and optimizer
+  state and draws the new seed's tasks and keys from the resume step on
+  (step s from ``fold_in(key(new seed), s)``); the new base key is what
+  later checkpoints hold, so a further resume stays on it; config.json
+  records the new seed and the change at its step.
+
+  Pins: the saved key silently winning over the new seed (the run would
+  go on with the old seed's tasks), the new seed's key applied from step 0
+  instead of the resume step, and a change not recorded. The expected
+  states come from the train chunk run by hand from the step-2
+  checkpoint."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_two_chunks_config(num_train_steps=2), workdir)
+  config = _two_chunks_config(seed=1)
+  resumed = train.train_and_evaluate(config, workdir,
+                                     allow_config_change=True)
+  assert int(resumed.step) == 4
+
+  components = train.build_components(config)
+  chunk = jax.jit(train.make_train_chunk(
+      components.train_step, components.problem.tasks,
+      meta_batch_size=config.meta_batch_size, steps_per_call=2))
+  manager = checkpointing.create_manager(workdir, max_to_keep=3)
+  at_2, saved_rng = checkpointing.restore_at_or_before(
+      manager, 2, components.state, jax.random.key(1))
+  _, last_rng = checkpointing.restore_latest(manager, components.state,
+                                             jax.random.key(7))
+  manager.close()
+  np.testing.assert_array_equal(jax.random.key_data(saved_rng),
+                                jax.random.key_data(jax.random.key(0)))
+  np.testing.assert_array_equal(jax.random.key_data(last_rng),
+                                jax.random.key_data(jax.random.key(1)))
+
+  def params_after(rng):
+    return jax.tree.leaves(chunk(at_2, rng)[0].params)
+
+  for got, want in zip(jax.tree.leaves(resumed.params),
+                       params_after(jax.random.key(1))):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+  old_seed = params_after(jax.random.key(0))
+  assert not all(np.allclose(a, b) for a, b in
+                 zip(jax.tree.leaves(resumed.params), old_seed))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    document = json.load(f)
+  assert document['config']['seed'] == 1
+  assert document['changes'] == [
+      {'step': 2, 'field': 'seed', 'old': 0, 'new': 1}]
+
+
 def test_checkpoint_of_another_shape_names_the_leaf_and_both_shapes(
     tmp_path):
   """Pins the shape check before a restore (`_check_shapes`): a stored

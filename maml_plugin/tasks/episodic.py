@@ -187,7 +187,7 @@ def cross_entropy(model, batch) -> jax.Array:
 
 def accuracy(model, batch) -> jax.Array:
   """The fraction of ``batch`` that `model` classifies right."""
-  return jnp.mean(jnp.argmax(logits(model, batch), -1) == batch['y'])
+  return losses.accuracy(logits(model, batch), batch['y'])
 
 
 @dataclasses.dataclass(frozen=True)
