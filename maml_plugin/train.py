@@ -341,11 +341,11 @@ class Components:
                        ) -> list[periodic_actions.PeriodicAction]:
     """Our CLU actions for a loop that calls each with the step just done:
     few-shot evaluation every `config.eval_every_steps` and at
-    `config.num_train_steps` (scalars to `writer`) and a checkpoint of ``state_fn()`` and `rng` (a key, or a
-    function returning the current one) in
-    ``workdir/checkpoints`` every `config.checkpoint_every_steps` and at
-    `config.num_train_steps`. `manager`: an orbax manager of your own
-    (default: one for `workdir`)."""
+    `config.num_train_steps` (scalars to `writer`) and a checkpoint of
+    ``state_fn()`` and `rng` (a key, or a function returning the current
+    one) in ``workdir/checkpoints`` every `config.checkpoint_every_steps`
+    and at `config.num_train_steps`. `manager`: an orbax manager of your
+    own (default: one for `workdir`)."""
     config = self.config
     if manager is None:
       manager = checkpointing.create_manager(
@@ -755,7 +755,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
 
   def make_hooks(at_step: int):
     """The loop's hooks, their clocks started at `at_step` (the start, or
-    the step a rollback restored)."""
+    the step a rollback restored), with the two the loop reads apart."""
     # Only on log steps (chunk boundaries): the hooks see the steps of a
     # chunk in one burst, so a time-triggered report mid-chunk would divide
     # a burst of steps by microseconds and log a meaningless steps_per_sec.
@@ -780,15 +780,13 @@ def _train_and_evaluate(config, workdir: str, components: Components,
         # After the evaluation, whose result it shows.
         progress_line,
     ]
-    hooks_of_run['few_shot_evaluation'] = few_shot_evaluation
     # The rates' clocks start now, before compiling: a first rate measured
     # from the first step's hook call would divide by microseconds.
     for hook in (report_progress, progress_line):
       hook(at_step)
-    return report_progress, hooks
+    return report_progress, few_shot_evaluation, hooks
 
-  hooks_of_run = {}
-  report_progress, hooks = make_hooks(first_step)
+  report_progress, few_shot_evaluation, hooks = make_hooks(first_step)
   every_secs = config.get('checkpoint_every_secs')
 
   # Loop.
@@ -828,7 +826,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
           hook(s)
     except _RollBack as e:
       state, rng, step = roll_back(e.spike)
-      report_progress, hooks = make_hooks(step)
+      report_progress, few_shot_evaluation, hooks = make_hooks(step)
       train_metrics, skipped = None, 0
       signals.step = step
       saved_at = time.monotonic()
@@ -852,13 +850,13 @@ def _train_and_evaluate(config, workdir: str, components: Components,
     raise Interrupted(signals.received, step, 'final evaluation')
   # The periodic evaluation of the last step (in TensorBoard) is the final
   # one: same evaluator, same params.
-  last = hooks_of_run['few_shot_evaluation']
+  done = few_shot_evaluation.last_step == step
   with report_progress.timed('final_eval'):
     report = evaluate_and_report(
         config, problem, state.params, int(state.step), workdir,
         evaluator=evaluator, model_state=state.model_state,
         rollbacks=rollbacks,
-        curves=last.last_curves if last.last_step == step else None)
+        curves=few_shot_evaluation.last_curves if done else None)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   manager.close()
   return state

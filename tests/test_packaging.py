@@ -69,17 +69,24 @@ def dists(tmp_path_factory):
   return sdist, wheel
 
 
+@pytest.fixture(scope='module')
+def sdist_root(dists, tmp_path_factory):
+  """The unpacked sdist's top folder."""
+  tmp = tmp_path_factory.mktemp('sdist')
+  with tarfile.open(dists[0]) as tar:
+    tar.extractall(tmp, filter='data')
+  (root,) = tmp.iterdir()
+  return root
+
+
 def test_twine_check_strict_passes(dists):
   proc = _run([sys.executable, '-m', 'twine', 'check', '--strict',
                *map(str, dists)])
   assert proc.stdout.count('PASSED') == 2, proc.stdout
 
 
-def test_sdist_holds_the_trees_its_tests_need(dists, tmp_path):
-  sdist, _ = dists
-  with tarfile.open(sdist) as tar:
-    tar.extractall(tmp_path, filter='data')
-  (root,) = tmp_path.iterdir()
+def test_sdist_holds_the_trees_its_tests_need(sdist_root):
+  root = sdist_root
   for top in SHIPPED_TREES:
     missing = _files(REPO, top) - _files(str(root), top)
     assert not missing, f'not in the sdist: {sorted(missing)[:10]}'
@@ -88,11 +95,8 @@ def test_sdist_holds_the_trees_its_tests_need(dists, tmp_path):
   assert (root / 'maml_plugin' / 'py.typed').is_file()
 
 
-def test_sdist_tests_run_as_in_a_checkout(dists, tmp_path):
-  sdist, _ = dists
-  with tarfile.open(sdist) as tar:
-    tar.extractall(tmp_path, filter='data')
-  (root,) = tmp_path.iterdir()
+def test_sdist_tests_run_as_in_a_checkout(sdist_root):
+  root = sdist_root
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   assert _collected(str(root), env) == _collected(REPO, env)
   proc = _run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
