@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import threading
 
 from absl import app
 from absl import flags
@@ -92,10 +93,45 @@ class _Plain(std_logging.Formatter):
     return message
 
 
+def _is_abandoned_write_callback(exc_type, exc, tb) -> bool:
+  """The callback of a tensorstore write that finished after orbax closed
+  the save's event loop (the save failed, a full disk, and was abandoned):
+  ``RuntimeError('Event loop is closed')`` raised in asyncio's
+  ``_check_closed``, which tensorstore's C++ thread prints with
+  ``PyErr_Print`` (which calls `sys.excepthook`) in a thread of its own.
+  Nothing is lost by it: the save already failed. The same error in the
+  main thread is not this, and is printed."""
+  if exc_type is not RuntimeError or str(exc) != 'Event loop is closed':
+    return False
+  if threading.current_thread() is threading.main_thread():
+    return False
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and tb.tb_frame.f_code.co_name == '_check_closed'
+
+
+def _excepthook(previous):
+  def hook(exc_type, exc, tb):
+    if _is_abandoned_write_callback(exc_type, exc, tb):
+      logging.debug('Ignored the callback of an abandoned write: %s', exc)
+      return
+    previous(exc_type, exc, tb)
+  hook.maml_plugin = True
+  return hook
+
+
 def setup() -> None:
   """Our log lines only, without absl's prefix, on stdout, and warnings and
   errors on stderr, unless ``--verbosity`` was given. Idempotent; call it
-  after the flags are parsed."""
+  after the flags are parsed.
+
+  Always (``--verbosity`` or not): the tracebacks that tensorstore's
+  threads print when a write of a failed save completes after the save
+  gave up (`_is_abandoned_write_callback`) are dropped, so a full disk
+  ends in the one line naming the checkpoint.
+  """
+  if not getattr(sys.excepthook, 'maml_plugin', False):
+    sys.excepthook = _excepthook(sys.excepthook)
   if verbose():
     return
   handler = logging.get_absl_handler()
