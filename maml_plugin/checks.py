@@ -19,7 +19,10 @@ every registered train step. The contract it enforces (see DESIGN.md):
   examples.
 
 The most common mistake, one task without its task axis (support x
-``[10, 1]``), is named as such, with the fix (``x[None]``).
+``[10, 1]``), is named as such, with the fix (``x[None]``). A batch of the
+right form that the model or the loss cannot take (x with 2 features for a
+model of 1) is named by `check_task_loss`, which the registered train steps
+also run at trace time: the loss on one task, evaluated on shapes only.
 """
 
 from __future__ import annotations
@@ -116,6 +119,37 @@ def check_meta_batch(meta_batch: Any) -> None:
     if x is not None and y is not None and x[1] != y[1]:
       _fail(f'{part}/y', y, f'({y[0]}, {x[1]}, ...)',
             f'{y[1]} examples where {part}/x has {x[1]}')
+
+
+def _first_task(tree):
+  return jax.tree.map(lambda leaf: leaf[0], tree)
+
+
+def check_task_loss(loss_fn: Callable, params: Any, meta_batch: Any) -> None:
+  """Raises ValueError (one line: the part's leaves and their shapes, and
+  the error) if ``loss_fn(params, task)`` fails on one task's support or
+  query set of `meta_batch` (a meta-batch that passed `check_meta_batch`):
+  support x with 2 features for a model of 1, say, which would otherwise
+  fail deep inside the train step naming no leaf of the meta-batch.
+
+  Evaluated abstractly (`jax.eval_shape`: shapes only, nothing computed).
+  Only the errors JAX raises for shapes (TypeError, ValueError) are
+  turned into this line; the original is chained (``from``), so a user's
+  own loss keeps its traceback.
+  """
+  for part in PARTS:
+    task = _first_task(meta_batch[part])
+    try:
+      jax.eval_shape(loss_fn, params, task)
+    except (TypeError, ValueError) as e:
+      leaves = ', '.join(
+          f'{part}/{_name(path)} {_shape(leaf)}' for path, leaf in
+          jax.tree_util.tree_flatten_with_path(meta_batch[part])[0])
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise ValueError(
+          f'meta-batch {leaves}: the loss fails on one task of these '
+          f'shapes (the model, or the loss, expects others): '
+          f'{type(e).__name__}: {first}') from e
 
 
 def checked_train_step(train_step: Callable) -> Callable:

@@ -9,6 +9,7 @@ from flax import nnx
 
 from maml_plugin import checks
 from maml_plugin import losses
+from maml_plugin import nnx_bridge
 from maml_plugin import train_steps
 from maml_plugin.models import MLP
 from maml_plugin.tasks import EpisodicTasks
@@ -115,6 +116,83 @@ def test_the_check_runs_once_at_trace_time_not_per_step(monkeypatch):
   for i in range(3):
     state, _ = step(state, _batch(), jax.random.key(i))
   assert len(calls) == 1 and int(state.step) == 3
+
+
+class _TwoLayers(nnx.Module):
+  """A user's own network: one input feature."""
+
+  def __init__(self, rngs, *, batch_norm=False):
+    self.hidden = nnx.Linear(1, 8, rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs) if batch_norm else None
+    self.head = nnx.Linear(8, 1, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.hidden(x)
+    if self.bn is not None:
+      h = self.bn(h)
+    return self.head(jax.nn.relu(h))
+
+
+def _user_step(name, *, batch_norm=False):
+  """`make_train_step` and the state a user's loop makes for a user's NNX
+  model (README "Use it in your own loop")."""
+  model = nnx_bridge.NNXModel(_TwoLayers(nnx.Rngs(0), batch_norm=batch_norm))
+  loss_fn = model.task_loss(lambda net, b: losses.mse(net(b['x']), b['y']))
+  tx = optax.adam(1e-3)
+  step = train_steps.make_train_step(name, loss_fn=loss_fn, tx=tx,
+                                     inner_lr=0.01)
+  state = train_steps.MetaTrainState.create(model.params, tx,
+                                            model_state=model.model_state)
+  return jax.jit(step), state
+
+
+def _features(part, n):
+  batch = _batch()
+  batch[part] = dict(batch[part], x=np.zeros(batch[part]['x'].shape[:2] + (n,),
+                                              np.float32))
+  return batch
+
+
+@pytest.mark.parametrize('name', ALGORITHMS)
+def test_a_batch_the_users_model_cannot_take_is_named_in_one_line(name):
+  """Support x with 2 features for a model of 1: dot_general's TypeError
+  from deep inside the step named no leaf of the meta-batch."""
+  step, state = _user_step(name)
+  with pytest.raises(ValueError) as err:
+    step(state, _features('support', 2), jax.random.key(0))
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith(
+      'meta-batch support/x (4, 10, 2), support/y (4, 10, 1): the loss fails '
+      'on one task of these shapes'), message
+  assert message.endswith('TypeError: dot_general requires contracting '
+                          'dimensions to have the same shape, got (2,) and '
+                          '(1,).'), message
+  state, _ = step(state, _batch(), jax.random.key(0))  # The right one trains.
+  assert int(state.step) == 1
+
+
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_the_query_set_is_checked_too_and_a_stateful_loss(batch_norm):
+  step, state = _user_step('maml', batch_norm=batch_norm)
+  with pytest.raises(ValueError, match=r'^meta-batch query/x \(4, 5, 3\), '
+                     r'query/y \(4, 5, 1\): the loss fails'):
+    step(state, _features('query', 3), jax.random.key(0))
+  with pytest.raises(ValueError, match=r'^meta-batch support/x \(4, 10, 3\)'):
+    step(state, _features('support', 3), jax.random.key(0))
+
+
+def test_other_errors_of_a_users_loss_pass_through_unchanged():
+  """Only JAX's shape errors become the one line; a user's bug in the loss
+  keeps its own exception."""
+  def loss_fn(params, batch):
+    return batch['no such key'].sum()
+  tx = optax.adam(1e-3)
+  step = train_steps.make_train_step('maml', loss_fn=loss_fn, tx=tx,
+                                     inner_lr=0.01)
+  state = train_steps.MetaTrainState.create({'w': jnp.zeros(())}, tx)
+  with pytest.raises(KeyError, match='no such key'):
+    jax.jit(step)(state, _batch(), jax.random.key(0))
 
 
 def test_mse_refuses_targets_that_would_broadcast():

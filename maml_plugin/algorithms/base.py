@@ -241,7 +241,34 @@ def _make_algorithm(call: str, name: str, *, loss_fn, tx, metric_fn,
   algorithm = factory(values, loss_fn=loss_fn, tx=tx, **extra)
   return dataclasses.replace(
       algorithm, train_step=checks.checked_train_step(
-          lifting_train_step(algorithm, tx)))
+          loss_checking_train_step(algorithm, loss_fn, lifting_train_step(
+              algorithm, tx))))
+
+
+def loss_checking_train_step(algorithm: MetaAlgorithm, loss_fn: core.LossFn,
+                             train_step: TrainStep) -> TrainStep:
+  """`train_step` that first evaluates the loss on one task of its batch,
+  on shapes only (`checks.check_task_loss`), at trace time: a batch the
+  model cannot take is named in one line, its leaves and their shapes.
+
+  The model's params are the state's (`model_params` once lifted); a
+  stateful loss is bound to the state's ``model_state``, unless the
+  algorithm keeps that in a layout of its own (MAML++'s per-step
+  statistics), where the check is left to the step itself.
+  """
+  @functools.wraps(train_step)
+  def step(state, batch, rng):
+    params = state.params
+    if in_state_layout(algorithm, params):
+      params = algorithm.model_params(params)
+    if not core.is_stateful(loss_fn):
+      checks.check_task_loss(loss_fn, params, batch)
+    elif algorithm.init_model_state is _identity:
+      checks.check_task_loss(
+          core.bind_state(loss_fn, model_state_of(state), rng), params, batch)
+    return train_step(state, batch, rng)
+
+  return step
 
 
 def make_train_step(name: str, *, loss_fn: core.LossFn,
