@@ -101,3 +101,21 @@ def test_build_components_is_what_our_trainer_runs():
   batch = components.meta_batch(jax.random.key(0))
   assert batch['support']['x'].shape == (config.meta_batch_size,
                                          config.num_support, 1)
+
+
+def test_the_evaluators_tasks_are_the_held_out_tasks_the_page_says():
+  """docs/own_loop.md: `components.evaluator.tasks` is a meta-batch of
+  `config.num_eval_tasks` held-out tasks from `config.eval_seed`, and the
+  evaluator's curves are [num_eval_tasks, eval_num_inner_steps + 1]."""
+  config = config_files.load('configs/maml_sine.py:quick')
+  config.num_eval_tasks = 7
+  components = maml_plugin.build_components(config)
+  tasks = components.evaluator.tasks
+  assert set(tasks) >= {'support', 'query'}
+  assert tasks['support']['x'].shape == (7, config.num_support, 1)
+  same = train.create_problem(config).tasks.held_out(
+      seed=config.eval_seed, num_tasks=7, num_query=config.eval_num_query)
+  np.testing.assert_array_equal(tasks['query']['y'], same['query']['y'])
+  curves = components.evaluator(components.state.params,
+                                components.state.model_state)
+  assert curves.shape == (7, config.eval_num_inner_steps + 1)

@@ -98,6 +98,32 @@ def test_no_example_spells_out_a_squared_error_that_can_broadcast():
   assert not found, '\n'.join(found)
 
 
+_MSE_LINE = (r'held-out MSE at step (\d+): ([\d.]+) before adapting, ([\d.]+) '
+             r'after 1 step, ([\d.]+) after 10')
+
+
+def test_clu_actions_example_runs_as_written_and_prints_what_it_shows(
+    capsys):
+  """docs/other_loops.md's CLU loop, complete as written: an evaluator of
+  a plain loss on held-out tasks, our actions beside CLU's, a checkpoint;
+  it prints what the page shows (adapting helps), up to rounding on
+  another CPU."""
+  exec(compile(_block_after('<!-- clu-actions-example -->', OTHER_LOOPS),
+               OTHER_LOOPS, 'exec'), {})  # pylint: disable=exec-used
+  printed = capsys.readouterr().out
+  with open(os.path.join(REPO, OTHER_LOOPS)) as f:
+    shown = f.read().split('<!-- clu-actions-example -->')[1]
+  got, want = re.search(_MSE_LINE, printed), re.search(_MSE_LINE, shown)
+  assert got and want, printed
+  assert got.group(1) == want.group(1) == '600'
+  before, one, ten = map(float, got.groups()[1:])
+  assert ten < one < before, printed
+  np.testing.assert_allclose([before, one, ten],
+                             [float(v) for v in want.groups()[1:]], atol=0.1)
+  assert 'checkpoints: [300, 600]' in printed and (
+      'checkpoints: [300, 600]' in shown)
+
+
 def test_train_state_example_trains_saves_and_resumes(tmp_path, capsys):
   namespace = _own_loop_setup(steps=1)
   namespace['workdir'] = str(tmp_path)
