@@ -28,9 +28,12 @@ also run at trace time: the loss on one task, evaluated on shapes only.
 from __future__ import annotations
 
 import functools
+import os
+import traceback
 from collections.abc import Mapping
 from typing import Any, Callable
 
+import flax
 import jax
 import numpy as np
 
@@ -125,6 +128,22 @@ def _first_task(tree):
   return jax.tree.map(lambda leaf: leaf[0], tree)
 
 
+_LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                   for m in (jax, flax))
+
+
+def _where(error: BaseException) -> str:
+  """``file:line in function`` of the innermost frame of `error`'s
+  traceback outside JAX and Flax: the line of the model or loss that
+  failed."""
+  where = 'in the loss'
+  for frame, line in traceback.walk_tb(error.__traceback__):
+    file = os.path.abspath(frame.f_code.co_filename)
+    if not file.startswith(_LIBRARIES):
+      where = f'at {file}:{line} in {frame.f_code.co_name}'
+  return where
+
+
 def check_task_loss(loss_fn: Callable, params: Any, meta_batch: Any) -> None:
   """Raises ValueError (one line: the part's leaves and their shapes, and
   the error) if ``loss_fn(params, task)`` fails on one task's support or
@@ -134,8 +153,9 @@ def check_task_loss(loss_fn: Callable, params: Any, meta_batch: Any) -> None:
 
   Evaluated abstractly (`jax.eval_shape`: shapes only, nothing computed).
   Only the errors JAX raises for shapes (TypeError, ValueError) are
-  turned into this line; the original is chained (``from``), so a user's
-  own loss keeps its traceback.
+  turned into this line, which ends with the file and line of the model
+  or loss where it failed (the innermost frame outside JAX and Flax); any
+  other error of a user's loss is raised as it is.
   """
   for part in PARTS:
     task = _first_task(meta_batch[part])
@@ -149,7 +169,7 @@ def check_task_loss(loss_fn: Callable, params: Any, meta_batch: Any) -> None:
       raise ValueError(
           f'meta-batch {leaves}: the loss fails on one task of these '
           f'shapes (the model, or the loss, expects others): '
-          f'{type(e).__name__}: {first}') from e
+          f'{type(e).__name__}: {first} ({_where(e)})') from None
 
 
 def checked_train_step(train_step: Callable) -> Callable:

@@ -127,10 +127,15 @@ class _TwoLayers(nnx.Module):
     self.head = nnx.Linear(8, 1, rngs=rngs)
 
   def __call__(self, x):
-    h = self.hidden(x)
+    h = self.hidden(x)  # _HIDDEN_LINE
     if self.bn is not None:
       h = self.bn(h)
     return self.head(jax.nn.relu(h))
+
+
+with open(__file__) as _f:
+  _HIDDEN_LINE = next(i + 1 for i, line in enumerate(_f)
+                      if line.rstrip().endswith('# _HIDDEN_LINE'))
 
 
 def _user_step(name, *, batch_norm=False):
@@ -165,9 +170,10 @@ def test_a_batch_the_users_model_cannot_take_is_named_in_one_line(name):
   assert message.startswith(
       'meta-batch support/x (4, 10, 2), support/y (4, 10, 1): the loss fails '
       'on one task of these shapes'), message
-  assert message.endswith('TypeError: dot_general requires contracting '
-                          'dimensions to have the same shape, got (2,) and '
-                          '(1,).'), message
+  assert message.endswith(
+      'TypeError: dot_general requires contracting dimensions to have the '
+      f'same shape, got (2,) and (1,). (at {__file__}:{_HIDDEN_LINE} in '
+      '__call__)'), message  # The user's line that failed.
   state, _ = step(state, _batch(), jax.random.key(0))  # The right one trains.
   assert int(state.step) == 1
 
