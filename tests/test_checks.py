@@ -174,8 +174,7 @@ def test_a_batch_the_users_model_cannot_take_is_named_in_one_line(name):
       'TypeError: dot_general requires contracting dimensions to have the '
       f'same shape, got (2,) and (1,). (at {__file__}:{_HIDDEN_LINE} in '
       '__call__)'), message  # The user's line that failed.
-  state, _ = step(state, _batch(), jax.random.key(0))  # The right one trains.
-  assert int(state.step) == 1
+  # Traced only: the check stops the step before anything compiles.
 
 
 @pytest.mark.parametrize('batch_norm', [False, True])
