@@ -12,6 +12,7 @@ makes from this tree, checked as a user or a packager would meet them.
 """
 
 import email
+import importlib.metadata
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import tarfile
 import zipfile
 
 import pytest
+from packaging import requirements
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_TREES = ('tests', 'docs', 'examples', 'benchmarks')
@@ -131,3 +133,34 @@ def test_wheel_files_and_metadata(dists):
   for before, after in zip(readme_links, links):
     assert after == before or after.endswith('/main/' + before), (before,
                                                                    after)
+
+
+_BOUNDED = ('jax', 'flax', 'optax', 'orbax-checkpoint', 'jaxline')
+
+
+def _requirements(dists):
+  """The wheel's Requires-Dist: what pip installs from."""
+  _, wheel = dists
+  with zipfile.ZipFile(wheel) as z:
+    (metadata,) = [n for n in z.namelist()
+                   if n.endswith('.dist-info/METADATA')]
+    meta = email.message_from_string(z.read(metadata).decode())
+  return [requirements.Requirement(r) for r in meta.get_all('Requires-Dist')]
+
+
+def test_breaking_dependencies_have_upper_bounds_the_tests_ran_inside(dists):
+  """jax, flax, optax, orbax (and jaxline, whose internals jaxline_compat
+  patches) are capped below their next minor release; and every
+  requirement the wheel declares, extras included, admits the version
+  these tests run against (a range the suite never ran in is untested)."""
+  found = {}
+  for req in _requirements(dists):
+    name = req.name.lower()
+    installed = importlib.metadata.version(req.name)
+    assert req.specifier.contains(installed, prereleases=True), (
+        f'{req}: installed {installed} is outside it')
+    found.setdefault(name, []).append(req)
+  for name in _BOUNDED:
+    for req in found[name]:
+      upper = [s for s in req.specifier if s.operator in ('<', '<=', '~=')]
+      assert upper, f'{req}: no upper bound'
