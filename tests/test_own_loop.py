@@ -1,16 +1,14 @@
 """A Flax-examples loop of the user's own, pointed at a shipped config with
 `maml_plugin.build_components` (docs/own_loop.md).
 
-`train_and_evaluate` below is the result of the diff in docs/own_loop.md,
-written as a user would; a test checks that the two stay the same text.
+The page shows the change as a diff, then the whole file after it and a
+block that resumes it; the tests run those two blocks as written, in one
+namespace, and check that the diff gives the file's loop.
 """
 
-import inspect
 import os
 import re
 
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 import numpy as np
 
@@ -20,63 +18,64 @@ from maml_plugin import train
 from tests import event_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.path.join('docs', 'own_loop.md')
 
 
-def train_and_evaluate(config, workdir):
-  writer = metric_writers.create_default_writer(workdir)
-  rng = jax.random.key(config.seed)
-  components = maml_plugin.build_components(config)
-  state = components.state
-  p_train_step = jax.jit(components.train_step)
-  hooks = [periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer)]
-  hooks += components.periodic_actions(writer, workdir,
-                                       state_fn=lambda: state, rng=rng)
-  for step in range(1, config.num_train_steps + 1):
-    batch_rng, step_rng = jax.random.split(jax.random.fold_in(rng, step))
-    batch = components.meta_batch(batch_rng)
-    state, metrics = p_train_step(state, batch, step_rng)
-    if step % config.log_every_steps == 0:
-      writer.write_scalars(step, metrics.compute())
-    for hook in hooks:
-      hook(step)
-  return state
+def _page() -> str:
+  with open(os.path.join(REPO, PAGE)) as f:
+    return f.read()
+
+
+def _block_after(marker: str) -> str:
+  match = re.search(re.escape(marker) + r'\s*```python\n(.*?)```', _page(),
+                    re.S)
+  assert match, f'no python block after {marker} in {PAGE}'
+  return match.group(1)
 
 
 def _docs_diff():
-  with open(os.path.join(REPO, 'docs', 'own_loop.md')) as f:
-    text = f.read()
-  return re.search(r'```diff\n(.*?)```', text, re.S).group(1).splitlines()
+  return re.search(r'```diff\n(.*?)```', _page(), re.S).group(1).splitlines()
 
 
-def test_docs_diff_gives_this_loop():
-  """The loop the docs show is the one this module runs (pins a docs
-  change that the test does not follow, and the other way round)."""
+def _function(source: str, name: str) -> str:
+  """The text of top-level `def name` in `source`, up to the next
+  top-level statement."""
+  start = source.index(f'def {name}(')
+  end = re.compile(r'^\S', re.M).search(source, source.index('\n', start))
+  return source[start:end.start() if end else None].rstrip() + '\n'
+
+
+def test_docs_diff_gives_the_pages_whole_loop():
+  """The loop the diff makes is the one the page's complete block runs
+  (pins a diff edited without the file, and the other way round)."""
   after = [line[1:] for line in _docs_diff() if line[:1] in (' ', '+')]
   start = after.index('def train_and_evaluate(config, workdir):')
   assert after[:start] == ['import maml_plugin', '', '']
-  assert '\n'.join(after[start:]) + '\n' == inspect.getsource(
-      train_and_evaluate)
+  assert '\n'.join(after[start:]) + '\n' == _function(
+      _block_after('<!-- own-loop-complete -->'), 'train_and_evaluate')
   changed = [line for line in _docs_diff()
              if line[:1] in '+-' and line[1:].strip()]
   assert len(changed) <= 15, changed  # A handful of lines.
 
 
-def test_a_flax_examples_loop_trains_on_the_sine_config(tmp_path):
-  """The loss falls (held-out MSE after one inner step, against the
-  initial params') and our actions fire: evaluation scalars at the eval
-  steps only, checkpoints at the checkpoint steps (pins actions that never
-  fire, a state_fn that returns the stale initial state, and a sampler or
-  step that does not train)."""
+def test_the_pages_loop_trains_on_the_sine_config_and_resumes(capsys):
+  """The page's two blocks as written: the loss falls (held-out MSE after
+  one inner step, against the initial params') and our actions fire:
+  evaluation scalars at the eval steps only, checkpoints at the checkpoint
+  steps (pins actions that never fire, a state_fn that returns the stale
+  initial state, and a sampler or step that does not train); the second
+  block resumes at step 200 and trains to 300."""
   config = config_files.load('configs/maml_sine.py:quick')
-  workdir = str(tmp_path)
   before = maml_plugin.build_components(config)
   curves = before.evaluator(before.state.params)  # [tasks, inner steps]
   # The untrained MLP's first inner step raises the loss (4.3 -> 10.7):
   # the trained one must beat both.
   initial = np.mean(curves[:, 1])
   unadapted = np.mean(curves[:, 0])
-  state = train_and_evaluate(config, workdir)
+  namespace = {}
+  exec(compile(_block_after('<!-- own-loop-complete -->'), PAGE, 'exec'),  # pylint: disable=exec-used
+       namespace)
+  state, workdir = namespace['state'], namespace['workdir']
   assert int(state.step) == config.num_train_steps == 200
   scalars = event_files.read_scalars(workdir)
   evaluated = sorted(step for tag, step in scalars if tag == 'eval/mse_step1')
@@ -88,6 +87,24 @@ def test_a_flax_examples_loop_trains_on_the_sine_config(tmp_path):
                                                          final)
   logged = sorted(step for tag, step in scalars if tag == 'query_loss_after')
   assert logged == [50, 100, 150, 200]
+  printed = capsys.readouterr().out
+  shown = re.search(r'held-out MSE ([\d.]+) before adapting, ([\d.]+) after',
+                    printed)
+  assert shown and float(shown.group(2)) < float(shown.group(1)), printed
+
+  exec(compile(_block_after('<!-- own-loop-resume -->'), PAGE, 'exec'),  # pylint: disable=exec-used
+       namespace)
+  assert int(namespace['state'].step) == 300
+  printed = capsys.readouterr().out
+  assert 'starting at step 200' in printed, printed
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+      '100', '200', '300']
+  # The resumed run wrote steps 201..300 only: TensorBoard has each once.
+  logged = {step: values for (tag, step), values
+            in event_files.read_scalars(workdir).items()
+            if tag == 'query_loss_after'}
+  assert sorted(logged) == [50, 100, 150, 200, 250, 300]
+  assert all(len(values) == 1 for values in logged.values()), logged
 
 
 def test_build_components_is_what_our_trainer_runs():
