@@ -132,9 +132,11 @@ def save(manager: ocp.CheckpointManager, state, rng: jax.Array) -> None:
   directory = str(manager.directory)
   path = os.path.join(directory, str(step))
   item = _as_arrays({'state': state, 'rng': jax.random.key_data(rng)})
+  renamed = False
   try:
     manager.save(step, args=ocp.args.StandardSave(item), force=True)
     manager.wait_until_finished()
+    renamed = True
     if jax.process_index() == 0:
       write_checksums(path)
   except Exception as e:  # orbax wraps the OSError in its own types.
@@ -142,25 +144,40 @@ def save(manager: ocp.CheckpointManager, state, rng: jax.Array) -> None:
             or workdir_lib.is_io_error(e)):
       raise
     _remove_temporary(directory, step)
+    if renamed and jax.process_index() == 0:
+      # This save's own checkpoint, in place but without its digests (the
+      # disk filled while writing them): not a complete checkpoint.
+      shutil.rmtree(path, ignore_errors=True)
     kept = [s for s in manager.all_steps() if s != step] if os.path.isdir(
         directory) else []
-    message = (str(e) if isinstance(e, workdir_lib.WorkdirError)
-               else workdir_lib.describe_os_error(e, path))
+    message = (workdir_lib.describe_os_error(e, path)
+               if workdir_lib.is_io_error(e) else str(e))
     raise CheckpointWriteError(
         f'{message}; the complete checkpoints '
         f'({", ".join(map(str, sorted(kept))) or "none"}) are intact'
     ) from None
 
 
-def _remove_temporary(directory: str, step: int) -> None:
-  """Removes the temporary folders of a failed save of `step` (its own)."""
-  try:
-    names = os.listdir(directory)
-  except OSError:
-    return
-  for name in names:
-    if name.startswith(f'{step}{_TMP_MARK}'):
+def _remove_temporary(directory: str, step: int, *, settle_s: float = 0.2,
+                      max_rounds: int = 10) -> None:
+  """Removes the temporary folders of a failed save of `step` (its own).
+
+  When one write fails, orbax gives up while tensorstore's threads may
+  still be writing the others, and can recreate the folder after it was
+  removed (seen on a loaded machine): removed again until a listing
+  `settle_s` later finds none, at most `max_rounds` times.
+  """
+  for _ in range(max_rounds):
+    try:
+      names = [n for n in os.listdir(directory)
+               if n.startswith(f'{step}{_TMP_MARK}')]
+    except OSError:
+      return
+    if not names:
+      return
+    for name in names:
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    time.sleep(settle_s)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, rng: jax.Array,

@@ -22,10 +22,11 @@ they are parsed; the trainer adds a `ProgressLine` to its periodic actions.
 
 from __future__ import annotations
 
+import asyncio
 import logging as std_logging
 import os
 import sys
-import threading
+import traceback
 
 from absl import app
 from absl import flags
@@ -37,6 +38,7 @@ from maml_plugin import evaluation
 from maml_plugin import workdir as workdir_lib
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '-helpshort')
 
 
@@ -96,18 +98,18 @@ class _Plain(std_logging.Formatter):
 def _is_abandoned_write_callback(exc_type, exc, tb) -> bool:
   """The callback of a tensorstore write that finished after orbax closed
   the save's event loop (the save failed, a full disk, and was abandoned):
-  ``RuntimeError('Event loop is closed')`` raised in asyncio's
-  ``_check_closed``, which tensorstore's C++ thread prints with
-  ``PyErr_Print`` (which calls `sys.excepthook`) in a thread of its own.
-  Nothing is lost by it: the save already failed. The same error in the
-  main thread is not this, and is printed."""
+  ``RuntimeError('Event loop is closed')`` raised by asyncio's
+  ``call_soon_threadsafe`` called from tensorstore's C++, which prints it
+  with ``PyErr_Print`` (so `sys.excepthook`), in whichever thread completed
+  the write. Its traceback holds asyncio's two frames and nothing else: no
+  Python code called it. Nothing is lost by it: the save already failed.
+  The same error raised under any Python caller is not this, and prints.
+  """
   if exc_type is not RuntimeError or str(exc) != 'Event loop is closed':
     return False
-  if threading.current_thread() is threading.main_thread():
-    return False
-  while tb is not None and tb.tb_next is not None:
-    tb = tb.tb_next
-  return tb is not None and tb.tb_frame.f_code.co_name == '_check_closed'
+  frames = [frame.f_code for frame, _ in traceback.walk_tb(tb)]
+  return bool(frames) and frames[-1].co_name == '_check_closed' and all(
+      os.path.dirname(code.co_filename) == _ASYNCIO_DIR for code in frames)
 
 
 def _excepthook(previous):
