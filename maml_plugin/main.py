@@ -33,6 +33,7 @@ from maml_plugin import config_validation
 from maml_plugin import console
 from maml_plugin import distributed
 from maml_plugin import guards
+from maml_plugin import memory
 from maml_plugin import spikes
 from maml_plugin import train
 from maml_plugin import workdir
@@ -170,7 +171,7 @@ def main(argv):
     _fail(f'bad config: {e}')
   except (workdir.WorkdirError, checkpointing.CheckpointError,
           guards.NonFiniteError, spikes.SpikeError, omniglot.OmniglotError,
-          episodic.EpisodeError) as e:
+          episodic.EpisodeError, memory.TooLargeError) as e:
     _fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
     if not workdir.is_io_error(e):  # A bug: its traceback helps.
