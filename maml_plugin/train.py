@@ -447,7 +447,7 @@ def check_memory(compiled, what: str, config, fields, savers=()) -> None:
 
 
 @contextlib.contextmanager
-def _out_of_memory(what: str, config, fields, savers, manager=None):
+def out_of_memory(what: str, config, fields, savers, manager=None):
   """XLA's RESOURCE_EXHAUSTED inside as `memory.TooLargeError`: one line
   naming `fields` (and the checkpoint kept, with `manager`)."""
   try:
@@ -788,7 +788,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   # Jit: compiled already (`compile_training`); an allocation that fails
   # anyway is one line too.
   def train_chunk(state, rng):
-    with _out_of_memory('the train step', config, memory.TRAIN_FIELDS,
+    with out_of_memory('the train step', config, memory.TRAIN_FIELDS,
                         memory.TRAIN_SAVERS, manager):
       state, metrics, report, losses = training.train_chunk(state, rng)
       # Reading the report waits for the chunk: the run stops at the first
@@ -939,7 +939,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
           scalars['train/skipped_updates'] = skipped
         writer.write_scalars(step, scalars)
         train_metrics, skipped = None, 0
-      with _out_of_memory('the few-shot evaluation', config,
+      with out_of_memory('the few-shot evaluation', config,
                           memory.EVAL_FIELDS, memory.EVAL_SAVERS, manager):
         for s in range(previous + 1, step + 1):
           for hook in hooks:
@@ -971,7 +971,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   # The periodic evaluation of the last step (in TensorBoard) is the final
   # one: same evaluator, same params.
   done = few_shot_evaluation.last_step == step
-  with report_progress.timed('final_eval'), _out_of_memory(
+  with report_progress.timed('final_eval'), out_of_memory(
       'the few-shot evaluation', config, memory.EVAL_FIELDS,
       memory.EVAL_SAVERS, manager):
     report = evaluate_and_report(
