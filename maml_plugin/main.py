@@ -35,6 +35,7 @@ from maml_plugin import distributed
 from maml_plugin import guards
 from maml_plugin import memory
 from maml_plugin import spikes
+from maml_plugin import startup
 from maml_plugin import train
 from maml_plugin import workdir
 from maml_plugin.tasks import episodic
@@ -156,6 +157,7 @@ def main(argv):
   logging.info('config file: %s; workdir: %s; %s',
                config_flags.get_config_filename(FLAGS['config']),
                FLAGS.workdir, console.describe_devices())
+  startup.end()  # From here a SIGINT is the trainer's (or the line below).
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              allow_config_change=FLAGS.allow_config_change)
