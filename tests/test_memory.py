@@ -186,3 +186,13 @@ def test_huge_meta_batch_is_refused_in_one_line_writing_nothing(tmp_path):
   assert ': lower config.meta_batch_size=10000000, ' in lines[0]
   assert 'Meta-training' not in proc.stdout
   assert not workdir.exists()
+
+
+def test_evaluator_runs_the_executable_the_check_compiled(quick):
+  """Nothing is compiled twice: the evaluator's calls run the executable
+  `compile_training` measured (jit's own cache stays empty)."""
+  _, components, _ = quick
+  evaluator = components.evaluator
+  curves = evaluator(components.state.params, components.state.model_state)
+  assert curves.shape == (evaluator.num_tasks, evaluator.max_steps + 1)
+  assert evaluator._curves._cache_size() == 0  # pylint: disable=protected-access
