@@ -72,7 +72,7 @@ def available_bytes(memory_stats: Mapping[str, Any] | None,
 
 
 def format_bytes(n: float) -> str:
-  """``'1.1 TB'``, ``'20.1 GB'``, ``'512 B'`` (powers of 1000, as `df -H`)."""
+  """``'1.1 TB'``, ``'20.1 GB'``, ``'512 B'``: powers of 1000 (`df -H`)."""
   for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
     if abs(n) < 1000 or unit == 'TB':
       return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
@@ -133,6 +133,7 @@ def describe_exhausted(error: BaseException, what: str, config,
   """One line for a RESOURCE_EXHAUSTED met while running `what`:
   ``the train step ran out of memory (allocating 1.1 TB): lower ...``."""
   match = re.search(r'allocating (\d+) bytes', str(error))
-  size = f' (allocating {format_bytes(int(match.group(1)))})' if match else ''
+  size = (f' (allocating {format_bytes(int(match.group(1)))})' if match
+          else '')
   return (f'{what} ran out of device memory{size}: '
           f'{advice(config, fields, savers)}')

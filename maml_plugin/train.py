@@ -401,9 +401,10 @@ def _arg_specs(tree, sharding=None):
   """`jax.ShapeDtypeStruct`s of `tree`'s leaves, with `sharding`, or with
   the leaf's own where it is committed to a device (else the default)."""
   def spec(x):
-    own = x.sharding if getattr(x, 'committed', False) else None
-    return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                sharding=own if sharding is None else sharding,
+    where = sharding
+    if where is None and getattr(x, 'committed', False):
+      where = x.sharding
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where,
                                 weak_type=getattr(x, 'weak_type', False))
   return jax.tree.map(spec, tree)
 
@@ -902,8 +903,8 @@ def _train_and_evaluate(config, workdir: str, components: Components,
         # After the evaluation, whose result it shows.
         progress_line,
     ]
-    # The rates' clocks start now, before compiling: a first rate measured
-    # from the first step's hook call would divide by microseconds.
+    # The rates' clocks start now, before the first chunk: a first rate
+    # measured from the first step's hook call would divide by microseconds.
     for hook in (report_progress, progress_line):
       hook(at_step)
     return report_progress, few_shot_evaluation, hooks

@@ -83,8 +83,9 @@ def test_refusal_names_the_estimate_the_limit_and_the_fields():
 
 def test_refusal_only_past_the_limit_and_only_when_both_are_known():
   config = _config()
-  refuse = lambda needed, limit: memory.refusal(  # pylint: disable=g-long-lambda
-      'the train step', needed, limit, config, memory.TRAIN_FIELDS)
+  def refuse(needed, limit):
+    return memory.refusal('the train step', needed, limit, config,
+                          memory.TRAIN_FIELDS)
   assert refuse(100, 100) is None
   assert refuse(99, 100) is None
   assert refuse(101, 100).startswith('the train step needs 101 B, more than '
