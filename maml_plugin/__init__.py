@@ -42,6 +42,12 @@ periodic actions; docs/own_loop.md)::
 
 import os as _os
 
+# Ctrl-C while `python -m maml_plugin.main` imports its libraries: one line,
+# exit status 130 (maml_plugin.startup); in any other program, nothing.
+from maml_plugin import startup as _startup  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_startup.guard_command_start()
+
 # TensorFlow (imported by CLU's writers and TFDS) prints a two-line oneDNN
 # banner on stderr at import, before any flag is parsed, on CPUs where its
 # oneDNN kernels are on. We use TensorFlow for files only (event files, TFDS

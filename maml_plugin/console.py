@@ -165,10 +165,11 @@ class ProgressLine(periodic_actions.PeriodicAction):
   The rate is measured between two lines, over everything the loop did in
   between (training, evaluation, checkpoints), so the ETA is the time the
   run will really take; the first line's interval starts where
-  ``progress(first_step)`` was called (before compiling), so it includes
-  compilation. With `evaluation` (a `maml_plugin.actions.FewShotEvaluation`
-  that ran earlier at the same step) the line ends with its mean metric
-  before adapting, after one step and after the most steps.
+  ``progress(first_step)`` was called (before the first chunk ran; the
+  trainer compiles before that, `train.compile_training`). With
+  `evaluation` (a `maml_plugin.actions.FewShotEvaluation` that ran earlier
+  at the same step) the line ends with its mean metric before adapting,
+  after one step and after the most steps.
   """
 
   def __init__(self, *, num_train_steps: int, every_steps: int,

@@ -18,6 +18,7 @@ inner rates (Meta-SGD, MAML++), which evaluation adapts with instead
 """
 
 import os
+import signal
 import sys
 
 from absl import app
@@ -31,6 +32,8 @@ from maml_plugin import checkpointing
 from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import console
+from maml_plugin import memory
+from maml_plugin import startup
 from maml_plugin import train
 from maml_plugin import workdir as workdir_lib
 from maml_plugin.tasks import episodic
@@ -79,10 +82,16 @@ def evaluate(config, workdir: str) -> dict:
   finally:
     manager.close()
   _check_inner_lr_is_used(config, workdir, state)
-  return train.evaluate_and_report(
-      config, problem, state.params, int(state.step), workdir,
-      evaluator=train.create_evaluator(config, problem, algorithm=algorithm),
-      model_state=state.model_state)
+  # Compiled once, and refused in one line if the device cannot hold it.
+  evaluator = train.create_evaluator(config, problem, algorithm=algorithm)
+  train.check_memory(evaluator.compile(state.params, state.model_state),
+                     'the few-shot evaluation', config, memory.EVAL_FIELDS,
+                     memory.EVAL_SAVERS)
+  with train.out_of_memory('the few-shot evaluation', config,
+                           memory.EVAL_FIELDS, memory.EVAL_SAVERS):
+    return train.evaluate_and_report(
+        config, problem, state.params, int(state.step), workdir,
+        evaluator=evaluator, model_state=state.model_state)
 
 
 def _training_changes(config, workdir: str) -> list:
@@ -123,11 +132,17 @@ def main(argv):
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   train.quiet_library_logs()
   console.setup()
+  startup.end()  # From here a SIGINT is the KeyboardInterrupt below.
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
+  except KeyboardInterrupt:
+    sys.stderr.write('maml_plugin: SIGINT received during the evaluation: '
+                     'stopped; the checkpoints are unchanged\n')
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGINT)  # Skips orbax's teardown threads.
   except (config_validation.ConfigError, checkpointing.CheckpointError,
           workdir_lib.WorkdirError, omniglot.OmniglotError,
-          episodic.EpisodeError) as e:
+          episodic.EpisodeError, memory.TooLargeError) as e:
     raise SystemExit(f'maml_plugin: {e}') from None
   print(actions.format_table(report))
   sys.stdout.flush()

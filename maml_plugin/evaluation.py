@@ -275,10 +275,25 @@ class FewShotEvaluator:
           model_params, t['query']))(tasks)
 
     self._losses_before = jax.jit(losses_before)
+    self._compiled = None
+
+  def compile(self, params, model_state=None):
+    """Compiles the evaluation once, for params (and model state) like
+    these: arrays or `jax.ShapeDtypeStruct`s with the shardings later calls
+    pass. Later calls run this executable (jit would compile again); its
+    ``memory_analysis()`` says what one evaluation needs before any runs.
+
+    Returns:
+      The `jax.stages.Compiled` executable.
+    """
+    self._compiled = self._curves.lower(params, model_state,
+                                        self.tasks).compile()
+    return self._compiled
 
   def __call__(self, params, model_state=None) -> np.ndarray:
-    return np.asarray(jax.device_get(self._curves(params, model_state,
-                                                  self.tasks)))
+    curves = self._compiled or self._curves
+    return np.asarray(jax.device_get(curves(params, model_state,
+                                            self.tasks)))
 
   def loss_before(self, params, model_state=None, curves=None) -> float:
     """The mean query loss before adapting over the finite held-out tasks

@@ -33,7 +33,9 @@ from maml_plugin import config_validation
 from maml_plugin import console
 from maml_plugin import distributed
 from maml_plugin import guards
+from maml_plugin import memory
 from maml_plugin import spikes
+from maml_plugin import startup
 from maml_plugin import train
 from maml_plugin import workdir
 from maml_plugin.tasks import episodic
@@ -155,6 +157,7 @@ def main(argv):
   logging.info('config file: %s; workdir: %s; %s',
                config_flags.get_config_filename(FLAGS['config']),
                FLAGS.workdir, console.describe_devices())
+  startup.end()  # From here a SIGINT is the trainer's (or the line below).
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              allow_config_change=FLAGS.allow_config_change)
@@ -170,7 +173,7 @@ def main(argv):
     _fail(f'bad config: {e}')
   except (workdir.WorkdirError, checkpointing.CheckpointError,
           guards.NonFiniteError, spikes.SpikeError, omniglot.OmniglotError,
-          episodic.EpisodeError) as e:
+          episodic.EpisodeError, memory.TooLargeError) as e:
     _fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
     if not workdir.is_io_error(e):  # A bug: its traceback helps.

@@ -5,9 +5,11 @@ Usage::
   from configs import maml_sine
   state = train_and_evaluate(maml_sine.get_config('quick'), '/tmp/maml_sine')
 
-The order is the Flax examples' own: writer, tasks, model, state, restore,
-jit, periodic actions, loop, final evaluation, return the final state. All
-I/O of training lives here and in `maml_plugin.actions`.
+The order is the Flax examples' own but for jit, which comes first: tasks,
+model, state, jit (`compile_training`: a config whose step needs more
+memory than the device has stops there, before the workdir is touched),
+writer, restore, periodic actions, loop, final evaluation, return the final
+state. All I/O of training lives here and in `maml_plugin.actions`.
 
 A run can be left alone (`docs/long_runs.md`): it holds ``WORKDIR/lock``
 while it runs (a second run on the workdir stops at once), keeps its config
@@ -50,6 +52,7 @@ from maml_plugin import distributed
 from maml_plugin import evaluation
 from maml_plugin import fields
 from maml_plugin import guards
+from maml_plugin import memory
 from maml_plugin import models
 from maml_plugin import nnx_bridge
 from maml_plugin import spikes
@@ -394,6 +397,123 @@ def build_components(config: ml_collections.ConfigDict) -> Components:
       problem=problem, algorithm=algorithm, config=config)
 
 
+def _arg_specs(tree, sharding=None):
+  """`jax.ShapeDtypeStruct`s of `tree`'s leaves, with `sharding`, or with
+  the leaf's own where it is committed to a device (else the default)."""
+  def spec(x):
+    where = sharding
+    if where is None and getattr(x, 'committed', False):
+      where = x.sharding
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where,
+                                weak_type=getattr(x, 'weak_type', False))
+  return jax.tree.map(spec, tree)
+
+
+def _memory_limit() -> tuple[int | None, str]:
+  """What one local device can give a step, and where that number is from:
+  the allocator's ``bytes_limit`` (GPU, TPU), else ``MemAvailable`` of
+  ``/proc/meminfo`` shared by the host's CPU devices; None if neither."""
+  device = jax.local_devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None  # A backend without statistics.
+  if stats and stats.get('bytes_limit'):
+    return memory.available_bytes(stats, None), f'that {device} can hold'
+  try:
+    with open('/proc/meminfo') as f:
+      meminfo = f.read()
+  except OSError:
+    return None, ''  # Not Linux: no check, the fallback still says it.
+  sharing = (len(jax.local_devices()) if device.platform == 'cpu' else 1)
+  where = 'of host memory available'
+  if sharing > 1:
+    where = f'of host memory available to each of {sharing} cpu devices'
+  return memory.available_bytes(None, meminfo,
+                                devices_sharing_host=sharing), where
+
+
+def check_memory(compiled, what: str, config, fields, savers=()) -> None:
+  """Raises `memory.TooLargeError` when `compiled` (a `jax.stages.Compiled`)
+  needs more device memory than one device has (`memory.refusal`)."""
+  try:
+    analysis = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    analysis = None  # A backend that does not say: no check.
+  limit, where = _memory_limit()
+  message = memory.refusal(what, memory.needed_bytes(analysis), limit,
+                           config, fields, savers, where=where)
+  if message:
+    raise memory.TooLargeError(message)
+
+
+@contextlib.contextmanager
+def out_of_memory(what: str, config, fields, savers, manager=None):
+  """XLA's RESOURCE_EXHAUSTED inside as `memory.TooLargeError`: one line
+  naming `fields` (and the checkpoint kept, with `manager`)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not memory.is_exhausted(e):
+      raise
+    message = memory.describe_exhausted(e, what, config, fields, savers)
+    if manager is not None:
+      message += f'; {_kept_checkpoint(manager)}'
+    raise memory.TooLargeError(message) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledTraining:
+  """What `compile_training` gives the loop.
+
+  Attributes:
+    train_chunk: the compiled `make_train_chunk` (``step_losses=True``),
+      ``train_chunk(state, rng) -> (state, metrics, report, losses)``; the
+      state is donated.
+    mesh: the devices' mesh the state is replicated over, or None (one
+      device).
+  """
+
+  train_chunk: Callable
+  mesh: Any = None
+
+
+def compile_training(config, components: Components, *,
+                     num_devices: int) -> CompiledTraining:
+  """Compiles the train chunk and the evaluator once, for the shapes and
+  shardings the loop will pass, and refuses, before anything runs or is
+  written, a config whose train step or evaluation needs more memory than
+  a device has (`check_memory`). The loop runs these executables: nothing
+  is compiled twice.
+
+  Raises:
+    memory.TooLargeError: one line naming the config fields that set the
+      size, the estimate and the limit.
+  """
+  mesh = batch_sharding = state_sharding = None
+  if num_devices > 1:  # The task axis is split, the state replicated.
+    mesh = distributed.task_mesh()
+    batch_sharding = distributed.task_sharding(mesh)
+    state_sharding = distributed.replicated(mesh)
+  train_chunk = jax.jit(
+      make_train_chunk(components.algorithm.train_step,
+                       components.problem.tasks,
+                       meta_batch_size=config.meta_batch_size,
+                       steps_per_call=config.steps_per_call,
+                       skip_nonfinite=config.on_nonfinite == 'skip',
+                       batch_sharding=batch_sharding, step_losses=True),
+      donate_argnums=0)
+  state = _arg_specs(components.state, state_sharding)
+  rng = _arg_specs(jax.random.key(config.seed), state_sharding)
+  compiled = train_chunk.lower(state, rng).compile()
+  check_memory(compiled, 'the train step', config, memory.TRAIN_FIELDS,
+               memory.TRAIN_SAVERS)
+  check_memory(components.evaluator.compile(state.params, state.model_state),
+               'the few-shot evaluation', config, memory.EVAL_FIELDS,
+               memory.EVAL_SAVERS)
+  return CompiledTraining(train_chunk=compiled, mesh=mesh)
+
+
 def evaluate_and_report(config, problem: Problem, params, train_step: int,
                         workdir: str, evaluator=None,
                         model_state=None, rollbacks=(), curves=None) -> dict:
@@ -587,6 +707,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # validates for this device count): a bad config or bad data stops the run
   # before the workdir is touched.
   components = build_components(config)
+  # Jit: compiled here, before the workdir is touched, so a config too big
+  # for the device stops in one line (`compile_training`).
+  training = compile_training(config, components, num_devices=num_devices)
   # One run per workdir: the lock comes before anything is written.
   first_process = jax.process_index() == 0
   with (workdir_lib.lock(workdir) if first_process
@@ -595,8 +718,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       manager = checkpointing.create_manager(
           workdir, max_to_keep=config.max_checkpoints_to_keep)
       try:
-        return _train_and_evaluate(config, workdir, components, signals,
-                                   manager, num_devices=num_devices,
+        return _train_and_evaluate(config, workdir, components, training,
+                                   signals, manager, num_devices=num_devices,
                                    allow_config_change=allow_config_change)
       except BaseException:
         # Stopping on an error: end the manager's background threads before
@@ -610,7 +733,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _train_and_evaluate(config, workdir: str, components: Components,
-                        signals: _StopSignals,
+                        training: CompiledTraining, signals: _StopSignals,
                         manager, *, num_devices: int,
                         allow_config_change: bool):
   """`train_and_evaluate` in the locked workdir; closes `manager` when it
@@ -659,20 +782,20 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   writer.write_hparams(_hparams_for_writer(config))
 
   # Devices: the task axis is split over all of them, the state replicated.
-  batch_sharding = None
-  if num_devices > 1:
-    mesh = distributed.task_mesh()
-    batch_sharding = distributed.task_sharding(mesh)
+  mesh = training.mesh
+  if mesh is not None:
     state, rng = distributed.replicate((state, rng), mesh)
 
-  # Jit.
-  train_chunk = jax.jit(
-      make_train_chunk(algorithm.train_step, problem.tasks,
-                       meta_batch_size=config.meta_batch_size,
-                       steps_per_call=config.steps_per_call,
-                       skip_nonfinite=config.on_nonfinite == 'skip',
-                       batch_sharding=batch_sharding, step_losses=True),
-      donate_argnums=0)
+  # Jit: compiled already (`compile_training`); an allocation that fails
+  # anyway is one line too.
+  def train_chunk(state, rng):
+    with out_of_memory('the train step', config, memory.TRAIN_FIELDS,
+                        memory.TRAIN_SAVERS, manager):
+      state, metrics, report, losses = training.train_chunk(state, rng)
+      # Reading the report waits for the chunk: the run stops at the first
+      # bad chunk, and sharded CPU steps are never queued deep enough to
+      # time out in a collective's rendezvous.
+      return state, metrics, jax.device_get(report), losses
 
   # Blow-ups (`maml_plugin.spikes`): what a spike does.
   monitor = spikes.SpikeMonitor(
@@ -742,7 +865,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
     # Fresh meta-batches from there, kept in later checkpoints (resuming
     # stays exact).
     restored_rng = jax.random.fold_in(restored_rng, len(rollbacks))
-    if batch_sharding is not None:
+    if mesh is not None:
       restored_state, restored_rng = distributed.replicate(
           (restored_state, restored_rng), mesh)
     return restored_state, restored_rng, restored_step
@@ -780,8 +903,8 @@ def _train_and_evaluate(config, workdir: str, components: Components,
         # After the evaluation, whose result it shows.
         progress_line,
     ]
-    # The rates' clocks start now, before compiling: a first rate measured
-    # from the first step's hook call would divide by microseconds.
+    # The rates' clocks start now, before the first chunk: a first rate
+    # measured from the first step's hook call would divide by microseconds.
     for hook in (report_progress, progress_line):
       hook(at_step)
     return report_progress, few_shot_evaluation, hooks
@@ -800,10 +923,6 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   skipped = 0
   while step < config.num_train_steps:
     state, chunk_metrics, report, losses = train_chunk(state, rng)
-    # Reading the report waits for the chunk: the run stops at the first bad
-    # chunk, and sharded CPU steps are never queued deep enough to time out
-    # in a collective's rendezvous.
-    report = jax.device_get(report)
     if int(report.first_bad_step) >= 0 and config.on_nonfinite == 'stop':
       raise guards.NonFiniteError(f'{guards.describe(report)}; stopped, '
                                   f'{_kept_checkpoint(manager)}')
@@ -821,9 +940,11 @@ def _train_and_evaluate(config, workdir: str, components: Components,
           scalars['train/skipped_updates'] = skipped
         writer.write_scalars(step, scalars)
         train_metrics, skipped = None, 0
-      for s in range(previous + 1, step + 1):
-        for hook in hooks:
-          hook(s)
+      with out_of_memory('the few-shot evaluation', config,
+                          memory.EVAL_FIELDS, memory.EVAL_SAVERS, manager):
+        for s in range(previous + 1, step + 1):
+          for hook in hooks:
+            hook(s)
     except _RollBack as e:
       state, rng, step = roll_back(e.spike)
       report_progress, few_shot_evaluation, hooks = make_hooks(step)
@@ -851,7 +972,9 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   # The periodic evaluation of the last step (in TensorBoard) is the final
   # one: same evaluator, same params.
   done = few_shot_evaluation.last_step == step
-  with report_progress.timed('final_eval'):
+  with report_progress.timed('final_eval'), out_of_memory(
+      'the few-shot evaluation', config, memory.EVAL_FIELDS,
+      memory.EVAL_SAVERS, manager):
     report = evaluate_and_report(
         config, problem, state.params, int(state.step), workdir,
         evaluator=evaluator, model_state=state.model_state,

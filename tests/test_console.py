@@ -75,12 +75,12 @@ def test_default_run_prints_start_progress_table_and_files_only(tiny_run):
                               'TensorBoard event file'), text
 
 
-def test_first_rates_count_from_before_compilation(tiny_run):
+def test_first_rates_count_from_before_the_first_chunk(tiny_run):
   """The first rates (the progress line's, and CLU's `steps_per_sec` in
-  TensorBoard, logged every chunk of 10 steps) include the first chunk and
-  its compilation. Pins the clocks starting at the first step's hook call,
-  inside the first chunk's burst of hook calls: CLU's first rate was then 9
-  steps over microseconds."""
+  TensorBoard, logged every chunk of 10 steps) include the first chunk
+  (compiled before it, `train.compile_training`). Pins the clocks starting
+  at the first step's hook call, inside the first chunk's burst of hook
+  calls: CLU's first rate was then 9 steps over microseconds."""
   workdir, lines = tiny_run
   first = next(l for l in lines if l.startswith('step 50/'))
   rate = float(re.search(r'([\d,.]+) meta-steps/s', first).group(1)
