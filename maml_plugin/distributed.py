@@ -77,7 +77,8 @@ def initialize(*, coordinator_address: str | None = None,
 _LOST = re.compile(r'Gloo [\w-]+ failed|Connection (reset|closed) by peer|'
                    r'heartbeat timeout|JAX distributed service detected '
                    r'fatal errors|Failed to send RPC to coordination service')
-_SILENT_TASK = re.compile(r'Task (\d+) heartbeat timeout')
+_SILENT_TASK = re.compile(r'Task (\d+) heartbeat timeout|stopped sending '
+                          r'heartbeats?\):\s*(\d+)')
 _COORDINATOR_GONE = 'Failed to send RPC to coordination service'
 
 
@@ -115,8 +116,9 @@ def find_lost_process(text: str, *, process_id: int,
   if _LOST.search(text) is None:
     return None
   for match in _SILENT_TASK.finditer(text):
-    if int(match.group(1)) != process_id:
-      return LostProcess(int(match.group(1)), 'it stopped sending heartbeats')
+    silent = int(match.group(1) or match.group(2))
+    if silent != process_id:
+      return LostProcess(silent, 'it stopped sending heartbeats')
   if _COORDINATOR_GONE in text and process_id != 0:
     return LostProcess(0, 'the coordinator stopped answering')
   other = 1 - process_id if num_processes == 2 else None

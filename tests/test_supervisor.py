@@ -35,6 +35,13 @@ TASK_1_SILENT = textwrap.dedent("""\
     F1203 13:46:18.917256   16584 client.h:80] Terminating process because the JAX distributed service detected fatal errors.
     Fatal Python error: Aborted
     """)
+# What process 0 printed when process 1's trainer was stopped (SIGSTOP).
+TASKS_UNHEALTHY = textwrap.dedent("""\
+    E1203 14:14:24.704416    6163 coordination_service.cc:1549] [578297071402018669] Use error polling to propagate the following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+    1
+    The tasks have crashed. Check the task logs for an earlier error, or scheduler events (e.g. preemption, eviction) to debug further. [type.googleapis.com/tensorflow.CoordinationServiceError='']
+    F1203 14:14:24.706700    6174 client.h:80] Terminating process because the JAX distributed service detected fatal errors.
+    """)
 GLOO = ('UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/'
         'pair.cc:538] Read error [127.0.0.1]:4804: Connection reset by peer')
 
@@ -235,6 +242,7 @@ def test_ctrl_c_reaches_the_trainer_once_and_a_killed_parent_ends_it(
 @pytest.mark.parametrize('text, process_id, num_processes, want', [
     (COORDINATOR_GONE, 1, 2, (0, 'the coordinator stopped answering')),
     (TASK_1_SILENT, 0, 2, (1, 'it stopped sending heartbeats')),
+    (TASKS_UNHEALTHY, 0, 3, (1, 'it stopped sending heartbeats')),
     (GLOO, 0, 2, (1, 'its connection closed')),
     (GLOO, 1, 2, (0, 'its connection closed')),
     (GLOO, 0, 3, (None, 'its connection closed')),  # Only an address.
