@@ -12,9 +12,7 @@ Several hosts (one process each) train one run together::
   python -m maml_plugin.main ... --coordinator_address=10.0.0.1:1234 \
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
 
-Each such process runs the trainer as a child (`maml_plugin.supervisor`):
-its full stderr is in WORKDIR/process_<id>.log, and a lost process ends
-every other one with one line and exit status 75.
+A lost process ends the others with one line, exit 75 (docs/devices.md).
 
 By default the run prints a few lines (`maml_plugin.console`); absl's
 `--verbosity=0` shows every library's log lines too.
@@ -57,8 +55,7 @@ flags.DEFINE_integer('process_id', None,
                      'This process\'s index in a multi-process run.')
 flags.DEFINE_integer('heartbeat_timeout_seconds',
                      distributed.HEARTBEAT_TIMEOUT_SECONDS,
-                     'A multi-process run: how long a silent process may stay '
-                     'silent before the others declare it lost and stop.')
+                     'Seconds of silence before a process is lost.')
 flags.DEFINE_bool('allow_config_change', False,
                   'Resume even though a field that changes training differs '
                   'from the config the checkpoints were trained with '
