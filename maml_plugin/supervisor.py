@@ -179,7 +179,7 @@ def supervise(command: Sequence[str], *, workdir: str, process_id: int,
           stderr.write(line)
           stderr.flush()
           said = said or line.startswith(PREFIX)
-        else:
+        if not is_ours(line):  # JAX's words for a lost process among them.
           held.append(line)
       code = child.wait()
     finally:

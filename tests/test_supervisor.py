@@ -151,6 +151,19 @@ def test_show_all_shows_every_line(tmp_path):
   assert (code, err) == (0, 'I1203 external/xla/some.cc:1] library noise\n')
 
 
+def test_show_all_still_ends_a_lost_process_with_the_line(tmp_path):
+  code, err = supervise(tmp_path, f"""
+      import os, sys
+      sys.stderr.write({COORDINATOR_GONE!r})
+      sys.stderr.flush()
+      os.abort()
+      """, show_all=True)
+  assert code == 75
+  assert err.startswith(COORDINATOR_GONE)
+  assert err[len(COORDINATOR_GONE):].startswith(
+      'maml_plugin: process 0 of 2 was lost'), err
+
+
 def test_the_log_is_appended_to_never_truncated(tmp_path):
   for word in ('first', 'second'):
     supervise(tmp_path, f'import sys; sys.stderr.write({word!r})')
