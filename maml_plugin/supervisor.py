@@ -123,14 +123,32 @@ def describe_death(signum: int, *, workdir: str, process_id: int,
           f'{log_path(workdir, process_id)})')
 
 
-def _forward_signals(child: subprocess.Popen) -> dict:
+def _start(command: Sequence[str], *, stderr):
+  """The child, the end of its parent's pipe that this process keeps
+  (closed: the child ends), and the signal handlers it replaced."""
+  parent_end, child_end = os.pipe()
+  try:
+    child = subprocess.Popen(
+        command, stderr=stderr, pass_fds=(parent_end,),
+        env=dict(os.environ, **{PARENT_FD_ENV: str(parent_end)}),
+        start_new_session=True)
+  finally:
+    os.close(parent_end)
+
   def forward(signum, frame):
     del frame
     if child.poll() is None:
       child.send_signal(signum)
 
-  return {s: signal.signal(s, forward) for s in (signal.SIGTERM,
-                                                 signal.SIGINT)}
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM,
+                                                     signal.SIGINT)}
+  return child, child_end, previous
+
+
+def _stop_forwarding(previous: dict, child_end: int) -> None:
+  for signum, handler in previous.items():
+    signal.signal(signum, handler)
+  os.close(child_end)
 
 
 def supervise(command: Sequence[str], *, workdir: str, process_id: int,
@@ -152,22 +170,19 @@ def supervise(command: Sequence[str], *, workdir: str, process_id: int,
   try:
     os.makedirs(workdir, exist_ok=True)
     log = open(log_path(workdir, process_id), 'ab')
-  except OSError:  # The trainer says what is wrong with the workdir.
-    return subprocess.call(command)
+  except OSError:  # The trainer's stderr as it is: it says what is wrong.
+    child, child_end, previous = _start(command, stderr=None)
+    try:
+      code = child.wait()
+    finally:
+      _stop_forwarding(previous, child_end)
+    return code if code >= 0 else 128 - code
   with log:
     log.write(f'--- {time.strftime("%Y-%m-%d %H:%M:%S")} process '
               f'{process_id} of {num_processes}, pid {os.getpid()}: '
               f'{" ".join(command)}\n'.encode())
     log.flush()
-    parent_end, child_end = os.pipe()
-    try:
-      child = subprocess.Popen(
-          command, stderr=subprocess.PIPE, pass_fds=(parent_end,),
-          env=dict(os.environ, **{PARENT_FD_ENV: str(parent_end)}),
-          start_new_session=True)
-    finally:
-      os.close(parent_end)
-    previous = _forward_signals(child)
+    child, child_end, previous = _start(command, stderr=subprocess.PIPE)
     held = collections.deque(maxlen=_HELD_LINES)
     said = False
     try:
@@ -183,9 +198,7 @@ def supervise(command: Sequence[str], *, workdir: str, process_id: int,
           held.append(line)
       code = child.wait()
     finally:
-      for signum, handler in previous.items():
-        signal.signal(signum, handler)
-      os.close(child_end)
+      _stop_forwarding(previous, child_end)
     log.write(f'--- exit status {code}\n'.encode())
   if said:
     return code if code >= 0 else 128 - code

@@ -164,6 +164,22 @@ def test_show_all_still_ends_a_lost_process_with_the_line(tmp_path):
       'maml_plugin: process 0 of 2 was lost'), err
 
 
+def test_a_workdir_that_cannot_hold_the_log_leaves_the_trainer_to_say_so(
+    tmp_path, capfd):
+  """The trainer's stderr passes through, and the trainer knows it is the
+  child (a second parent would start a third process, and so on)."""
+  workdir = tmp_path / 'a_file'
+  workdir.write_text('')
+  code = supervisor.supervise(fake_trainer(f"""
+      import os, sys
+      assert {supervisor.PARENT_FD_ENV!r} in os.environ
+      sys.stderr.write('maml_plugin: workdir is a file\\n')
+      sys.exit(1)
+      """), workdir=str(workdir), process_id=0, num_processes=2)
+  assert (code, capfd.readouterr().err) == (
+      1, 'maml_plugin: workdir is a file\n')
+
+
 def test_the_log_is_appended_to_never_truncated(tmp_path):
   for word in ('first', 'second'):
     supervise(tmp_path, f'import sys; sys.stderr.write({word!r})')
