@@ -12,6 +12,8 @@ Several hosts (one process each) train one run together::
   python -m maml_plugin.main ... --coordinator_address=10.0.0.1:1234 \
       --num_processes=2 --process_id=0      # and --process_id=1 on the other
 
+A lost process ends the others with one line, exit 75 (docs/devices.md).
+
 By default the run prints a few lines (`maml_plugin.console`); absl's
 `--verbosity=0` shows every library's log lines too.
 """
@@ -36,6 +38,7 @@ from maml_plugin import guards
 from maml_plugin import memory
 from maml_plugin import spikes
 from maml_plugin import startup
+from maml_plugin import supervisor
 from maml_plugin import train
 from maml_plugin import workdir
 from maml_plugin.tasks import episodic
@@ -52,6 +55,9 @@ flags.DEFINE_integer('num_processes', None,
                      'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None,
                      'This process\'s index in a multi-process run.')
+flags.DEFINE_integer('heartbeat_timeout_seconds',
+                     distributed.HEARTBEAT_TIMEOUT_SECONDS,
+                     'Seconds of silence before a process is lost.')
 flags.DEFINE_bool('allow_config_change', False,
                   'Resume even though a field that changes training differs '
                   'from the config the checkpoints were trained with '
@@ -143,10 +149,18 @@ def main(argv):
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   train.quiet_library_logs()
   console.setup()
+  if (FLAGS.num_processes or 0) > 1 and isinstance(FLAGS.process_id, int):
+    if not supervisor.is_child():
+      sys.exit(supervisor.supervise(
+          supervisor.child_command(), workdir=FLAGS.workdir,
+          process_id=FLAGS.process_id, num_processes=FLAGS.num_processes,
+          show_all=console.verbose()))
+    supervisor.watch_parent()
   try:
-    distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                           num_processes=FLAGS.num_processes,
-                           process_id=FLAGS.process_id)
+    distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     config_validation.validate(FLAGS.config,
                                num_devices=distributed.num_task_devices())
     workdir.check_directory(FLAGS.workdir)
@@ -165,6 +179,17 @@ def main(argv):
                  console.describe_workdir(FLAGS.workdir))
   except train.Interrupted as e:  # 128 + signal: what a shell reports.
     _fail(str(e), 128 + e.signum)
+  except distributed.PeerLost as e:  # Exits before jax.distributed's
+    # shutdown, whose barrier would wait for the lost process.
+    cause = e.__cause__ or e
+    sys.stderr.write(f'{type(cause).__name__}: {cause}\n')  # For the log.
+    lost = distributed.find_lost_process(
+        str(e), process_id=FLAGS.process_id,
+        num_processes=FLAGS.num_processes)
+    _fail(supervisor.describe_lost(
+        lost, workdir=FLAGS.workdir, process_id=FLAGS.process_id,
+        num_processes=FLAGS.num_processes, step=e.step),
+          supervisor.LOST_PROCESS_EXIT)
   except KeyboardInterrupt:  # Ctrl-C before training started.
     _fail('SIGINT received before training: nothing saved; the workdir\'s '
           'checkpoints are as they were', 128 + signal.SIGINT)

@@ -700,6 +700,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     Interrupted: SIGTERM or SIGINT; the step reached is saved.
     workdir_lib.WorkdirError: `workdir` is a file, another run holds it,
       the config differs from the saved one, or a write failed.
+    distributed.PeerLost: another process of a multi-process run is gone.
   """
   workdir_lib.check_directory(workdir)  # Before minutes of building.
   num_devices = distributed.num_task_devices()
@@ -721,7 +722,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return _train_and_evaluate(config, workdir, components, training,
                                    signals, manager, num_devices=num_devices,
                                    allow_config_change=allow_config_change)
-      except BaseException:
+      except BaseException as e:
+        if distributed.is_peer_lost(e):
+          # Not closing the manager: its barrier would wait for the lost
+          # process until the heartbeat timeout.
+          raise distributed.PeerLost(str(e), step=signals.step) from e
         # Stopping on an error: end the manager's background threads before
         # the interpreter does (else one may print a traceback at exit under
         # the one-line error). The error itself is the one to report.
