@@ -49,6 +49,13 @@ import os as _os
 # set the variable.
 _os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
+# Before anything imports TensorFlow or CLU: TensorFlow's C++ start-up lines
+# stay hidden unless asked for, and CLU imports where TensorFlow is absent
+# (the default install; `maml_plugin.tf_optional`).
+from maml_plugin import tf_optional as _tf_optional  # pylint: disable=g-import-not-at-top,wrong-import-position
+_tf_optional.quiet_native_logs()
+_tf_optional.let_clu_import_without_tensorflow()
+
 from maml_plugin.core import InnerLoop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from maml_plugin.core import StatefulLoss
 from maml_plugin.core import adapt
