@@ -17,10 +17,11 @@ The default install has no TensorFlow (``pip install maml_plugin``);
   from maml_plugin import tf_optional
   tf_optional.require('reading tfrecord files')   # MissingTensorFlowError
 
-`quiet_native_logs` hides TensorFlow's C++ start-up lines (``WARNING: All
-log messages before absl::InitializeLog() ...``, oneDNN and CPU-feature
-notices) unless the user set ``TF_CPP_MIN_LOG_LEVEL`` or passed absl's
-``--verbosity``. This module imports nothing heavy: it runs first.
+`quiet_native_logs` keeps TensorFlow's C++ start-up banner off
+(``WARNING: All log messages before absl::InitializeLog() ...``, ``oneDNN
+custom operations are on ...``, the CPU-feature notice) unless the user set
+``TF_ENABLE_ONEDNN_OPTS`` or passed absl's ``--verbosity``. This module
+imports nothing heavy: it runs first.
 """
 
 import importlib.util
@@ -85,14 +86,22 @@ def _asks_for_verbosity(argv) -> bool:
 
 
 def quiet_native_logs(argv=None, environ=None) -> None:
-  """Sets ``TF_CPP_MIN_LOG_LEVEL=1`` (TensorFlow's and XLA's C++ lines of
-  warning level and above only) unless it is set or absl's ``--verbosity``
-  is in `argv` (default `sys.argv`). It has to be set before TensorFlow
-  is imported, so before flags are parsed."""
+  """Sets ``TF_ENABLE_ONEDNN_OPTS=0`` unless it is set or absl's
+  ``--verbosity`` is in `argv` (default `sys.argv`).
+
+  TensorFlow (imported by CLU and TFDS where it is installed) logs the
+  oneDNN notice at import, through absl's C++ logging before anything
+  initialised it, so absl adds its ``InitializeLog`` warning, and the
+  CPU-feature notice follows. TensorFlow 2.21 prints these whatever
+  ``TF_CPP_MIN_LOG_LEVEL`` says (measured: 1, 2 and 3); without oneDNN's
+  kernels none of them is printed. We use TensorFlow for files only
+  (TFDS records), never for arithmetic, so turning them off changes no
+  result. It has to be set before TensorFlow is imported, so before flags
+  are parsed: `argv` is read as it is."""
   argv = sys.argv if argv is None else argv
   environ = os.environ if environ is None else environ
   if not _asks_for_verbosity(argv):
-    environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+    environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 
 class ArrayRecordUnlessTensorFlow:
