@@ -1,5 +1,5 @@
 """A CLU `MetricWriter` that writes TensorBoard event files without
-TensorFlow, and the trainer's default writer built on it.
+TensorFlow, and the trainer's default writer built on it::
 
   from maml_plugin import tensorboard_writer
   writer = tensorboard_writer.create_default_writer(workdir)  # as CLU's

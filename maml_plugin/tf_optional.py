@@ -12,10 +12,10 @@ The default install has no TensorFlow (``pip install maml_plugin``);
   imports, and CLU's own ``create_default_writer`` writes event files, in a
   loop of your own too. Where TensorFlow is installed CLU is left as it is.
 - TFDS builds and reads ``array_record`` files (``tfds.data_source``); its
-  ``tfrecord`` files and ``tf.data`` need TensorFlow (`require`).
+  ``tfrecord`` files and ``tf.data`` need TensorFlow (`require`)::
 
-  from maml_plugin import tf_optional
-  tf_optional.require('reading tfrecord files')   # MissingTensorFlowError
+    from maml_plugin import tf_optional
+    tf_optional.require('reading tfrecord files')  # MissingTensorFlowError
 
 `quiet_native_logs` keeps TensorFlow's C++ start-up banner off
 (``WARNING: All log messages before absl::InitializeLog() ...``, ``oneDNN
