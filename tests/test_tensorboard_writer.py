@@ -177,3 +177,17 @@ def test_clu_imports_and_writes_without_tensorflow(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip() == 'TensorBoardWriter'
   assert _events(logdir) == {('loss', 7): ('scalars', ('float32', 0.5))}
+
+
+def test_each_write_is_on_disk_before_it_returns(tmp_path):
+  """No flush, no close: what a run killed (SIGKILL) right after a write
+  leaves. Pins TensorBoard's 120-s file buffer: a resumed run does not
+  write again the steps its checkpoint holds, so those scalars were lost
+  (tests/test_kill_resume.py, random seed 4046686983)."""
+  writer = tensorboard_writer.TensorBoardWriter(str(tmp_path))
+  writer.write_scalars(50, {'train/query_loss_after': 0.5})
+  writer.write_texts(50, {'note': 'before the kill'})
+  assert _events(str(tmp_path)) == {
+      ('train/query_loss_after', 50): ('scalars', ('float32', 0.5)),
+      ('note', 50): ('text', 'before the kill')}
+  writer.close()
