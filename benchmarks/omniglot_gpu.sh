@@ -11,8 +11,8 @@
 #                 the same command. Its workdir is /tmp/omni5w1s_gpu: on a
 #                 fresh machine, unpack the .tgz into /tmp first.
 # Optional: WHEELS, a folder of wheels installed first (--no-deps) when the
-# machine lacks CLU or ml_collections. Without TensorFlow the trainer is run
-# through benchmarks/train_without_tf.py (same trainer, TF-free event files).
+# machine lacks CLU or ml_collections. TensorFlow is not needed: the trainer
+# writes its event files without it (maml_plugin.tensorboard_writer).
 set -u
 : "${OMNIGLOT_DIR:?}" "${OUT:?}"
 GPU_SECONDS=${GPU_SECONDS:-480}
@@ -31,7 +31,7 @@ python3 -c 'import jax, flax, optax, orbax.checkpoint as o
 print("jax", jax.__version__, "flax", flax.__version__, "optax",
       optax.__version__, "orbax", o.__version__, jax.devices())' || exit 1
 
-TRAIN="python3 benchmarks/train_without_tf.py --config=configs/maml_omniglot.py"
+TRAIN="python3 -m maml_plugin.main --config=configs/maml_omniglot.py"
 # CPU baselines on the cores the GPU run does not use: one core (as our
 # 2-core CPU run) and the rest. Each runs until the GPU run ends, then is
 # stopped with SIGTERM (its event files flushed), or killed after 60 s.

@@ -40,20 +40,18 @@ periodic actions; docs/own_loop.md)::
   components = maml_plugin.build_components(config)
 """
 
-import os as _os
-
 # Ctrl-C while `python -m maml_plugin.main` imports its libraries: one line,
 # exit status 130 (maml_plugin.startup); in any other program, nothing.
 from maml_plugin import startup as _startup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _startup.guard_command_start()
 
-# TensorFlow (imported by CLU's writers and TFDS) prints a two-line oneDNN
-# banner on stderr at import, before any flag is parsed, on CPUs where its
-# oneDNN kernels are on. We use TensorFlow for files only (event files, TFDS
-# records), never for arithmetic, so they are turned off unless the user
-# set the variable.
-_os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# Before anything imports TensorFlow or CLU (`maml_plugin.tf_optional`):
+# where TensorFlow is installed, its start-up banner stays off unless asked
+# for; where it is not (the default install), CLU imports all the same.
+from maml_plugin import tf_optional as _tf_optional
+_tf_optional.quiet_native_logs()
+_tf_optional.let_clu_import_without_tensorflow()
 
 from maml_plugin.core import InnerLoop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from maml_plugin.core import StatefulLoss

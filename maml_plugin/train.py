@@ -57,6 +57,7 @@ from maml_plugin import models
 from maml_plugin import nnx_bridge
 from maml_plugin import spikes
 from maml_plugin import tasks as tasks_lib
+from maml_plugin import tensorboard_writer
 from maml_plugin import workdir as workdir_lib
 
 
@@ -780,7 +781,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
                              manager=manager)
 
   # Writer: a resumed run writes only the steps not written before.
-  writer = metric_writers.create_default_writer(
+  writer = tensorboard_writer.create_default_writer(
       workdir, just_logging=not first_process)
   if first_step:
     writer = _NewStepsOnly(writer, logged_steps(workdir))

@@ -115,7 +115,8 @@ def test_help_shows_our_flags_and_exits_0(module):
   TensorFlow's start-up banner on stderr (``WARNING: All log messages
   before absl::InitializeLog() ...``, ``oneDNN custom operations are on
   ...``), printed when it is imported unless TF_ENABLE_ONEDNN_OPTS is set
-  (`maml_plugin/__init__.py` sets it to 0 unless the user did)."""
+  (`tf_optional.quiet_native_logs` sets it to 0 unless the user did or
+  --verbosity is given); where TensorFlow is absent there is none."""
   env = {k: v for k, v in os.environ.items()
          if k not in ('TF_ENABLE_ONEDNN_OPTS', 'TF_CPP_MIN_LOG_LEVEL')}
   proc = _run(module, ['--help'], env=env)

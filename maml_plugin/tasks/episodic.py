@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 
 from maml_plugin import fields
 from maml_plugin import losses
+from maml_plugin import tf_optional
 from maml_plugin.tasks import base
 
 # Training tasks come from `fold_in(key, _TRAIN_STREAM)`, held-out ones from
@@ -257,6 +260,27 @@ def _split_names(split: str) -> list[str]:
   return [part.split('[', 1)[0].strip() for part in split.split('+')]
 
 
+def _decode_png_or_jpeg(encoded: bytes) -> np.ndarray:
+  image = np.asarray(PIL.Image.open(io.BytesIO(encoded)))
+  return image[..., None] if image.ndim == 2 else image
+
+
+def _arrays_from_data_source(builder, split: str, image_key: str,
+                             label_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """`arrays_from_tfds` from ``array_record`` files, without TensorFlow.
+  Images are decoded here with PIL (TFDS would too, after a warning that
+  OpenCV is not installed)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  encoded = isinstance(builder.info.features[image_key], tfds.features.Image)
+  decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
+  source = builder.as_data_source(split=split, decoders=decoders)
+  examples = source.__getitems__(list(range(len(source))))
+  images = [e[image_key] for e in examples]
+  if encoded:
+    images = [_decode_png_or_jpeg(image) for image in images]
+  return np.stack(images), np.asarray([e[label_key] for e in examples])
+
+
 def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',
                      label_key: str = 'label', data_dir: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -298,6 +322,15 @@ def arrays_from_tfds(name: str, split: str, *, image_key: str = 'image',
     raise EpisodeError(
         f'TFDS dataset {name!r} has no feature {" and ".join(missing)}; '
         f'its features: {", ".join(features)}')
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    # Random access, no TensorFlow needed (the default install).
+    return _arrays_from_data_source(builder, split, image_key, label_key)
+  if not tf_optional.installed():
+    raise EpisodeError(
+        f'TFDS dataset {name!r} under {where} is stored as '
+        f'{builder.info.file_format.value} files, which need TensorFlow to '
+        f"read: {tf_optional.INSTALL_HINT}, or prepare it with "
+        "file_format='array_record' (tfds build --file_format=array_record)")
   ds = builder.as_dataset(split=split, batch_size=-1)
   data = tfds.as_numpy(ds)
   return np.asarray(data[image_key]), np.asarray(data[label_key])

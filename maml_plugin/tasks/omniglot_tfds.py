@@ -15,6 +15,9 @@ or from Python (importing `maml_plugin.tasks` registers it)::
   train = tfds.data_source('omniglot_tasks/vinyals', split='train',
                            data_dir='/tmp/tfds')   # needs array_record
 
+Without TensorFlow (the default install) it builds ``array_record`` files,
+read with `tfds.data_source` (``tfds.load``/``as_dataset`` need it).
+
 Nothing is downloaded: it reads the two zips and the Vinyals split files
 with `omniglot.load_split`. Configs and splits: ``vinyals``: ``train``,
 ``val``, ``test``; ``lake``: ``background``, ``evaluation``. An example is
@@ -25,8 +28,12 @@ episodes.
 
 from __future__ import annotations
 
+import io
+
+from PIL import Image
 import tensorflow_datasets as tfds
 
+from maml_plugin import tf_optional
 from maml_plugin.tasks import omniglot
 
 _OMNIGLOT_SPLITS = {
@@ -37,7 +44,17 @@ _OMNIGLOT_SPLITS = {
 }
 
 
-class OmniglotTasksBuilder(tfds.core.GeneratorBasedBuilder):
+def _png(image) -> bytes:
+  """A [28, 28, 1] uint8 image as PNG bytes, encoded with PIL: TFDS
+  encodes a NumPy image with TensorFlow, which the default install lacks
+  (the stored pixels are the same either way; PNG is lossless)."""
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0]).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+class OmniglotTasksBuilder(tf_optional.ArrayRecordUnlessTensorFlow,
+                           tfds.core.GeneratorBasedBuilder):
   """Omniglot 28x28 (LANCZOS) images for few-shot episodes, read offline."""
 
   name = 'omniglot_tasks'
@@ -85,6 +102,6 @@ class OmniglotTasksBuilder(tfds.core.GeneratorBasedBuilder):
     for i in range(data.images.shape[0]):
       class_name = data.class_names[data.labels[i]]
       alphabet, character, _ = class_name.split('/')
-      yield i, {'image': data.images[i],
+      yield i, {'image': _png(data.images[i]),
                 'label': int(data.labels[i]) + offset,
                 'alphabet': alphabet, 'character': character}

@@ -15,8 +15,10 @@ The tasks come from the in-process sampler (`sinusoid.SinusoidTasks`), so
 both paths share one task distribution; nothing is downloaded. Configs
 ``shots{5,10,20}``; splits ``train`` (`SINUSOID_TRAIN_TASKS` tasks) and
 ``test`` (600 fixed tasks, seed `TEST_SEED`); one example per task. Files
-are tfrecord by default; pass ``file_format='array_record'`` to
-`download_and_prepare` for `tfds.data_source` random access.
+are tfrecord by default (``array_record`` where TensorFlow is not
+installed: tfrecord needs it); pass ``file_format='array_record'`` to
+`download_and_prepare` (``--file_format=array_record`` to ``tfds build``)
+for `tfds.data_source` random access, which needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from maml_plugin import tf_optional
 from maml_plugin.tasks import sinusoid
 
 SINUSOID_TRAIN_TASKS = 20_000
@@ -39,7 +42,8 @@ class SinusoidTasksConfig(tfds.core.BuilderConfig):
     self.shots = shots
 
 
-class SinusoidTasksBuilder(tfds.core.GeneratorBasedBuilder):
+class SinusoidTasksBuilder(tf_optional.ArrayRecordUnlessTensorFlow,
+                           tfds.core.GeneratorBasedBuilder):
   """Sinusoid regression tasks (MAML paper, sec. 5.1): one example per task."""
 
   name = 'sinusoid_tasks'
