@@ -4,6 +4,7 @@ with ``import tensorflow`` failing (`tests/without_tensorflow.py`); what
 truly needs TensorFlow says so in one line."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -118,3 +119,33 @@ def test_tfrecord_files_without_tensorflow_name_the_extra(tmp_path, no_tf):
   assert len(lines) == 1, proc.stdout
   assert "pip install 'maml_plugin[tf]'" in lines[0]
   assert 'tfrecord' in lines[0] and "file_format='array_record'" in lines[0]
+
+
+def _import_lines(block: str) -> str:
+  """The import statements of a code block (its top-level, one-line ones)."""
+  return '\n'.join(line for line in block.splitlines()
+                   if re.match(r'(import|from) \S', line))
+
+
+def test_every_doc_examples_imports_work_without_tensorflow(no_tf):
+  """What a user of the default install copies: each python block of
+  README.md and docs/*.md imports without TensorFlow (CLU's writers
+  imported before maml_plugin failed there). Each block that imports CLU
+  in a fresh process (once maml_plugin is imported CLU's writers import);
+  the others together."""
+  pages = ['README.md'] + sorted(
+      os.path.join('docs', n) for n in os.listdir(os.path.join(REPO, 'docs'))
+      if n.endswith('.md'))
+  blocks = []
+  for page in pages:
+    with open(os.path.join(REPO, page), encoding='utf-8') as f:
+      blocks += [(page, _import_lines(b)) for b in
+                 re.findall(r'```python\n(.*?)```', f.read(), re.S)]
+  assert len(blocks) >= 10, blocks
+  with_clu = [b for b in blocks if re.search(r'^(from|import) clu', b[1], re.M)]
+  assert with_clu, 'no example imports CLU'
+  check = "\nimport sys; assert 'tensorflow' not in sys.modules\n"
+  for page, imports in with_clu + [
+      ('the others', '\n'.join(b for _, b in blocks))]:
+    proc = _run(['-c', imports + check], no_tf)
+    assert proc.returncode == 0, (page, imports, proc.stderr[-2000:])
