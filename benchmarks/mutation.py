@@ -100,6 +100,7 @@ MODULES = {
                 ['tests/test_jaxline_experiment.py']),
     'nnx_bridge': (['maml_plugin/nnx_bridge.py'],
                    ['tests/test_nnx_state.py']),
+    'checks': (['maml_plugin/checks.py'], ['tests/test_checks.py']),
 }
 
 # Libraries the forked test processes find already imported.

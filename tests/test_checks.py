@@ -266,3 +266,16 @@ def test_accuracy_refuses_labels_that_would_broadcast():
       'y[..., 0]')
   with pytest.raises(ValueError, match='^accuracy: labels of dtype float32'):
     losses.accuracy(logits, labels.astype(jnp.float32))
+
+
+def test_a_leaf_nested_under_x_is_held_to_xs_rank():
+  """x may be a dict of inputs (an image and a mask, say): each of its
+  leaves is x's [tasks, examples, features...], rank >= 3 (the mutation
+  run's survivor checks.py:106, path[:1] -> path[:2], named it by its own
+  key and let rank 2 pass)."""
+  batch = _batch()
+  batch['support'] = dict(batch['support'], x={'a': np.zeros((4, 10, 1)),
+                                               'b': np.zeros((4, 10))})
+  message = _error(batch)
+  assert message.startswith('meta-batch support/x/b: shape (4, 10), expected '
+                            '[tasks, examples, features...] (rank >= 3)')
