@@ -157,9 +157,17 @@ def test_sigterm_and_sigint_save_the_step_reached_and_rerun_is_exact(
 
 def test_two_runs_started_together_one_refuses_naming_the_holder(tmp_path):
   """Pins: no lock (both train, mixed checkpoints, orbax tracebacks), a
-  lock that does not name its holder, a refusal that is not one line."""
+  lock that does not name its holder, a refusal that is not one line.
+
+  2,000 steps: the lock is taken after the step is compiled (the memory
+  check comes first), so a run that trains for a moment only can end
+  before the other, compiling more slowly on a loaded machine, reaches
+  the lock, and that one then finds a finished run (exit 0, rightly).
+  """
   workdir = str(tmp_path / 'run')
-  procs = [subprocess.Popen(command(workdir), cwd=REPO, text=True,
+  long = dict(num_train_steps=2000, checkpoint_every_steps=1000,
+              eval_every_steps=1000)
+  procs = [subprocess.Popen(command(workdir, **long), cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
            for _ in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
@@ -172,7 +180,7 @@ def test_two_runs_started_together_one_refuses_naming_the_holder(tmp_path):
       rf'{re.escape(os.path.join(workdir, "lock"))}\); wait for it to end, '
       'stop it, or use another --workdir', last_line(loser)), loser
   assert 'Traceback' not in loser
-  assert steps_in(workdir) == [50, 100]
+  assert steps_in(workdir) == [1000, 2000]
   for step in steps_in(workdir):
     assert checkpointing.verify_checksums(
         os.path.join(workdir, 'checkpoints', str(step)))
