@@ -85,10 +85,8 @@ def evaluate(config, workdir: str) -> dict:
   # Compiled once, and refused in one line if the device cannot hold it.
   evaluator = train.create_evaluator(config, problem, algorithm=algorithm)
   train.check_memory(evaluator.compile(state.params, state.model_state),
-                     'the few-shot evaluation', config, memory.EVAL_FIELDS,
-                     memory.EVAL_SAVERS)
-  with train.out_of_memory('the few-shot evaluation', config,
-                           memory.EVAL_FIELDS, memory.EVAL_SAVERS):
+                     memory.EVALUATION, config)
+  with train.out_of_memory(memory.EVALUATION, config):
     return train.evaluate_and_report(
         config, problem, state.params, int(state.step), workdir,
         evaluator=evaluator, model_state=state.model_state)

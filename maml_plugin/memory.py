@@ -5,8 +5,8 @@ Usage (the trainer, once it has compiled the step it will run)::
   compiled = jax.jit(train_chunk).lower(state, rng).compile()
   needed = memory.needed_bytes(compiled.memory_analysis())
   limit = memory.available_bytes(device.memory_stats(), meminfo_text)
-  message = memory.refusal('the train step', needed, limit,
-                           memory.TRAIN_FIELDS, config)
+  message = memory.refusal(memory.TRAIN_STEP.what, needed, limit, config,
+                           memory.TRAIN_FIELDS, memory.TRAIN_SAVERS)
   if message:
     raise memory.TooLargeError(message)
 
@@ -20,7 +20,7 @@ exact for what XLA allocates and knows nothing of other processes.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 # The config fields that set a step's size, in the order a user would lower
 # them; only those the config at hand has are named. A pair is named
@@ -33,6 +33,19 @@ EVAL_FIELDS = ('num_eval_tasks', 'eval_num_query', 'num_support', 'ways',
 TRAIN_SAVERS = (('task_batch_size', 'a divisor of config.meta_batch_size'),
                 ('remat_inner_steps', 'True'))
 EVAL_SAVERS = (('eval_task_batch_size', 'a small int, e.g. 1'),)
+
+
+class Cost(NamedTuple):
+  """A compiled program as its messages name it: what it is, the config
+  fields that set its size and those that bound its memory (`advice`)."""
+
+  what: str
+  fields: Sequence
+  savers: Sequence = ()
+
+
+TRAIN_STEP = Cost('the train step', TRAIN_FIELDS, TRAIN_SAVERS)
+EVALUATION = Cost('the few-shot evaluation', EVAL_FIELDS, EVAL_SAVERS)
 
 
 class TooLargeError(Exception):

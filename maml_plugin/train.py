@@ -434,30 +434,32 @@ def _memory_limit() -> tuple[int | None, str]:
                                 devices_sharing_host=sharing), where
 
 
-def check_memory(compiled, what: str, config, fields, savers=()) -> None:
-  """Raises `memory.TooLargeError` when `compiled` (a `jax.stages.Compiled`)
-  needs more device memory than one device has (`memory.refusal`)."""
+def check_memory(compiled, cost: memory.Cost, config) -> None:
+  """Raises `memory.TooLargeError` when `compiled` (a `jax.stages.Compiled`,
+  the program `cost` names) needs more device memory than one device has
+  (`memory.refusal`)."""
   try:
     analysis = compiled.memory_analysis()
   except Exception:  # pylint: disable=broad-except
     analysis = None  # A backend that does not say: no check.
   limit, where = _memory_limit()
-  message = memory.refusal(what, memory.needed_bytes(analysis), limit,
-                           config, fields, savers, where=where)
+  message = memory.refusal(cost.what, memory.needed_bytes(analysis), limit,
+                           config, cost.fields, cost.savers, where=where)
   if message:
     raise memory.TooLargeError(message)
 
 
 @contextlib.contextmanager
-def out_of_memory(what: str, config, fields, savers, manager=None):
+def out_of_memory(cost: memory.Cost, config, manager=None):
   """XLA's RESOURCE_EXHAUSTED inside as `memory.TooLargeError`: one line
-  naming `fields` (and the checkpoint kept, with `manager`)."""
+  naming `cost`'s fields (and the checkpoint kept, with `manager`)."""
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
     if not memory.is_exhausted(e):
       raise
-    message = memory.describe_exhausted(e, what, config, fields, savers)
+    message = memory.describe_exhausted(e, cost.what, config, cost.fields,
+                                        cost.savers)
     if manager is not None:
       message += f'; {_kept_checkpoint(manager)}'
     raise memory.TooLargeError(message) from None
@@ -507,11 +509,9 @@ def compile_training(config, components: Components, *,
   state = _arg_specs(components.state, state_sharding)
   rng = _arg_specs(jax.random.key(config.seed), state_sharding)
   compiled = train_chunk.lower(state, rng).compile()
-  check_memory(compiled, 'the train step', config, memory.TRAIN_FIELDS,
-               memory.TRAIN_SAVERS)
+  check_memory(compiled, memory.TRAIN_STEP, config)
   check_memory(components.evaluator.compile(state.params, state.model_state),
-               'the few-shot evaluation', config, memory.EVAL_FIELDS,
-               memory.EVAL_SAVERS)
+               memory.EVALUATION, config)
   return CompiledTraining(train_chunk=compiled, mesh=mesh)
 
 
@@ -795,8 +795,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   # Jit: compiled already (`compile_training`); an allocation that fails
   # anyway is one line too.
   def train_chunk(state, rng):
-    with out_of_memory('the train step', config, memory.TRAIN_FIELDS,
-                        memory.TRAIN_SAVERS, manager):
+    with out_of_memory(memory.TRAIN_STEP, config, manager):
       state, metrics, report, losses = training.train_chunk(state, rng)
       # Reading the report waits for the chunk: the run stops at the first
       # bad chunk, and sharded CPU steps are never queued deep enough to
@@ -946,8 +945,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
           scalars['train/skipped_updates'] = skipped
         writer.write_scalars(step, scalars)
         train_metrics, skipped = None, 0
-      with out_of_memory('the few-shot evaluation', config,
-                          memory.EVAL_FIELDS, memory.EVAL_SAVERS, manager):
+      with out_of_memory(memory.EVALUATION, config, manager):
         for s in range(previous + 1, step + 1):
           for hook in hooks:
             hook(s)
@@ -979,8 +977,7 @@ def _train_and_evaluate(config, workdir: str, components: Components,
   # one: same evaluator, same params.
   done = few_shot_evaluation.last_step == step
   with report_progress.timed('final_eval'), out_of_memory(
-      'the few-shot evaluation', config, memory.EVAL_FIELDS,
-      memory.EVAL_SAVERS, manager):
+      memory.EVALUATION, config, manager):
     report = evaluate_and_report(
         config, problem, state.params, int(state.step), workdir,
         evaluator=evaluator, model_state=state.model_state,

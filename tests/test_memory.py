@@ -123,7 +123,7 @@ def test_quick_config_is_not_refused_and_a_smaller_device_would_be(
   limit, _ = train._memory_limit()  # pylint: disable=protected-access
   assert limit is None or needed < limit
   check = lambda: train.check_memory(  # pylint: disable=g-long-lambda
-      training.train_chunk, 'the train step', config, memory.TRAIN_FIELDS)
+      training.train_chunk, memory.TRAIN_STEP, config)
   monkeypatch.setattr(train, '_memory_limit', lambda: (needed, 'here'))
   check()
   monkeypatch.setattr(train, '_memory_limit', lambda: (needed - 1, 'here'))
@@ -158,15 +158,13 @@ def test_out_of_memory_met_anyway_is_one_line():
   `TooLargeError` naming the fields; other errors pass through."""
   config = _config()
   with pytest.raises(memory.TooLargeError) as e:
-    with train.out_of_memory('the train step', config,
-                              memory.TRAIN_FIELDS, ()):
+    with train.out_of_memory(memory.TRAIN_STEP, config):
       jax.block_until_ready(jnp.ones(2**40, jnp.uint8))
   assert str(e.value).startswith(
       'the train step ran out of device memory (allocating 1.1 TB): lower '
       'config.meta_batch_size=25, ')
   with pytest.raises(ValueError):
-    with train.out_of_memory('the train step', config,
-                              memory.TRAIN_FIELDS, ()):
+    with train.out_of_memory(memory.TRAIN_STEP, config):
       raise ValueError('not memory')
 
 
