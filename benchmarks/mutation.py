@@ -79,7 +79,7 @@ MODULES = {
                      'tests/test_algorithms.py', 'tests/test_family.py',
                      'tests/test_per_step_bn.py', 'tests/test_imaml.py',
                      'tests/test_nnx_state.py']),
-    'trainer': (['maml_plugin/train.py'],
+    'trainer': (['maml_plugin/train.py', 'maml_plugin/components.py'],
                 ['tests/test_trainer_plumbing.py',
                  'tests/test_field_boundaries.py', 'tests/test_train.py']),
     'evaluation': (['maml_plugin/evaluation.py'],

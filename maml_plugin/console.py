@@ -16,8 +16,10 @@ back in absl's format, all of it on stderr as absl writes it::
   python -m maml_plugin.main --config=configs/maml_sine.py --workdir=/tmp/s \\
       --verbosity=0                          # everything, as absl logs it
 
-A command calls `exit_on_help` before parsing its flags and `setup` once
-they are parsed; the trainer adds a `ProgressLine` to its periodic actions.
+A command calls `exit_on_help` before parsing its flags, `setup` once
+they are parsed and `quiet_library_logs` (orbax's file-by-file INFO lines
+off, under ``--verbosity`` too); the trainer adds a `ProgressLine` to its
+periodic actions. Every log filter of the package is here.
 """
 
 from __future__ import annotations
@@ -93,6 +95,25 @@ class _Plain(std_logging.Formatter):
     if record.levelno >= std_logging.WARNING:
       return f'{record.levelname.lower()}: {message}'
     return message
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Drops INFO records of chatty libraries (orbax logs every file it
+  writes), and the tracebacks orbax's threads log for an error they pass on
+  to the save that `checkpointing.save` reports in one line."""
+
+  def filter(self, record):
+    if '/orbax/' not in record.pathname:
+      return True
+    return (record.levelno > std_logging.INFO
+            and 'raised an exception' not in record.getMessage())
+
+
+def quiet_library_logs() -> None:
+  """Keeps the log readable: our lines and CLU's, not orbax's internals."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
 
 
 def _is_abandoned_write_callback(exc_type, exc, tb) -> bool:

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from maml_plugin import actions
 from maml_plugin import algorithms
 from maml_plugin import checkpointing
+from maml_plugin import components
 from maml_plugin import config_files
 from maml_plugin import config_validation
 from maml_plugin import console
@@ -51,10 +52,10 @@ def evaluate(config, workdir: str) -> dict:
   """Restores the latest checkpoint in `workdir` and writes the report."""
   config_validation.validate(config)
   workdir_lib.check_directory(workdir)
-  problem = train.create_problem(config)
-  tx = train.create_optimizer(config)
-  algorithm = train.create_algorithm(config, problem, tx)
-  state = train.create_train_state(problem, algorithm, tx)
+  problem = components.create_problem(config)
+  tx = components.create_optimizer(config)
+  algorithm = components.create_algorithm(config, problem, tx)
+  state = components.create_train_state(problem, algorithm, tx)
   # Looked for before orbax opens the folder: its manager creates it.
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   no_checkpoint = checkpointing.CheckpointError(
@@ -83,7 +84,7 @@ def evaluate(config, workdir: str) -> dict:
     manager.close()
   _check_inner_lr_is_used(config, workdir, state)
   # Compiled once, and refused in one line if the device cannot hold it.
-  evaluator = train.create_evaluator(config, problem, algorithm=algorithm)
+  evaluator = components.create_evaluator(config, problem, algorithm=algorithm)
   train.check_memory(evaluator.compile(state.params, state.model_state),
                      memory.EVALUATION, config)
   with train.out_of_memory(memory.EVALUATION, config):
@@ -128,7 +129,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  train.quiet_library_logs()
+  console.quiet_library_logs()
   console.setup()
   startup.end()  # From here a SIGINT is the KeyboardInterrupt below.
   try:

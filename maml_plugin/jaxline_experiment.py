@@ -65,11 +65,11 @@ import ml_collections
 import numpy as np
 
 from maml_plugin import actions
+from maml_plugin import components
 from maml_plugin import config_validation
 from maml_plugin import distributed
 from maml_plugin import guards
 from maml_plugin import jaxline_compat
-from maml_plugin import train
 
 jaxline_compat.apply()
 
@@ -122,14 +122,14 @@ class MetaExperiment(experiment.AbstractExperiment):
     self._num_devices = jax.local_device_count()
     config_validation.validate(config, num_devices=self._num_devices)
     self._config = config
-    self._problem = train.create_problem(config)
-    tx = train.create_optimizer(config)
-    self._algorithm = train.create_algorithm(config, self._problem, tx)
+    self._problem = components.create_problem(config)
+    tx = components.create_optimizer(config)
+    self._algorithm = components.create_algorithm(config, self._problem, tx)
     self._mesh = None
     if self._num_devices > 1:
       self._mesh = distributed.task_mesh(jax.local_devices())
     self._state = self._place(
-        train.create_train_state(self._problem, self._algorithm, tx))
+        components.create_train_state(self._problem, self._algorithm, tx))
     self._evaluator = None  # Built on first use: only evaluation needs it.
     # No donation: jaxline's snapshots hold the state's arrays.
     self._train = jax.jit(self._train_fn)
@@ -216,7 +216,7 @@ class MetaExperiment(experiment.AbstractExperiment):
     """Few-shot evaluation of the current state; jaxline writes the result."""
     del global_step, rng, writer  # The held-out tasks are fixed by config.
     if self._evaluator is None:
-      self._evaluator = train.create_evaluator(
+      self._evaluator = components.create_evaluator(
           self._config, self._problem, algorithm=self._algorithm)
     # Reads the state (batch-norm averages included), never changes it.
     curves = self._evaluator(self._state.params, self._state.model_state)

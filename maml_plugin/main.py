@@ -147,7 +147,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  train.quiet_library_logs()
+  console.quiet_library_logs()
   console.setup()
   if (FLAGS.num_processes or 0) > 1 and isinstance(FLAGS.process_id, int):
     if not supervisor.is_child():

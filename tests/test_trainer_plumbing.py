@@ -23,6 +23,7 @@ import pytest
 
 from configs import maml_sine
 from maml_plugin import checkpointing
+from maml_plugin import console
 from maml_plugin import core
 from maml_plugin import guards
 from maml_plugin import train
@@ -517,7 +518,7 @@ def test_library_log_filter_drops_orbax_info_and_thread_tracebacks():
   """Pins the log filter: our records always pass (a filter that returns
   False for them silences the run), orbax's INFO lines and its threads'
   "raised an exception" tracebacks are dropped, its warnings kept."""
-  keep = train._DropLibraryInfo().filter
+  keep = console._DropLibraryInfo().filter
   assert keep(_record('/x/maml_plugin/train.py', std_logging.INFO, 'ours'))
   assert not keep(_record('/x/orbax/checkpoint/a.py', std_logging.INFO,
                           'wrote a file'))
@@ -551,24 +552,3 @@ def test_stop_signals_first_asks_to_save_then_interrupt():
   assert str(train.Interrupted(signal.SIGTERM, 30, 'training')) == (
       'SIGTERM received: saved step 30; run the same command to resume')
 
-
-class _Writer:
-
-  def __init__(self):
-    self.written = []
-
-  def write_scalars(self, step, scalars):
-    self.written.append((step, scalars))
-
-
-def test_a_resumed_run_writes_only_the_steps_not_logged_yet():
-  """Pins `_NewStepsOnly`: a scalar is written only for steps after the
-  last one logged for its tag (``>`` -> ``>=`` writes the last logged step
-  twice), and nothing at all when every tag is logged."""
-  writer = _Writer()
-  new_only = train._NewStepsOnly(writer, {'train/loss': 100, 'eval/mse': 50})
-  new_only.write_scalars(50, {'train/loss': 1.0, 'eval/mse': 2.0})
-  new_only.write_scalars(100, {'train/loss': 3.0, 'eval/mse': 4.0})
-  new_only.write_scalars(150, {'train/loss': 5.0})
-  assert writer.written == [(100, {'eval/mse': 4.0}),
-                            (150, {'train/loss': 5.0})]

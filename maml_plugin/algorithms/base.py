@@ -100,7 +100,7 @@ TRAIN_STEPS = Registry('train_step', default_fields=HParams)
 def rate_meta_lr_field():
   """``rate_meta_lr``, of algorithms that learn inner rates
   (``params['inner_lr']``): the outer optimizer's step size for the rates
-  (`train.create_optimizer`); None: the weights' `meta_lr`."""
+  (`components.create_optimizer`); None: the weights' `meta_lr`."""
   return fields.field(None, check=fields.or_none(fields.positive_real),
                       allowed='a finite number > 0')
 
