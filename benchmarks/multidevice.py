@@ -25,13 +25,13 @@ def measure(meta_batch_size: int, steps_per_call: int, calls: int) -> dict:
   from configs import maml_sine
   from maml_plugin import distributed
   from maml_plugin import train
-  from maml_plugin import train_steps
+  from maml_plugin import algorithms
 
   config = maml_sine.get_config()
   config.meta_batch_size = meta_batch_size
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)
-  state = train_steps.MetaTrainState.create(problem.init_params, tx)
+  state = algorithms.MetaTrainState.create(problem.init_params, tx)
   rng = jax.random.key(0)
   sharding = None
   if jax.device_count() > 1:

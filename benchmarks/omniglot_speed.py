@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.models import Conv4
 
 
@@ -59,10 +59,10 @@ def jax_meta_step(conv_impl: str, args, task_batch_size=None):
         logits, batch['y']).mean()
 
   tx = optax.adam(1e-3)
-  step = jax.jit(train_steps.make_train_step(
+  step = jax.jit(algorithms.make_train_step(
       'maml', loss_fn=loss_fn, tx=tx, inner_lr=0.4, num_inner_steps=1,
       task_batch_size=task_batch_size))
-  state = train_steps.MetaTrainState.create(params, tx)
+  state = algorithms.MetaTrainState.create(params, tx)
   return step, state
 
 

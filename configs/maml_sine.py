@@ -69,16 +69,35 @@ def set_multi_step_loss(config) -> None:
   on every seed measured. It runs as the 'mamlpp' train step with the
   other parts of MAML++ off: fixed inner rates (no LSLR), exact second
   order from the first step, a constant meta learning rate. Measured over
-  five seeds: docs/sinusoid.md.
+  five seeds: docs/sinusoid.md. `config.train_step` is set by the caller.
   """
   del config.first_order  # Second order throughout (first_order_steps=0).
-  config.train_step = 'mamlpp'
   config.num_inner_steps = MSL_INNER_STEPS
   config.msl_anneal_steps = config_dict.placeholder(int)  # None: uniform.
   config.learn_inner_lr = False
   config.first_order_steps = 0
   config.meta_lr = MSL_META_LR
   config.max_meta_grad_norm = MAX_META_GRAD_NORM
+
+
+def _registered(words) -> tuple[str, ...]:
+  """The registered train steps, read only when a word is none of ours: any
+  algorithm registered later (a new module of `maml_plugin.algorithms`, or
+  a user's) runs on these tasks at its own defaults, ``:NAME``."""
+  if all(w in WORDS or w in ALGORITHMS for w in words):
+    return ()
+  from maml_plugin import algorithms  # pylint: disable=g-import-not-at-top
+  return tuple(algorithms.TRAIN_STEPS.names())
+
+
+def train_step_of(words) -> str:
+  """The registered train step the argument's `words` run: the algorithm
+  named, else 'maml' with `paper`, else 'mamlpp' (MAML on the multi-step
+  loss, `set_multi_step_loss`)."""
+  named = [w for w in words if w not in WORDS]
+  if named:
+    return named[0]
+  return 'maml' if 'paper' in words else 'mamlpp'
 
 
 def get_config(arg=None):
@@ -90,11 +109,12 @@ def get_config(arg=None):
       long; 'paper': the paper's settings, for MAML and ANIL one training
       step) and at most one of `ALGORITHMS`, each at its paper's settings
       but ANIL's ten training steps ('maml': the paper's MAML, the same as
-      'paper').
+      'paper'), or of any other registered train step, at its defaults.
   """
   words = [] if arg is None else [w.strip() for w in arg.split(',')]
-  unknown = [w for w in words if w not in WORDS and w not in ALGORITHMS]
-  algorithms = [w for w in words if w in ALGORITHMS]
+  unknown = [w for w in words if w not in WORDS and w not in ALGORITHMS
+             and w not in _registered(words)]
+  algorithms = [w for w in words if w not in WORDS and w not in unknown]
   if unknown or len(algorithms) > 1:
     raise ValueError(f"get_config arg={arg!r}: must be None or a comma-"
                      f"separated list of {WORDS} and one of {ALGORITHMS}")
@@ -107,7 +127,10 @@ def get_config(arg=None):
   config.model = 'mlp'
   config.hidden_sizes = (40, 40)
   # Meta-learning algorithm (a registered train step) and its inner loop.
-  config.train_step = 'maml'
+  # What runs: by default 'mamlpp', the train step of MAML trained on the
+  # multi-step loss with MAML++'s other parts off (`set_multi_step_loss`);
+  # `paper` runs 'maml', the paper's MAML; a named algorithm runs itself.
+  config.train_step = train_step_of(words)
   config.inner_lr = PAPER_INNER_LR
   config.num_inner_steps = 1
   config.first_order = False
@@ -161,9 +184,10 @@ def get_config(arg=None):
     config.checkpoint_every_steps = 100
     config.num_eval_tasks = 50
 
-  algorithm = algorithms[0] if algorithms else 'maml'
-  config.train_step = algorithm
-  if algorithm == 'fomaml':
+  algorithm = config.train_step
+  if not algorithms and 'paper' not in words:
+    set_multi_step_loss(config)
+  elif algorithm == 'fomaml':
     del config.first_order  # FOMAML is first order by definition.
     del config.remat_inner_steps  # Nothing to rematerialize.
   elif algorithm == 'reptile':
@@ -250,6 +274,4 @@ def get_config(arg=None):
     config.inner_backtracks = 8
     config.cg_lambda = 50.0
     config.max_meta_grad_norm = MAX_META_GRAD_NORM
-  if not algorithms and 'paper' not in words:
-    set_multi_step_loss(config)
   return config

@@ -21,12 +21,16 @@ extensions = [
 ]
 source_suffix = {'.rst': 'restructuredtext', '.md': 'markdown'}
 root_doc = 'index'
-exclude_patterns = ['_build']
+exclude_patterns = ['_build', '_templates']
 autodoc_default_options = {'members': True, 'show-inheritance': True}
 autodoc_member_order = 'bysource'
-# The API pages list their modules in autosummary tables by hand (one
-# table per layer); nothing is generated into the source tree.
-autosummary_generate = False
+# The API reference is generated from the package (docs/api/index.rst: a
+# recursive autosummary of `maml_plugin`): one page per module under
+# docs/api/generated/ (git-ignored), written at each build, so a new module
+# is documented with no edit to the docs.
+autosummary_generate = True
+autosummary_generate_overwrite = True
+templates_path = ['_templates']
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # Attributes: sections as fields, not as second descriptions

@@ -40,6 +40,8 @@ periodic actions; docs/own_loop.md)::
   components = maml_plugin.build_components(config)
 """
 
+import sys as _sys
+
 # Ctrl-C while `python -m maml_plugin.main` imports its libraries: one line,
 # exit status 130 (maml_plugin.startup); in any other program, nothing.
 from maml_plugin import startup as _startup  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -75,11 +77,38 @@ __all__ = [
 __version__ = '0.1.0'
 
 # The trainer's modules (CLU, orbax) load on first use, not on import.
-_FROM_TRAIN = ('build_components', 'Components')
+_FROM_COMPONENTS = ('build_components', 'Components')
+
+# Modules of earlier versions that are gone: importing one is a one-line
+# error naming where its names live now.
+MOVED_MODULES = {
+    'maml_plugin.train_steps': 'maml_plugin.algorithms',
+    'maml_plugin.tasks.tfds_builders': (
+        'maml_plugin.tasks.sinusoid_tfds and maml_plugin.tasks.omniglot_tfds'),
+}
+
+
+class _MovedModules:
+  """A `sys.meta_path` finder that refuses the modules of `MOVED_MODULES`
+  in one line (``import maml_plugin.train_steps`` and ``from maml_plugin
+  import train_steps`` alike) instead of Python's bare 'No module named'."""
+
+  @staticmethod
+  def find_spec(fullname, path=None, target=None):
+    del path, target
+    if fullname in MOVED_MODULES:
+      raise ImportError(
+          f'{fullname} is gone: import {MOVED_MODULES[fullname]}',
+          name=fullname)
+    return None
+
+
+if not any(isinstance(f, _MovedModules) for f in _sys.meta_path):
+  _sys.meta_path.insert(0, _MovedModules())
 
 
 def __getattr__(name):
-  if name in _FROM_TRAIN:
-    from maml_plugin import train  # pylint: disable=g-import-not-at-top
-    return getattr(train, name)
+  if name in _FROM_COMPONENTS:
+    from maml_plugin import components  # pylint: disable=g-import-not-at-top
+    return getattr(components, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -98,7 +98,7 @@ def create_problem(config: ml_collections.ConfigDict) -> Problem:
         config.model, config, input_shape=task.input_shape,
         num_outputs=task.num_outputs, rngs=nnx.Rngs(config.seed))
   except fields.FieldError as e:  # Sizes the data cannot supply, ...
-    raise config_validation.ConfigError(f'config.{e}') from None
+    raise config_validation.config_error(e, config) from None
   try:
     model = nnx_bridge.NNXModel(module)
   except ValueError as e:  # A variable the core cannot carry.
@@ -198,7 +198,7 @@ def create_algorithm(config, problem: Problem,
                                      loss_fn=problem.loss_fn, tx=tx,
                                      **hparams)
   except fields.FieldError as e:
-    raise config_validation.ConfigError(f'config.{e}') from None
+    raise config_validation.config_error(e, config) from None
 
 
 def create_train_step(config, problem: Problem,
@@ -208,15 +208,21 @@ def create_train_step(config, problem: Problem,
 
 
 def create_train_state(problem: Problem, algorithm: algorithms.MetaAlgorithm,
-                       tx: optax.GradientTransformation
+                       tx: optax.GradientTransformation, config=None
                        ) -> algorithms.MetaTrainState:
-  """Step 0: the algorithm's params (model, and learned rates if any)."""
+  """Step 0: the algorithm's params (model, and learned rates if any).
+
+  A value that does not fit the model (ANIL's ``head_filter`` selecting
+  no leaf, ...) is a `config_validation.ConfigError`; with `config`, the
+  fields it names read ``config.<field>``."""
   try:
     params = algorithm.init_params(problem.init_params)
     model_state = (None if problem.model_state is None else
                    algorithm.init_model_state(problem.model_state))
   except ValueError as e:  # A config value that does not fit the model.
-    raise config_validation.ConfigError(str(e)) from None
+    if config is None:
+      raise config_validation.ConfigError(str(e)) from None
+    raise config_validation.config_error(e, config) from None
   return algorithms.MetaTrainState.create(params, tx, model_state)
 
 
@@ -321,7 +327,7 @@ def build_components(config: ml_collections.ConfigDict) -> Components:
   tx = create_optimizer(config)
   algorithm = create_algorithm(config, problem, tx)
   return Components(
-      state=create_train_state(problem, algorithm, tx),
+      state=create_train_state(problem, algorithm, tx, config),
       train_step=algorithm.train_step,
       evaluator=create_evaluator(config, problem, algorithm=algorithm),
       problem=problem, algorithm=algorithm, config=config)

@@ -141,3 +141,47 @@ def load(value: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if colon else module.get_config()
+
+
+def follow_train_step(config, argv: list[str]) -> str | None:
+  """``--config.train_step=NAME`` in `argv` on a config file written for
+  another algorithm trains NAME: the fields of the file's algorithm that
+  NAME does not use, and that the command line did not set, are removed
+  from `config` (`config_validation.follow_train_step`). Returns the one
+  line saying so, naming the file's own variant for NAME where it has one
+  (``configs/maml_sine.py:maml``), or None if nothing was removed."""
+  from maml_plugin import config_validation  # pylint: disable=g-import-not-at-top
+  value = config_value(argv)
+  set_fields = {a.split('=', 1)[0][len('--config.'):].split('.')[0]
+                for a in argv[1:] if a.startswith('--config.') and '=' in a}
+  if value is None or 'train_step' not in set_fields:
+    return None
+  try:
+    file_config = load(value)
+  except Exception:  # pylint: disable=broad-except
+    return None  # The file's own error is said when it is parsed.
+  old, new = file_config.get('train_step'), config.get('train_step')
+  removed = config_validation.follow_train_step(config, file_config,
+                                                set_fields)
+  if not removed:
+    return None
+  line = (f'--config.train_step={new}: {value} is written for {old!r}; '
+          f'left out its fields that {new!r} does not use: '
+          f'{", ".join(removed)}')
+  variant = variant_for(value, new)
+  if variant is not None:
+    line += f' (--config={variant} is {new!r} as that file sets it up)'
+  return line
+
+
+def variant_for(value: str, name: str) -> str | None:
+  """The `--config` value of the same file whose argument also names the
+  train step `name` (``maml_sine.py:quick`` -> ``maml_sine.py:quick,maml``)
+  and whose config runs it; None if the file has no such variant."""
+  path, colon, arg = value.partition(':')
+  candidate = f'{path}:{arg},{name}' if colon and arg else f'{path}:{name}'
+  try:
+    config = load(candidate)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return candidate if config.get('train_step') == name else None

@@ -20,9 +20,11 @@ while a value somebody chose is never silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
+import re
 
 from maml_plugin import fields
 from maml_plugin import spikes
@@ -141,12 +143,32 @@ def import_modules(config) -> None:
                         'python -m)?') from None
 
 
+def config_error(error: Exception, config) -> ConfigError:
+  """A library's error about fields of `config` as a `ConfigError`: every
+  field of `config` it names (``name=`` or ``name +``, as `fields.FieldError`
+  messages and the algorithms' and task families' errors write them) gets
+  ``config.`` before it, as does a `fields.FieldError`'s first word (the
+  field it is about, set or missing). Naming the config is this layer's job: the
+  library says ``head_filter='^x/': must select ...`` to a caller of
+  `make_algorithm` and ``config.head_filter=...`` here."""
+  names = sorted((str(k) for k in config.keys()), key=len, reverse=True)
+  message = str(error)
+  if names:
+    message = re.sub(
+        r"(?<![\w.'\"])(" + '|'.join(map(re.escape, names)) + r')(?=\s*[=+])',
+        r'config.\1', message)
+  if isinstance(error, fields.FieldError) and not message.startswith(
+      'config.'):
+    message = 'config.' + message  # Its first word is a field's name.
+  return ConfigError(message)
+
+
 def _build(declared: type[fields.Fields], values: dict):
   """`declared` from the config's values; its errors as `ConfigError`s."""
   try:
     return declared.from_config(values)
   except fields.FieldError as e:
-    raise ConfigError(f'config.{e}') from None
+    raise config_error(e, values) from None
 
 
 def _algorithm_fields() -> dict[str, list[str]]:
@@ -203,6 +225,37 @@ def validate(config, *, num_devices: int = 1) -> None:
         f'config.train_step={values["train_step"]!r}; remove it or pick '
         f'one of {", ".join(repr(n) for n in users)}')
   _check_across_fields(trainer, values.get('task_batch_size'), num_devices)
+
+
+def follow_train_step(config, file_config, set_fields) -> list[str]:
+  """``--config.train_step=NAME`` on a config file written for another
+  algorithm: the fields of the file's algorithm that NAME does not use,
+  left at the file's values (not in `set_fields`, the fields the command
+  line set), are removed from `config`, so that NAME trains with the rest
+  of the file (its task, model, inner loop and outer loop). A field the
+  command line set is kept: `validate` still refuses it if NAME does not
+  use it. Returns the names removed (none when the train step is the
+  file's).
+  """
+  old, new = file_config.get('train_step'), config.get('train_step')
+  if old == new or old not in TRAIN_STEPS or new not in TRAIN_STEPS:
+    return []
+  keep = set(TrainerFields.names()).union(
+      TRAIN_STEPS.fields(new).names(),
+      *(REGISTRIES[kind].fields(config[kind]).names()
+        for kind in ('task', 'model') if config.get(kind) in REGISTRIES[kind]))
+  removed = [name for name in TRAIN_STEPS.fields(old).names()
+             if name in config and name not in keep and name not in set_fields
+             and name in file_config and config[name] == file_config[name]]
+  with config.unlocked() if hasattr(config, 'unlocked') else _nothing():
+    for name in removed:
+      del config[name]
+  return removed
+
+
+@contextlib.contextmanager
+def _nothing():
+  yield
 
 
 def _check_across_fields(trainer: TrainerFields, task_batch, num_devices):

@@ -23,6 +23,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -55,7 +56,7 @@ def evaluate(config, workdir: str) -> dict:
   problem = components.create_problem(config)
   tx = components.create_optimizer(config)
   algorithm = components.create_algorithm(config, problem, tx)
-  state = components.create_train_state(problem, algorithm, tx)
+  state = components.create_train_state(problem, algorithm, tx, config)
   # Looked for before orbax opens the folder: its manager creates it.
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   no_checkpoint = checkpointing.CheckpointError(
@@ -132,6 +133,10 @@ def main(argv):
   console.quiet_library_logs()
   console.setup()
   startup.end()  # From here a SIGINT is the KeyboardInterrupt below.
+  # The run `python -m maml_plugin.main` trained with the same flags.
+  followed = config_files.follow_train_step(FLAGS.config, sys.argv)
+  if followed:
+    logging.info('%s.', followed)
   try:
     report = evaluate(FLAGS.config, FLAGS.workdir)
   except KeyboardInterrupt:

@@ -309,31 +309,12 @@ class FewShotEvaluator:
     return float(values.mean()) if values.size else math.nan
 
 
-def sinusoid_fits(predict_fn, loss_fn: core.LossFn, params, tasks, *,
-                  inner_lr=None, inner_steps=(0, 1, 10), num_tasks: int = 3,
-                  grid_size: int = 200,
-                  inner_loop: core.InnerLoop | None = None) -> list[dict]:
-  """Predictions on a grid for the first `num_tasks` sinusoid tasks.
+# Names that moved: a one-line error naming the new one.
+_MOVED = {'sinusoid_fits': 'maml_plugin.tasks.sinusoid.sinusoid_fits'}
 
-  `predict_fn(params, x) -> y`. Returns the panels `plots` draws.
-  """
-  from maml_plugin.tasks import sinusoid as sine  # pylint: disable=g-import-not-at-top
-  x = jnp.linspace(*sine.INPUT_RANGE, grid_size)[:, None]
-  fit = jax.jit(lambda p, support: [
-      predict_fn(q, x) for q in adapted_params_at(
-          loss_fn, p, support, inner_lr=inner_lr, steps=tuple(inner_steps),
-          inner_loop=inner_loop)])
-  panels = []
-  for i in range(num_tasks):
-    support = jax.tree.map(lambda a: a[i], tasks['support'])
-    amp, phase = float(tasks['amplitude'][i]), float(tasks['phase'][i])
-    preds = fit(params, support)
-    panels.append({
-        'x': np.asarray(x[:, 0]),
-        'y_true': np.asarray(sine.sinusoid(x[:, 0], amp, phase)),
-        'support_x': np.asarray(support['x'][:, 0]),
-        'support_y': np.asarray(support['y'][:, 0]),
-        'predictions': [np.asarray(p[:, 0]) for p in preds],
-        'title': f'held-out task {i}: A={amp:.2f}, phase={phase:.2f}',
-    })
-  return panels
+
+def __getattr__(name):
+  if name in _MOVED:
+    raise AttributeError(f'maml_plugin.evaluation.{name} moved to '
+                         f'{_MOVED[name]}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -129,7 +129,8 @@ class MetaExperiment(experiment.AbstractExperiment):
     if self._num_devices > 1:
       self._mesh = distributed.task_mesh(jax.local_devices())
     self._state = self._place(
-        components.create_train_state(self._problem, self._algorithm, tx))
+        components.create_train_state(self._problem, self._algorithm, tx,
+                                      config))
     self._evaluator = None  # Built on first use: only evaluation needs it.
     # No donation: jaxline's snapshots hold the state's arrays.
     self._train = jax.jit(self._train_fn)

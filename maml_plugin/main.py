@@ -161,6 +161,9 @@ def main(argv):
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
         heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+    followed = config_files.follow_train_step(FLAGS.config, sys.argv)
+    if followed:
+      logging.info('%s.', followed)
     config_validation.validate(FLAGS.config,
                                num_devices=distributed.num_task_devices())
     workdir.check_directory(FLAGS.workdir)

@@ -59,6 +59,8 @@ from flax import nnx
 
 from maml_plugin import core
 
+# A loss of a merged model: ``loss(model, batch) -> scalar``. What a task
+# family gives (`tasks.TaskProblem.loss`) and `NNXModel.task_loss` takes.
 ModuleLoss = Callable[[nnx.Module, Any], jax.Array]
 
 

@@ -44,7 +44,7 @@ import jax
 from flax import nnx
 
 from maml_plugin import nnx_bridge
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.nnx_bridge import ModuleLoss
 
 
@@ -77,9 +77,9 @@ def nnx_train_step(name: str, *, loss: ModuleLoss,
     bridge = nnx_bridge.NNXModel(model)
     params = nnx.as_pure(bridge.params)
     kwargs = dict(hparams)
-    if metric is not None and train_steps.accepts_metric_fn(name):
+    if metric is not None and algorithms.accepts_metric_fn(name):
       kwargs['metric_fn'] = bridge.task_loss(metric)
-    algorithm = train_steps.make_algorithm(
+    algorithm = algorithms.make_algorithm(
         name, loss_fn=bridge.task_loss(loss), tx=optimizer.tx, **kwargs)
     _check_same_params(name, algorithm, params)
     model_state = bridge.model_state
@@ -92,7 +92,7 @@ def nnx_train_step(name: str, *, loss: ModuleLoss,
             'state in another form than the module (one copy per inner '
             'step); use maml_plugin.make_algorithm with a MetaTrainState')
 
-    state = train_steps.MetaTrainState(
+    state = algorithms.MetaTrainState(
         step=optimizer.step[...], params=params,
         opt_state=nnx.as_pure(optimizer.opt_state), model_state=model_state)
     state, metrics = algorithm.train_step(state, batch, rng)

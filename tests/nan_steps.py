@@ -7,16 +7,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.algorithms import maml
 
 
 def _register_bad_batch_step(name: str, bad_batch) -> None:
   """Registers `name`: MAML on ``bad_batch(state, batch, rng)``."""
 
-  @train_steps.TRAIN_STEPS.register(name, fields=maml.MAMLHParams)
+  @algorithms.TRAIN_STEPS.register(name, fields=maml.MAMLHParams)
   def make_train_step(hparams, *, loss_fn, tx):
-    maml_step = train_steps.make_algorithm(
+    maml_step = algorithms.make_algorithm(
         'maml', loss_fn=loss_fn, tx=tx, **dataclasses.asdict(hparams))
 
     def train_step(state, batch, rng):

@@ -24,7 +24,7 @@ from maml_plugin import train
 from maml_plugin.algorithms import TRAIN_STEPS
 from maml_plugin.models import MLP
 from maml_plugin.tasks import SinusoidTasks
-from tests.package_entries import package_names
+from tests.layout_checks import package_names
 
 # Hyper-parameters each algorithm is checked with: its declared defaults,
 # then a few inner steps (so that the inner loop matters) and these

@@ -13,11 +13,11 @@ import optax
 import pytest
 
 from maml_plugin import checkpointing
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 
 
 def _state(step: int, value: float):
-  return train_steps.MetaTrainState.create(
+  return algorithms.MetaTrainState.create(
       {'w': jnp.full(3, value)}, optax.sgd(0.1)).replace(
           step=jnp.int32(step))
 
@@ -133,7 +133,7 @@ def test_restore_gives_back_adams_moments_and_count_not_fresh_ones(tmp_path):
   hand (optax's Adam: mu = (1 - b1) sum b1^k g, nu likewise with g^2)."""
   tx = optax.adam(0.1)
   params = {'w': jnp.zeros(3)}
-  state = train_steps.MetaTrainState.create(params, tx)
+  state = algorithms.MetaTrainState.create(params, tx)
   grads = [jnp.array([1.0, -2.0, 0.5]), jnp.array([3.0, 1.0, -1.0])]
   for g in grads:
     updates, opt_state = tx.update({'w': g}, state.opt_state, state.params)
@@ -141,7 +141,7 @@ def test_restore_gives_back_adams_moments_and_count_not_fresh_ones(tmp_path):
                           params=optax.apply_updates(state.params, updates))
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
   checkpointing.save(manager, state, jax.random.key(0))
-  fresh = train_steps.MetaTrainState.create(params, tx)
+  fresh = algorithms.MetaTrainState.create(params, tx)
   restored, _ = checkpointing.restore_latest(manager, fresh,
                                              jax.random.key(1))
   manager.close()

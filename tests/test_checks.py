@@ -10,13 +10,14 @@ from flax import nnx
 from maml_plugin import checks
 from maml_plugin import losses
 from maml_plugin import nnx_bridge
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.models import MLP
 from maml_plugin.tasks import EpisodicTasks
 from maml_plugin.tasks import SinusoidTasks
+from tests.layout_checks import package_names
 
-ALGORITHMS = ('maml', 'fomaml', 'metasgd', 'anil', 'reptile', 'mamlpp',
-              'imaml')
+# Every algorithm the package registers, read from the registry.
+ALGORITHMS = package_names(algorithms.TRAIN_STEPS)
 
 
 def _batch(tasks=4, shots=10, queries=5):
@@ -92,9 +93,9 @@ def _algorithm(name):
     return losses.mse(nnx.merge(graphdef, p)(batch['x']), batch['y'])
 
   tx = optax.sgd(0.1)
-  algorithm = train_steps.make_algorithm(name, loss_fn=loss_fn, tx=tx,
+  algorithm = algorithms.make_algorithm(name, loss_fn=loss_fn, tx=tx,
                                          inner_lr=0.01)
-  state = train_steps.MetaTrainState.create(algorithm.init_params(params), tx)
+  state = algorithms.MetaTrainState.create(algorithm.init_params(params), tx)
   return algorithm, state
 
 
@@ -144,9 +145,9 @@ def _user_step(name, *, batch_norm=False):
   model = nnx_bridge.NNXModel(_TwoLayers(nnx.Rngs(0), batch_norm=batch_norm))
   loss_fn = model.task_loss(lambda net, b: losses.mse(net(b['x']), b['y']))
   tx = optax.adam(1e-3)
-  step = train_steps.make_train_step(name, loss_fn=loss_fn, tx=tx,
+  step = algorithms.make_train_step(name, loss_fn=loss_fn, tx=tx,
                                      inner_lr=0.01)
-  state = train_steps.MetaTrainState.create(model.params, tx,
+  state = algorithms.MetaTrainState.create(model.params, tx,
                                             model_state=model.model_state)
   return jax.jit(step), state
 
@@ -193,9 +194,9 @@ def test_other_errors_of_a_users_loss_pass_through_unchanged():
   def loss_fn(params, batch):
     return batch['no such key'].sum()
   tx = optax.adam(1e-3)
-  step = train_steps.make_train_step('maml', loss_fn=loss_fn, tx=tx,
+  step = algorithms.make_train_step('maml', loss_fn=loss_fn, tx=tx,
                                      inner_lr=0.01)
-  state = train_steps.MetaTrainState.create({'w': jnp.zeros(())}, tx)
+  state = algorithms.MetaTrainState.create({'w': jnp.zeros(())}, tx)
   with pytest.raises(KeyError, match='no such key'):
     jax.jit(step)(state, _batch(), jax.random.key(0))
 

@@ -10,50 +10,33 @@ import sys
 
 import pytest
 
+from tests import layout_checks
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'maml_plugin')
 
 
 def _modules() -> list[str]:
   """Every module of the package, subpackages included."""
-  out = []
-  for root, dirs, files in os.walk(PACKAGE):
-    dirs[:] = sorted(d for d in dirs if d != '__pycache__')
-    package = os.path.relpath(root, REPO).replace(os.sep, '.')
-    for name in sorted(files):
-      if name == '__init__.py':
-        out.append(package)
-      elif name.endswith('.py'):
-        out.append(f'{package}.{name[:-3]}')
-  return out
+  return layout_checks.package_modules(REPO)
 
 
-def _api_pages() -> dict[str, str]:
-  """docs/api/<layer>.rst: its text, for each layer page of the index."""
-  api = os.path.join(REPO, 'docs', 'api')
-  with open(os.path.join(api, 'index.rst')) as f:
+def test_the_api_reference_is_generated_from_the_package():
+  """docs/api/index.rst lists no module by hand: one recursive autosummary
+  of the package root, its pages generated at build time
+  (`autosummary_generate`), so every module the package holds, a new one
+  included, gets a page (the build below checks each) and no page can
+  name a module that is gone."""
+  with open(os.path.join(REPO, 'docs', 'api', 'index.rst')) as f:
     index = f.read()
-  toctree = index.split('.. toctree::')[1].split('\n\n', 2)[1]
-  pages = {}
-  for name in toctree.split():
-    with open(os.path.join(api, name + '.rst')) as f:
-      pages[name] = f.read()
-  return pages
-
-
-def test_every_module_is_on_exactly_one_api_page_in_its_table():
-  """A new module left off the API pages (or a page naming a module that
-  is gone, or a module on two layers) fails here; so does a module whose
-  section its layer's autosummary table does not list."""
-  documented = []
-  for name, text in _api_pages().items():
-    sections = re.findall(r'^\.\. automodule:: (\S+)$', text, re.M)
-    table = text.split('.. autosummary::')[1].split('\n\n', 2)[1].split()
-    assert table == sections, name
-    documented += sections
-  assert len(documented) == len(set(documented)), documented
-  assert sorted(documented) == sorted(m for m in _modules()
-                                      if m != 'maml_plugin')
+  tables = index.split('.. autosummary::')[1:]
+  assert len(tables) == 1
+  options, entries = tables[0].split('\n\n', 1)
+  assert ':recursive:' in options and ':toctree: generated' in options
+  assert entries.split() == ['maml_plugin']
+  assert not re.search(r'^\.\. automodule::', index, re.M)
+  assert sorted(os.listdir(os.path.join(REPO, 'docs', 'api'))) in (
+      ['index.rst'], ['generated', 'index.rst'])
 
 
 def test_the_test_extra_installs_what_the_docs_build_needs():
@@ -86,8 +69,19 @@ def html(tmp_path_factory) -> str:
 
 
 def test_docs_build_with_warnings_as_errors(html):
-  for page in ('index', 'own_loop', 'api/core', 'api/trainer'):
+  for page in ('index', 'own_loop', 'api/index'):
     assert os.path.exists(os.path.join(html, page + '.html')), page
+
+
+def test_every_module_has_its_generated_api_page(html):
+  """One page per module of the package, subpackages included, each
+  showing its module's docstring; none for a module that is not there."""
+  pages = sorted(name[:-5] for name in os.listdir(
+      os.path.join(html, 'api', 'generated')) if name.endswith('.html'))
+  assert pages == sorted(_modules())
+  with open(os.path.join(html, 'api', 'generated',
+                         'maml_plugin.algorithms.fomaml.html')) as f:
+    assert 'First-order MAML' in f.read()
 
 
 def test_the_left_navigation_is_in_reading_order(html):
@@ -108,7 +102,8 @@ def test_the_left_navigation_is_in_reading_order(html):
 def test_namedtuple_fields_say_what_they_mean_not_their_index(html):
   """Python's 'Alias for field number 0' of each NamedTuple field is left
   out; the class's Attributes: section says what the fields mean."""
-  with open(os.path.join(html, 'api', 'core.html')) as f:
+  with open(os.path.join(html, 'api', 'generated',
+                         'maml_plugin.core.html')) as f:
     page = f.read()
   assert 'Alias for field number' not in page
   assert 'mean query loss after adaptation (the meta-loss)' in page

@@ -14,7 +14,7 @@ from configs import maml_sine
 from maml_plugin import checkpointing
 from maml_plugin import guards
 from maml_plugin import train
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from tests import event_files
 from tests.nan_steps import register_nan_query_step
 from tests.workdir_files import snapshot
@@ -49,7 +49,7 @@ def test_nan_meta_loss_stops_with_step_and_quantity_keeping_last_good(
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
       '100', '50']
   # The kept checkpoint is good: it restores, finite, at step 100.
-  fresh = train_steps.MetaTrainState.create(
+  fresh = algorithms.MetaTrainState.create(
       train.create_problem(config).init_params, train.create_optimizer(config))
   manager = checkpointing.create_manager(workdir, max_to_keep=3)
   state, _ = checkpointing.restore_latest(manager, fresh,

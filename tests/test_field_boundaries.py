@@ -29,11 +29,11 @@ from configs import maml_tfds
 from maml_plugin import checkpointing
 from maml_plugin import config_validation
 from maml_plugin import train
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.config_validation import ConfigError
 from maml_plugin.config_validation import REGISTRIES
 from tests import config_variants
-from tests.package_entries import package_names
+from tests.layout_checks import package_names
 from maml_plugin.config_validation import TrainerFields
 
 
@@ -179,7 +179,7 @@ def test_orbax_keeps_no_checkpoint_at_zero_so_the_config_refuses_it(
     config_validation.validate(dict(maml_sine.get_config('quick').to_dict(),
                                     max_checkpoints_to_keep=0))
   tx = optax.sgd(0.1)
-  state = train_steps.MetaTrainState.create({'w': jnp.zeros(2)}, tx)
+  state = algorithms.MetaTrainState.create({'w': jnp.zeros(2)}, tx)
   kept = {}
   for keep in (0, 1):
     manager = checkpointing.create_manager(str(tmp_path / str(keep)),

@@ -8,7 +8,7 @@ import pytest
 
 from maml_plugin import guards
 from maml_plugin import losses
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 
 
 def _linear_loss(p, batch):
@@ -22,9 +22,9 @@ def _residual_norm_loss(p, batch):
 
 
 def _setup(loss_fn=_linear_loss, tx=optax.adam(0.1)):
-  algorithm = train_steps.make_algorithm('maml', loss_fn=loss_fn, tx=tx,
+  algorithm = algorithms.make_algorithm('maml', loss_fn=loss_fn, tx=tx,
                                          inner_lr=0.1)
-  state = train_steps.MetaTrainState.create({'w': jnp.ones((1, 1))}, tx)
+  state = algorithms.MetaTrainState.create({'w': jnp.ones((1, 1))}, tx)
   return algorithm.train_step, state
 
 

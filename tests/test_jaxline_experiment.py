@@ -15,7 +15,7 @@ from maml_plugin import guards
 from maml_plugin import jaxline_compat
 from maml_plugin import jaxline_experiment
 from maml_plugin import train
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.algorithms import maml
 from maml_plugin.metrics import TrainMetrics
 from tests import jaxline_worker
@@ -103,13 +103,13 @@ def test_training_resumed_from_a_mid_run_snapshot_equals_uninterrupted(
 _KEY_RECORDING_STEP = 'maml_reporting_its_key_for_jaxline_tests'
 
 
-@train_steps.TRAIN_STEPS.register(_KEY_RECORDING_STEP,
+@algorithms.TRAIN_STEPS.register(_KEY_RECORDING_STEP,
                                   fields=maml.MAMLHParams)
 def _make_key_recording_step(hparams, *, loss_fn, tx):
   """MAML whose reported query_loss_after is a draw from the step's key
   and query_loss_before the sum of its support inputs (MAML on the MLP
   ignores the key: a wrong key would change no parameter)."""
-  algorithm = train_steps.make_algorithm(
+  algorithm = algorithms.make_algorithm(
       'maml', loss_fn=loss_fn, tx=tx, **dataclasses.asdict(hparams))
 
   def train_step(state, batch, rng):

@@ -14,24 +14,14 @@ import maml_plugin
 from maml_plugin import algorithms
 from maml_plugin import models
 from maml_plugin import tasks
-from maml_plugin import train_steps
-from tests.package_entries import package_names
+from tests import layout_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'maml_plugin')
 
-# Registered name -> the module that registers it: one module per entry.
-REGISTERED_BY = {
-    algorithms.TRAIN_STEPS: {
-        name: f'maml_plugin.algorithms.{name}'
-        for name in ('maml', 'fomaml', 'metasgd', 'anil', 'reptile',
-                     'mamlpp', 'imaml')},
-    models.MODELS: {'mlp': 'maml_plugin.models.mlp',
-                    'conv4': 'maml_plugin.models.conv4'},
-    tasks.TASKS: {'sinusoid': 'maml_plugin.tasks.sinusoid',
-                  'omniglot': 'maml_plugin.tasks.omniglot',
-                  'tfds_episodic': 'maml_plugin.tasks.tfds_episodic'},
-}
+# Each registry and the folder its entries live in: the entries themselves
+# are read from the registries (tests/layout_checks.py), never listed here.
+FOLDERS = layout_checks.registry_folders(algorithms, models, tasks)
 
 
 def _package_modules() -> dict[str, str]:
@@ -83,9 +73,9 @@ def test_module_imports_form_no_cycle():
     visit(module)
 
 
-ALONE = sorted({*(m for r in REGISTERED_BY.values() for m in r.values()),
+ALONE = sorted({*(m for r in FOLDERS for m in layout_checks.entries_of(r).values()),
                 'maml_plugin.algorithms.base', 'maml_plugin.models.base',
-                'maml_plugin.tasks.base', 'maml_plugin.train_steps'})
+                'maml_plugin.tasks.base'})
 
 
 @pytest.mark.parametrize('module', ALONE)
@@ -96,23 +86,50 @@ def test_each_module_imports_alone_in_a_fresh_process(module):
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize('registry', REGISTERED_BY,
-                         ids=lambda r: r.kind)
+@pytest.mark.parametrize('registry', FOLDERS, ids=lambda r: r.kind)
 def test_each_entry_is_registered_by_its_own_module(registry):
-  expected = REGISTERED_BY[registry]
-  package_entries = package_names(registry)
-  assert sorted(package_entries) == sorted(expected)
-  for name, module in expected.items():
-    assert registry.lookup(name).__module__ == module
+  """Every entry the package registers comes from the module of its own
+  name in its folder (``algorithms/fomaml.py`` registers 'fomaml'), one
+  entry per module; and the folder holds every registering module."""
+  assert layout_checks.one_module_per_entry(registry,
+                                            FOLDERS[registry]) == []
+  entries = layout_checks.entries_of(registry)
+  assert len(set(entries.values())) == len(entries)
+  folder = os.path.join(PACKAGE, FOLDERS[registry])
+  for name in entries:
+    assert os.path.isfile(os.path.join(folder, name + '.py')), name
+  # A module that registers an entry but is not imported by its folder's
+  # __init__.py (its entry missing from the registry) fails here.
+  def registers(name):
+    with open(os.path.join(folder, name)) as f:
+      return '.register(' in f.read()
+
+  registering = sorted(
+      f'maml_plugin.{FOLDERS[registry]}.{n[:-3]}' for n in os.listdir(folder)
+      if n.endswith('.py') and n not in ('__init__.py', 'base.py')
+      and registers(n))
+  assert registering == sorted(entries.values())
 
 
-def test_train_steps_is_the_old_path_of_algorithms():
-  assert 'maml_plugin.algorithms' in train_steps.__doc__
-  for name in ('MetaTrainState', 'MetaAlgorithm', 'TRAIN_STEPS',
-               'make_algorithm', 'make_train_step', 'hparam_names',
-               'accepts_metric_fn', 'apply_meta_gradient',
-               'gradient_train_step', 'split_leaves', 'merge_leaves'):
-    assert getattr(train_steps, name) is getattr(algorithms.base, name)
+@pytest.mark.parametrize('old', sorted(maml_plugin.MOVED_MODULES))
+def test_a_removed_module_is_a_one_line_error_naming_its_new_home(old):
+  """`maml_plugin.train_steps` (the former home of the algorithms) and
+  `maml_plugin.tasks.tfds_builders` are gone; both ways of importing one
+  fail in one line that names where the names live now, in a fresh
+  process as in this one."""
+  package, _, name = old.rpartition('.')
+  for statement in (f'import {old}', f'from {package} import {name}'):
+    proc = subprocess.run([sys.executable, '-c', statement], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f'ImportError: {old} is gone: import '
+                    f'{maml_plugin.MOVED_MODULES[old]}'), proc.stderr
+  assert maml_plugin.MOVED_MODULES['maml_plugin.train_steps'] == (
+      'maml_plugin.algorithms')
+
+
+def test_the_package_names_are_the_algorithms_names():
   for name in ('MetaTrainState', 'TRAIN_STEPS', 'make_algorithm',
                'make_train_step'):
     assert getattr(maml_plugin, name) is getattr(algorithms, name)
@@ -144,8 +161,13 @@ def test_layout_table_matches_the_tree():
     elif os.path.isdir(path) and name != '__pycache__':
       row = [line for paths, line in rows if f'maml_plugin/{name}/' in paths]
       assert row, f'maml_plugin/{name}/ is missing from docs/layout.md'
+      # A registered entry's module is the row's "one per module" (read
+      # from the registry); every other module is named in the row.
+      entries = {m for r, f in FOLDERS.items() if f == name
+                 for m in layout_checks.entries_of(r).values()}
       for module in sorted(os.listdir(path)):
-        if module.endswith('.py') and module != '__init__.py':
+        if (module.endswith('.py') and module != '__init__.py'
+            and f'maml_plugin.{name}.{module[:-3]}' not in entries):
           assert f'`{module}`' in row[0], (
               f'maml_plugin/{name}/{module} is not named in its '
               'docs/layout.md row')

@@ -16,7 +16,7 @@ import numpy as np
 from configs import maml_sine
 from maml_plugin import checkpointing
 from maml_plugin import train
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {'meta_batch_size': 24, 'num_train_steps': 50,
@@ -111,7 +111,7 @@ def test_two_processes_one_killed_and_rerun_match_one_process(tmp_path):
   assert len(events) == 2, events
 
   single = train.train_and_evaluate(config(), str(tmp_path / 'one'))
-  fresh = train_steps.MetaTrainState.create(
+  fresh = algorithms.MetaTrainState.create(
       train.create_problem(config()).init_params,
       train.create_optimizer(config()))
   manager = checkpointing.create_manager(workdir, max_to_keep=3)

@@ -16,7 +16,7 @@ from flax import nnx
 
 from maml_plugin import checkpointing
 from maml_plugin import evaluation
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.algorithms import mamlpp
 from maml_plugin.models import Conv4
 from maml_plugin.models import MLP
@@ -79,7 +79,7 @@ def _algorithm_with_distinct_copies(seed):
   """The `mamlpp` algorithm with per-step BN, its params with every step's
   copies moved apart, the problem and the `PerStepBatchNorm`."""
   loss_fn, params, batch = _problem()
-  algorithm = train_steps.make_algorithm(
+  algorithm = algorithms.make_algorithm(
       'mamlpp', loss_fn=loss_fn, tx=optax.sgd(1.0), inner_lr=0.05,
       num_inner_steps=STEPS, per_step_bn=True)
   bn = _bn(params)
@@ -120,8 +120,8 @@ def test_equal_copies_are_mamlpp_with_batch_norm_frozen_in_the_inner_loop(
       lambda m: _loss(loss_fn, m, batch, bn=bn, **kwargs))(per_step)
 
   np.testing.assert_allclose(value_bn, value, **TOL)
-  g_bn, g_rest = train_steps.split_leaves(grads['model'], mask)
-  gp_bn, gp_rest = train_steps.split_leaves(grads_bn['model'], mask)
+  g_bn, g_rest = algorithms.base.split_leaves(grads['model'], mask)
+  gp_bn, gp_rest = algorithms.base.split_leaves(grads_bn['model'], mask)
   _close(gp_rest, g_rest)
   for g in gp_bn:  # The model's own batch norm is never used.
     np.testing.assert_array_equal(g, 0.0)
@@ -129,8 +129,8 @@ def test_equal_copies_are_mamlpp_with_batch_norm_frozen_in_the_inner_loop(
   _close([jnp.sum(c, axis=0) for c in copies], g_bn)
   assert all(float(jnp.max(jnp.abs(c[1]))) > 0 for c in copies)
   # Rates of the adapted leaves: the same gradient.
-  _close(train_steps.split_leaves(grads_bn['inner_lr'], mask)[1],
-         train_steps.split_leaves(grads['inner_lr'], mask)[1])
+  _close(algorithms.base.split_leaves(grads_bn['inner_lr'], mask)[1],
+         algorithms.base.split_leaves(grads['inner_lr'], mask)[1])
 
 
 def test_copies_meta_gradient_matches_finite_differences():
@@ -161,15 +161,15 @@ def test_inner_loop_never_changes_the_copies_and_uses_copy_k_at_step_k():
   loop = algorithm.inner_loop
   carry = loop.init(meta)
   stacked = bn.stacked(meta['per_step_bn'])
-  _close(train_steps.split_leaves(loop.params(carry), list(bn.mask))[0],
+  _close(algorithms.base.split_leaves(loop.params(carry), list(bn.mask))[0],
          [c[0] for c in stacked])
   for k in range(STEPS + 2):  # Past training: the last copy.
     before = carry
     carry = loop.step(meta, carry, support, jnp.int32(k))
-    used, adapted = train_steps.split_leaves(loop.params(carry),
+    used, adapted = algorithms.base.split_leaves(loop.params(carry),
                                              list(bn.mask))
     _close(used, [c[min(k, STEPS - 1)] for c in stacked])
-    old = train_steps.split_leaves(loop.params(before), list(bn.mask))[1]
+    old = algorithms.base.split_leaves(loop.params(before), list(bn.mask))[1]
     assert all(not np.array_equal(a, b) for a, b in zip(adapted, old))
 
 
@@ -214,10 +214,10 @@ def test_evaluation_past_training_steps_reuses_the_last_copies():
 def test_train_step_meta_trains_the_copies_and_checkpoints_them(tmp_path):
   loss_fn, params, batch = _problem()
   tx = optax.adam(1e-2)
-  algorithm = train_steps.make_algorithm(
+  algorithm = algorithms.make_algorithm(
       'mamlpp', loss_fn=loss_fn, tx=tx, inner_lr=0.05,
       num_inner_steps=STEPS, per_step_bn=True)
-  state = train_steps.MetaTrainState.create(algorithm.init_params(params),
+  state = algorithms.MetaTrainState.create(algorithm.init_params(params),
                                             tx)
   new, _ = jax.jit(algorithm.train_step)(state, batch, jax.random.key(0))
   bn = _bn(params)
@@ -226,7 +226,7 @@ def test_train_step_meta_trains_the_copies_and_checkpoints_them(tmp_path):
     assert all(not np.array_equal(c[k], old[k]) for k in range(STEPS))
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=1)
   checkpointing.save(manager, new, jax.random.key(5))
-  empty = train_steps.MetaTrainState.create(algorithm.init_params(params),
+  empty = algorithms.MetaTrainState.create(algorithm.init_params(params),
                                             tx)
   restored, _ = checkpointing.restore_latest(manager, empty,
                                              jax.random.key(0))
@@ -237,14 +237,14 @@ def test_train_step_meta_trains_the_copies_and_checkpoints_them(tmp_path):
 def test_a_model_without_batch_norm_is_refused_in_one_line():
   graphdef, params = nnx.split(MLP(1, (8,), 1, rngs=nnx.Rngs(0)), nnx.Param)
   del graphdef
-  algorithm = train_steps.make_algorithm(
+  algorithm = algorithms.make_algorithm(
       'mamlpp', loss_fn=lambda p, b: 0.0, tx=optax.sgd(1.0), inner_lr=0.05,
       per_step_bn=True)
   with pytest.raises(ValueError) as err:
     algorithm.init_params(params)
   message = str(err.value)
   assert message.startswith(
-      "config.per_step_bn_filter='(^|/)(scale|shift)/value$': must select "
+      "per_step_bn_filter='(^|/)(scale|shift)/value$': must select "
       'some but not all parameters; it selects 0 of 4; parameter paths: '
       'layers/0/bias/value'), message
   assert '\n' not in message

@@ -135,6 +135,12 @@ def test_readme_override_works_on_every_config_it_is_documented_for(
   for target in targets:
     try:
       config = _parse(*target, overrides)
+      # As `maml_plugin.main` does: a train_step override leaves out the
+      # file's fields of its own algorithm (`follow_train_step`).
+      value = os.path.join(CONFIG_DIR, target[0] + '.py') + (
+          f':{target[1]}' if target[1] else '')
+      config_files.follow_train_step(
+          ours(config), ['main', f'--config={value}', *overrides])
       config_validation.validate(ours(config))
     except Exception as e:  # pylint: disable=broad-except
       failures.append(f'{target[0]}:{target[1]}: {type(e).__name__}: '
@@ -308,3 +314,71 @@ def test_the_sinusoid_defaults_length_is_the_one_docs_configs_md_gives():
   with open(docs) as f:
     steps = re.search(r'([\d,]+) meta-steps', f.read()).group(1)
   assert maml_sine.get_config().num_train_steps == int(steps.replace(',', ''))
+
+
+@pytest.mark.parametrize('name', FOR_MAIN)
+@pytest.mark.parametrize('train_step', algorithms.TRAIN_STEPS.names())
+def test_train_step_override_trains_that_algorithm_on_every_config(
+    name, train_step):
+  """``--config.train_step=NAME`` on a shipped config, the way
+  ml_collections users switch: the file's fields of its own algorithm that
+  NAME does not use (the flagship's ``learn_inner_lr=False``, which the
+  user never set and cannot remove from a command line) are left out, and
+  the config validates for NAME; every registered algorithm, read from the
+  registry."""
+  value = os.path.join(CONFIG_DIR, name + '.py')
+  argv = ['main', f'--config={value}', f'--config.train_step={train_step}']
+  config = _parse(name, None, argv[2:])
+  file_config = config_files.load(value)
+  line = config_files.follow_train_step(config, argv)
+  config_validation.validate(config)
+  assert config.train_step == train_step
+  if train_step == file_config.train_step:
+    assert line is None
+  for field in set(file_config) - set(config):
+    assert field in algorithms.hparam_names(file_config.train_step)
+    assert field not in algorithms.hparam_names(train_step)
+  if line is not None:
+    assert '\n' not in line and line.startswith(
+        f'--config.train_step={train_step}: {value} is written for '
+        f'{file_config.train_step!r}; left out its fields that')
+
+
+def test_a_field_the_command_line_sets_for_another_algorithm_is_refused():
+  """Only the file's own values are left out: a value the user typed that
+  the new algorithm would ignore is still the one-line error."""
+  argv = ['main', '--config=configs/maml_sine.py', '--config.train_step=maml',
+          '--config.learn_inner_lr=False']
+  config = _parse('maml_sine', None, argv[2:])
+  assert config_files.follow_train_step(config, argv) == (
+      "--config.train_step=maml: configs/maml_sine.py is written for "
+      "'mamlpp'; left out its fields that 'maml' does not use: "
+      'msl_anneal_steps, first_order_steps (--config=configs/maml_sine.py:maml'
+      " is 'maml' as that file sets it up)")
+  with pytest.raises(config_validation.ConfigError) as err:
+    config_validation.validate(config)
+  assert str(err.value) == (
+      "config.learn_inner_lr=False: not used by config.train_step='maml'; "
+      "remove it or pick one of 'mamlpp'")
+
+
+def test_main_trains_the_train_step_named_on_the_command_line(tmp_path):
+  """The command a user types: MAML from the flagship config, its one line
+  naming what was left out and the variant, and the workdir's config says
+  'maml'."""
+  workdir = tmp_path / 'work'
+  proc = _main(['--config=configs/maml_sine.py:quick',
+                '--config.train_step=maml', '--config.num_train_steps=20',
+                '--config.log_every_steps=10', '--config.eval_every_steps=20',
+                '--config.checkpoint_every_steps=20',
+                '--config.num_eval_tasks=10', f'--workdir={workdir}'],
+               cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ("--config.train_step=maml: configs/maml_sine.py:quick is written "
+          "for 'mamlpp'; left out its fields that 'maml' does not use: "
+          'msl_anneal_steps, learn_inner_lr, first_order_steps '
+          "(--config=configs/maml_sine.py:quick,maml is 'maml' as that file "
+          'sets it up).') in proc.stdout, proc.stdout[-3000:]
+  with open(workdir / 'config.json') as f:
+    assert json.load(f)['config']['train_step'] == 'maml'
+  assert (workdir / 'evaluation.json').exists()

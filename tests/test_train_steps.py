@@ -9,7 +9,7 @@ from flax import nnx
 
 import maml_plugin
 from maml_plugin import core
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.models import MLP
 from maml_plugin.registry import Registry
 from maml_plugin.tasks import SinusoidTasks
@@ -36,12 +36,12 @@ def test_registering_a_name_twice_is_an_error():
 
 def test_maml_name_is_taken_in_the_global_registry():
   with pytest.raises(ValueError, match='already registered'):
-    train_steps.TRAIN_STEPS.register('maml')(lambda: None)
+    algorithms.TRAIN_STEPS.register('maml')(lambda: None)
 
 
 def test_unknown_name_lists_the_known_ones():
   with pytest.raises(ValueError) as err:
-    train_steps.TRAIN_STEPS.lookup('mamll')
+    algorithms.TRAIN_STEPS.lookup('mamll')
   assert "train_step='mamll' is not registered" in str(err.value)
   assert 'maml' in str(err.value).split('known:')[1]
 

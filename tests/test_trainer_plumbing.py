@@ -27,7 +27,7 @@ from maml_plugin import console
 from maml_plugin import core
 from maml_plugin import guards
 from maml_plugin import train
-from maml_plugin import train_steps
+from maml_plugin import algorithms
 from maml_plugin.metrics import TrainMetrics
 from maml_plugin.tasks import SinusoidTasks
 from tests import event_files
@@ -42,7 +42,7 @@ def _recording_state():
   step's support inputs and a draw from the step's key."""
   params = {'tasks_seen': jnp.zeros(NUM_STEPS),
             'key_seen': jnp.zeros(NUM_STEPS)}
-  return train_steps.MetaTrainState(step=jnp.zeros((), jnp.int32),
+  return algorithms.MetaTrainState(step=jnp.zeros((), jnp.int32),
                                     params=params, opt_state=())
 
 
@@ -116,10 +116,10 @@ def test_restore_gives_back_the_saved_state_and_prng_key(tmp_path):
   would draw other tasks than the uninterrupted one), or restores another
   step's state; and that an empty workdir returns the inputs."""
   tx = optax.adam(0.1)
-  saved_state = train_steps.MetaTrainState.create(
+  saved_state = algorithms.MetaTrainState.create(
       {'w': jnp.arange(3.0)}, tx).replace(step=jnp.int32(7))
   saved_rng = jax.random.fold_in(jax.random.key(5), 11)
-  fresh_state = train_steps.MetaTrainState.create({'w': jnp.zeros(3)}, tx)
+  fresh_state = algorithms.MetaTrainState.create({'w': jnp.zeros(3)}, tx)
   fresh_rng = jax.random.key(0)
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
   state, rng = checkpointing.restore_latest(manager, fresh_state, fresh_rng)
@@ -144,7 +144,7 @@ def test_max_checkpoints_to_keep_keeps_that_many_latest(tmp_path):
   ``max_checkpoints_to_keep=0`` is refused by the config, see
   tests/test_field_boundaries.py)."""
   tx = optax.sgd(0.1)
-  state = train_steps.MetaTrainState.create({'w': jnp.zeros(2)}, tx)
+  state = algorithms.MetaTrainState.create({'w': jnp.zeros(2)}, tx)
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
   for step in (10, 20, 30):
     checkpointing.save(manager, state.replace(step=jnp.int32(step)),
@@ -159,9 +159,9 @@ def _restore_refusal(tmp_path, saved_params, params) -> str:
   tx = optax.sgd(0.1)
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=2)
   checkpointing.save(manager,
-                     train_steps.MetaTrainState.create(saved_params, tx),
+                     algorithms.MetaTrainState.create(saved_params, tx),
                      jax.random.key(0))
-  other = train_steps.MetaTrainState.create(params, tx)
+  other = algorithms.MetaTrainState.create(params, tx)
   with pytest.raises(checkpointing.CheckpointError) as err:
     checkpointing.restore_latest(manager, other, jax.random.key(1))
   manager.close()
@@ -284,7 +284,7 @@ BAD_STEPS = (1, 3)  # 0-based meta-steps whose query makes the gradient NaN.
 
 
 def _maml_with_bad_steps():
-  algorithm = train_steps.make_algorithm('maml', loss_fn=_residual_norm_loss,
+  algorithm = algorithms.make_algorithm('maml', loss_fn=_residual_norm_loss,
                                          tx=optax.sgd(0.1), inner_lr=0.1)
 
   def step(state, batch, rng):
@@ -311,7 +311,7 @@ def test_guard_in_the_fused_loop_catches_a_nan_gradient_under_a_finite_loss(
   tx = optax.sgd(0.1)
   algorithm, bad_step = _maml_with_bad_steps()
   tasks = _FixedTasks()
-  state0 = train_steps.MetaTrainState.create({'w': jnp.ones((1, 1))}, tx)
+  state0 = algorithms.MetaTrainState.create({'w': jnp.ones((1, 1))}, tx)
   chunk = jax.jit(train.make_train_chunk(
       bad_step, tasks, meta_batch_size=2, steps_per_call=4,
       skip_nonfinite=skip))
@@ -460,7 +460,7 @@ def test_train_state_holds_the_models_state_mapped_by_the_algorithm():
   statistics) goes through the algorithm's ``init_model_state`` into the
   state (``is None`` -> ``is not None`` drops it, and maps a parameter-only
   model's None instead)."""
-  algorithm = train_steps.make_algorithm(
+  algorithm = algorithms.make_algorithm(
       'maml', loss_fn=lambda p, batch: jnp.sum(p['w']), tx=optax.sgd(0.1),
       inner_lr=0.1, num_inner_steps=1)
   seen = []

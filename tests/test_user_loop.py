@@ -13,7 +13,7 @@ import pytest
 import maml_plugin
 from maml_plugin import fields
 from maml_plugin.tasks import SinusoidTasks
-from tests.package_entries import package_names
+from tests.layout_checks import package_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join('docs', 'algorithms.md')

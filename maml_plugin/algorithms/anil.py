@@ -59,7 +59,7 @@ def head_mask(params, head_filter: str | None) -> list[bool]:
   paths = base.leaf_paths(params)
   last = paths[-1].split('/')[:-2]
   return base.some_but_not_all([p.split('/')[:-2] == last for p in paths],
-                               paths, 'config.head_filter=None')
+                               paths, 'head_filter=None')
 
 
 def _with_head(loss_fn, params, mask):

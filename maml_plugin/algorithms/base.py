@@ -441,15 +441,35 @@ def gradient_train_step(objective, tx: optax.GradientTransformation,
   grad_fn = core.over_task_batches(
       jax.value_and_grad(keyed_objective, has_aux=True), task_batch_size)
 
-  def train_step(state, batch, rng: jax.Array):
-    tasks = core.with_task_keys(batch, rng if stateful else None)
+  def direction(state, tasks):
     step = (state.step,) if pass_step else ()
     (_, aux), grads = grad_fn(state.params, tasks, model_state_of(state),
                               *step)
+    return grads, aux, {}
+
+  return meta_update_step(direction, tx, stateful=stateful)
+
+
+def meta_update_step(direction_fn, tx: optax.GradientTransformation, *,
+                     stateful: bool) -> TrainStep:
+  """The train step every algorithm shares, around its own update.
+
+  ``direction_fn(state, tasks) -> (grads, output, extra)`` computes the
+  meta-update direction from the train state and the meta-batch
+  (``(batch, keys)`` of `core.with_task_keys`: one key per task when
+  `stateful`, else None); `output` is a `core.MetaOutput` (the new model
+  state in ``output.model_state`` when `stateful`) and `extra` more
+  scalars for the metrics (iMAML's ``cg_residual``). The step applies
+  `tx` to the direction (`apply_meta_gradient`), keeps the model state and
+  returns ``(state, train_metrics(output, grads, **extra))``.
+  """
+  def train_step(state, batch, rng: jax.Array):
+    tasks = core.with_task_keys(batch, rng if stateful else None)
+    grads, output, extra = direction_fn(state, tasks)
     new_state = apply_meta_gradient(state, grads, tx)
     if stateful:
-      new_state = new_state.replace(model_state=aux.model_state)
-    return new_state, train_metrics(aux, grads)
+      new_state = new_state.replace(model_state=output.model_state)
+    return new_state, train_metrics(output, grads, **extra)
 
   return train_step
 
@@ -491,20 +511,21 @@ def select_leaves(params, pattern: str, field: str) -> list[bool]:
   matches, in `jax.tree.leaves` order.
 
   Raises:
-    ValueError: naming ``config.<field>``, the pattern and the paths, if it
+    fields.FieldError: naming `field`, the pattern and the paths, if it
       selects no leaf or every leaf (nothing would be left on one side).
   """
   paths = leaf_paths(params)
   regex = re.compile(pattern)
   return some_but_not_all([bool(regex.search(p)) for p in paths], paths,
-                          f'config.{field}={pattern!r}')
+                          f'{field}={pattern!r}')
 
 
 def some_but_not_all(mask, paths, what) -> list[bool]:
-  """`mask`, if it selects some leaves but not all; else a ValueError that
-  names `what` and the parameter `paths`."""
+  """`mask`, if it selects some leaves but not all; else a
+  `fields.FieldError` (a ValueError) that names `what` (``field=value``)
+  and the parameter `paths`."""
   if not any(mask) or all(mask):
-    raise ValueError(
+    raise fields.FieldError(
         f'{what}: must select some but not all parameters; it selects '
         f'{sum(mask)} of {len(mask)}; parameter paths: {", ".join(paths)}')
   return mask

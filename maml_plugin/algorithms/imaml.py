@@ -279,15 +279,12 @@ def make_imaml(hparams: IMAMLHParams, *, loss_fn: core.LossFn,
   gradient_fn = core.over_task_batches(keyed_gradient,
                                        hparams.task_batch_size)
 
-  def train_step(state: base.MetaTrainState, batch, rng):
-    tasks = core.with_task_keys(batch, rng if stateful else None)
+  def direction(state: base.MetaTrainState, tasks):
     grads, (output, cg_residual) = gradient_fn(state.params, tasks,
                                                base.model_state_of(state))
-    new_state = base.apply_meta_gradient(state, grads, tx)
-    if stateful:
-      new_state = new_state.replace(model_state=output.model_state)
-    return new_state, base.train_metrics(output, grads,
-                                         cg_residual=cg_residual)
+    return grads, output, {'cg_residual': cg_residual}
+
+  train_step = base.meta_update_step(direction, tx, stateful=stateful)
 
   def inner_loop_for(loss):
     return core.InnerLoop(

@@ -403,8 +403,7 @@ def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
 
   first, second = grad_fn(True), grad_fn(False)
 
-  def train_step(state: base.MetaTrainState, batch, rng):
-    tasks = core.with_task_keys(batch, rng if stateful else None)
+  def direction(state: base.MetaTrainState, tasks):
     args = (state.params, tasks, base.model_state_of(state),
             state.step)
     if first_order_steps:
@@ -412,10 +411,9 @@ def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
                                      second, *args)
     else:
       (_, aux), grads = second(*args)
-    new_state = base.apply_meta_gradient(state, grads, tx)
-    if stateful:
-      new_state = new_state.replace(model_state=aux.model_state)
-    return new_state, base.train_metrics(aux, grads)
+    return grads, aux, {}
+
+  train_step = base.meta_update_step(direction, tx, stateful=stateful)
 
   def inner_loop(loss, loss_at=None):
     def init(meta_params):

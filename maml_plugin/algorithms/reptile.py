@@ -67,8 +67,8 @@ def inner_optimizer_for(name: str, inner_lr: float
     return optax.sgd(inner_lr)
   if name == 'adam':
     return optax.adam(inner_lr, b1=0.0)
-  raise ValueError(f'config.inner_optimizer={name!r}: must be one of '
-                   f'{", ".join(repr(n) for n in INNER_OPTIMIZERS)}')
+  raise fields.bad_value('inner_optimizer', name, 'one of ' + ', '.join(
+      repr(n) for n in INNER_OPTIMIZERS))
 
 
 def adapt_with_optimizer(loss_fn: core.LossFn, params, batch, *,
@@ -150,15 +150,13 @@ def make_reptile(hparams: ReptileHParams, *, loss_fn: core.LossFn,
 
   update_fn = core.over_task_batches(keyed_update, hparams.task_batch_size)
 
-  def train_step(state: base.MetaTrainState, batch, rng):
-    tasks = core.with_task_keys(batch, rng if stateful else None)
+  def direction_fn(state: base.MetaTrainState, tasks):
     direction, (before, after, model_state) = update_fn(
         state.params, tasks, base.model_state_of(state))
-    new_state = base.apply_meta_gradient(state, direction, tx)
-    if stateful:
-      new_state = new_state.replace(model_state=model_state)
-    return (new_state,
-            base.train_metrics(core.MetaOutput(before, after), direction))
+    return direction, core.MetaOutput(before, after,
+                                      model_state=model_state), {}
+
+  train_step = base.meta_update_step(direction_fn, tx, stateful=stateful)
 
   def inner_loop_for(loss):
     def eval_step(meta_params, carry, support, k):

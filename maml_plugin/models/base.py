@@ -17,23 +17,11 @@ splits it with `maml_plugin.nnx_bridge.NNXModel`.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from flax import nnx
 
-from maml_plugin import fields
 from maml_plugin.registry import Registry
 
 MODELS = Registry('model')
-
-
-class ModelFactory(Protocol):
-  """What `MODELS` holds: config fields and data shapes in, a module out."""
-
-  def __call__(self, model_fields: fields.Fields, *,
-               input_shape: tuple[int, ...], num_outputs: int,
-               rngs: nnx.Rngs) -> nnx.Module:
-    ...
 
 
 def build_model(name: str, config, *, input_shape: tuple[int, ...],

@@ -31,11 +31,11 @@ from typing import Any, Callable, Protocol
 import jax
 
 from maml_plugin import fields
+from maml_plugin.nnx_bridge import ModuleLoss  # pylint: disable=unused-import
 from maml_plugin.registry import Registry
 
 TASKS = Registry('task')
 
-ModuleLoss = Callable[[Any, Any], jax.Array]
 
 
 class TaskSource(Protocol):

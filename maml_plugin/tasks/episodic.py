@@ -230,7 +230,7 @@ def episodes_for_fields(images, labels, task_fields, *, query_field: str,
   need = task_fields.num_support + num_query
   if need > per_class.min():
     raise fields.FieldError(
-        f'num_support + config.{query_field} = {need}: must be at most '
+        f'num_support + {query_field} = {need}: must be at most '
         f'{per_class.min()}, the images per class of {source}')
   return EpisodicTasks.from_arrays(images, labels, ways=ways,
                                    num_support=task_fields.num_support,

@@ -283,7 +283,7 @@ def _episodes(task_fields: OmniglotFields, split_field: str,
   data = load_split(split, data_dir=task_fields.data_dir)
   return episodic.episodes_for_fields(
       data.images, data.labels, task_fields, query_field=query_field,
-      source=f'config.{split_field}={split!r}')
+      source=f'{split_field}={split!r}')
 
 
 @base.TASKS.register('omniglot', fields=OmniglotFields)

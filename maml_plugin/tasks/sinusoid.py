@@ -23,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from maml_plugin import fields
 from maml_plugin import losses
@@ -116,17 +117,47 @@ def mse_loss(model, batch) -> jax.Array:
   return losses.mse(model(batch['x']), batch['y'])
 
 
+def sinusoid_fits(predict_fn, loss_fn, params, tasks, *,
+                  inner_lr=None, inner_steps=(0, 1, 10), num_tasks: int = 3,
+                  grid_size: int = 200,
+                  inner_loop=None) -> list[dict]:
+  """Predictions on a grid for the first `num_tasks` sinusoid tasks.
+
+  `predict_fn(params, x) -> y`. Returns the panels `plots` draws.
+  """
+  # Evaluation sits above the task sources: imported when a report is drawn.
+  from maml_plugin import evaluation  # pylint: disable=g-import-not-at-top
+  x = jnp.linspace(*INPUT_RANGE, grid_size)[:, None]
+  fit = jax.jit(lambda p, support: [
+      predict_fn(q, x) for q in evaluation.adapted_params_at(
+          loss_fn, p, support, inner_lr=inner_lr, steps=tuple(inner_steps),
+          inner_loop=inner_loop)])
+  panels = []
+  for i in range(num_tasks):
+    support = jax.tree.map(lambda a: a[i], tasks['support'])
+    amp, phase = float(tasks['amplitude'][i]), float(tasks['phase'][i])
+    preds = fit(params, support)
+    panels.append({
+        'x': np.asarray(x[:, 0]),
+        'y_true': np.asarray(sinusoid(x[:, 0], amp, phase)),
+        'support_x': np.asarray(support['x'][:, 0]),
+        'support_y': np.asarray(support['y'][:, 0]),
+        'predictions': [np.asarray(p[:, 0]) for p in preds],
+        'title': f'held-out task {i}: A={amp:.2f}, phase={phase:.2f}',
+    })
+  return panels
+
+
 def adaptation_picture(path: str, *, predict_fn, params, tasks, inner_loop,
                        max_steps: int, num_tasks: int) -> None:
   """The MAML paper's figure (a `base.Picture`): for the first `num_tasks`
   held-out tasks, the true curve, the support points and the prediction
   before adapting and after 1 and `max_steps` inner steps."""
-  # Evaluation and matplotlib sit above the task sources: imported only
-  # when a report is drawn.
-  from maml_plugin import evaluation  # pylint: disable=g-import-not-at-top
+  # Matplotlib sits above the task sources: imported only when a report is
+  # drawn.
   from maml_plugin import plots  # pylint: disable=g-import-not-at-top
   steps = tuple(sorted({0, min(1, max_steps), max_steps}))
-  panels = evaluation.sinusoid_fits(
+  panels = sinusoid_fits(
       predict_fn, None, params, tasks, inner_loop=inner_loop,
       inner_steps=steps, num_tasks=min(num_tasks, len(tasks['amplitude'])))
   plots.save_sinusoid_adaptation(path, panels, inner_steps=steps)

@@ -86,7 +86,7 @@ def _episodes(task_fields: TFDSEpisodicFields, split_field: str,
       label_key=task_fields.label_key, data_dir=task_fields.data_dir or None)
   return episodic.episodes_for_fields(
       images, labels, task_fields, query_field=query_field,
-      source=f'config.{split_field}={split!r} of {task_fields.dataset!r}')
+      source=f'{split_field}={split!r} of {task_fields.dataset!r}')
 
 
 @base.TASKS.register('tfds_episodic', fields=TFDSEpisodicFields)
