@@ -2,6 +2,7 @@
 
   python3 benchmarks/layout_numbers.py          # a Markdown table
   python3 benchmarks/layout_numbers.py --json
+  python3 benchmarks/layout_numbers.py --write  # docs/layout.md's "now" rows
 
 Lines of the longest module of `maml_plugin/` and of its longest function
 (`ast`: a def's first line to its last, its decorators and docstring
@@ -21,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INNER_STEP_NAMES = ('num_steps', 'num_inner_steps', 'max_steps',
                     'inner_steps', 'steps')
 SEARCHED = ('maml_plugin', 'configs', 'docs')
+LAYOUT_PAGE = os.path.join(REPO, 'docs', 'layout.md')
 
 
 def _files(folder: str, suffixes: tuple[str, ...]):
@@ -55,10 +57,13 @@ def longest_function() -> tuple[str, int]:
 
 
 def inner_step_name_counts() -> dict[str, int]:
-  """Lines naming each word, as `grep -rnw WORD maml_plugin configs docs`."""
+  """Lines naming each word, as `grep -rnw WORD maml_plugin configs docs`
+  (docs/layout.md, which holds these numbers, left out)."""
   counts = dict.fromkeys(INNER_STEP_NAMES, 0)
   for folder in SEARCHED:
     for path in _files(folder, ('.py', '.md', '.rst')):
+      if path == LAYOUT_PAGE:  # The page of these numbers names them all.
+        continue
       with open(path) as f:
         lines = f.read().splitlines()
       for name in INNER_STEP_NAMES:
@@ -76,17 +81,47 @@ def numbers() -> dict:
           'inner_step_names': inner_step_name_counts()}
 
 
+# docs/layout.md's rows of the tree as it is, between these two lines.
+BEGIN = '<!-- layout_numbers: begin -->'
+END = '<!-- layout_numbers: end -->'
+
+
+def table_rows(out: dict) -> list[str]:
+  """The Markdown rows of the tree's numbers (docs/layout.md, "now")."""
+  rows = [f"| longest module | `{out['longest_module']}`, "
+          f"{out['longest_module_lines']} lines |",
+          f"| longest function | `{out['longest_function']}`, "
+          f"{out['longest_function_lines']} lines |"]
+  rows += [f'| lines naming `{name}` | {count} |'
+           for name, count in out['inner_step_names'].items()]
+  return rows
+
+
+def written_rows(page: str = LAYOUT_PAGE) -> list[str]:
+  """The rows docs/layout.md holds between `BEGIN` and `END`."""
+  with open(page) as f:
+    text = f.read()
+  return text.split(BEGIN, 1)[1].split(END, 1)[0].strip().splitlines()
+
+
+def write(page: str = LAYOUT_PAGE) -> None:
+  with open(page) as f:
+    text = f.read()
+  head, rest = text.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  with open(page, 'w') as f:
+    f.write(head + BEGIN + '\n' + '\n'.join(table_rows(numbers())) + '\n'
+            + END + tail)
+
+
 def main(argv):
   out = numbers()
   if '--json' in argv:
     print(json.dumps(out, indent=1))
-    return
-  print(f"| longest module | `{out['longest_module']}`, "
-        f"{out['longest_module_lines']} lines |")
-  print(f"| longest function | `{out['longest_function']}`, "
-        f"{out['longest_function_lines']} lines |")
-  for name, count in out['inner_step_names'].items():
-    print(f'| lines naming `{name}` | {count} |')
+  elif '--write' in argv:
+    write()
+  else:
+    print('\n'.join(table_rows(out)))
 
 
 if __name__ == '__main__':

@@ -93,8 +93,8 @@ def create_problem(config: ml_collections.ConfigDict) -> Problem:
   """
   config_validation.import_modules(config)
   try:
-    task = tasks_lib.build_task_problem(config.task, config)
-    module = models.build_model(
+    task = tasks_lib.make_task_problem(config.task, config)
+    module = models.make_model(
         config.model, config, input_shape=task.input_shape,
         num_outputs=task.num_outputs, rngs=nnx.Rngs(config.seed))
   except fields.FieldError as e:  # Sizes the data cannot supply, ...
@@ -241,7 +241,7 @@ def create_evaluator(config, problem: Problem, held_out=None,
   loss_fn = problem.eval_loss_fn or problem.loss_fn
   metric_fn = problem.eval_metric_fn or problem.metric_fn
   return evaluation.FewShotEvaluator(
-      loss_fn, held_out, max_steps=config.eval_num_inner_steps,
+      loss_fn, held_out, num_inner_steps=config.eval_num_inner_steps,
       metric=problem.metric, metric_fn=metric_fn,
       inner_loop_for=algorithm.eval_inner_loop,
       task_batch_size=problem.eval_task_batch_size)

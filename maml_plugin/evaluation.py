@@ -6,7 +6,7 @@ Pure functions (no I/O): the `FewShotEvaluation` periodic action and the
 Usage::
 
   curves = adaptation_curves(loss_fn, params, eval_tasks, inner_lr=0.01,
-                             max_steps=10)            # [tasks, max_steps + 1]
+                             num_inner_steps=10)  # [tasks, 11]
   summary = summarize(curves)   # {0: StepSummary(mean, ci95, median,
                                 #      nonfinite, diverged), 1: ...}
 
@@ -19,6 +19,7 @@ without it, the inner loop is plain SGD at `inner_lr` (MAML).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -53,9 +54,9 @@ def _measure(loop: core.InnerLoop, metric_fn, k):
 
 
 def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
-                     task, *, inner_lr=None, max_steps: int,
+                     task, *, inner_lr=None, num_inner_steps: int,
                      inner_loop: core.InnerLoop | None = None) -> jax.Array:
-  """`metric_fn` on ONE task's query set after 0, 1, ..., max_steps steps.
+  """`metric_fn` on ONE task's query set after 0, 1, ..., num_inner_steps steps.
 
   The inner loop (`inner_loop`, or SGD at `inner_lr` on `loss_fn`) adapts
   on the support set exactly as in training; `metric_fn(params, batch)`
@@ -79,24 +80,44 @@ def adaptation_curve(metric_fn: core.LossFn, loss_fn: core.LossFn, params,
 
   carry = loop.init(params)
   before = measure(loop.params(carry), 0)
-  _, after = jax.lax.scan(body, carry, jnp.arange(max_steps, dtype=jnp.int32))
+  _, after = jax.lax.scan(body, carry,
+                          jnp.arange(num_inner_steps, dtype=jnp.int32))
   return jnp.concatenate([before[None], after])
 
 
+def _renamed(num_inner_steps, max_steps) -> int:
+  """`num_inner_steps`, or the deprecated `max_steps` it was called."""
+  if max_steps is not None:
+    warnings.warn('max_steps is now num_inner_steps', DeprecationWarning,
+                  stacklevel=3)
+    if num_inner_steps is None:
+      num_inner_steps = max_steps
+  if num_inner_steps is None:
+    raise TypeError('num_inner_steps is required (the inner steps to '
+                    'evaluate after)')
+  return num_inner_steps
+
+
 def adaptation_curves(loss_fn: core.LossFn, params, tasks, *, inner_lr=None,
-                      max_steps: int, metric_fn: core.LossFn | None = None,
+                      num_inner_steps: int | None = None,
+                      metric_fn: core.LossFn | None = None,
                       inner_loop: core.InnerLoop | None = None,
-                      task_batch_size: int | None = None) -> jax.Array:
-  """`adaptation_curve` for every task of `tasks`: ``[tasks, max_steps + 1]``.
+                      task_batch_size: int | None = None,
+                      max_steps: int | None = None) -> jax.Array:
+  """`adaptation_curve` for every task of `tasks`:
+  ``[tasks, num_inner_steps + 1]``. (`max_steps`: the former name of
+  `num_inner_steps`, deprecated.)
 
   `task_batch_size` bounds memory: tasks are vmapped that many at a time
   (`jax.lax.map`); None vmaps all of them at once. The values are the same.
   """
+  num_inner_steps = _renamed(num_inner_steps, max_steps)
   metric_fn = loss_fn if metric_fn is None else metric_fn
 
   def curve(t):
     return adaptation_curve(metric_fn, loss_fn, params, t, inner_lr=inner_lr,
-                            max_steps=max_steps, inner_loop=inner_loop)
+                            num_inner_steps=num_inner_steps,
+                            inner_loop=inner_loop)
 
   if task_batch_size is None:
     return jax.vmap(curve)(tasks)
@@ -231,8 +252,8 @@ def adapted_params_at(loss_fn: core.LossFn, params, support, *,
 class FewShotEvaluator:
   """Jitted few-shot evaluation on a fixed set of held-out tasks.
 
-  ``FewShotEvaluator(loss_fn, tasks, inner_lr=..., max_steps=10)(params)``
-  returns the ``[num_tasks, max_steps + 1]`` curves as a NumPy array. It
+  ``FewShotEvaluator(loss_fn, tasks, inner_lr=..., num_inner_steps=10)(params)``
+  returns the ``[num_tasks, num_inner_steps + 1]`` curves as a NumPy array. It
   reads params and never changes them (nor any other stored state).
 
   A model with state (`core.StatefulLoss`): pass its evaluation loss and
@@ -243,14 +264,16 @@ class FewShotEvaluator:
   """
 
   def __init__(self, loss_fn: core.LossFn, tasks, *, inner_lr=None,
-               max_steps: int, metric: str = 'mse',
+               num_inner_steps: int | None = None, metric: str = 'mse',
                metric_fn: core.LossFn | None = None,
                inner_loop: core.InnerLoop | None = None,
                inner_loop_for=None,
-               task_batch_size: int | None = None):
+               task_batch_size: int | None = None,
+               max_steps: int | None = None):
+    num_inner_steps = _renamed(num_inner_steps, max_steps)
     self.tasks = tasks
     self.metric = metric
-    self.max_steps = max_steps
+    self.num_inner_steps = num_inner_steps
     self.num_tasks = int(jax.tree.leaves(tasks['query'])[0].shape[0])
     self.loss_fn = loss_fn
     self.metric_fn = loss_fn if metric_fn is None else metric_fn
@@ -263,7 +286,8 @@ class FewShotEvaluator:
     self.loop_for = loop_for
     self._curves = jax.jit(lambda params, model_state, tasks:
                            adaptation_curves(
-                               loss_fn, params, tasks, max_steps=max_steps,
+                               loss_fn, params, tasks,
+                               num_inner_steps=num_inner_steps,
                                metric_fn=self.metric_fn,
                                inner_loop=loop_for(model_state),
                                task_batch_size=task_batch_size))

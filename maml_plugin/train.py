@@ -263,7 +263,7 @@ def evaluate_and_report(config, problem: Problem, params, train_step: int,
         predict_fn=lambda p, x: problem.predict_fn(p, x, model_state),
         params=params, tasks=evaluator.tasks,
         inner_loop=evaluator.loop_for(model_state),
-        max_steps=config.eval_num_inner_steps)
+        num_inner_steps=config.eval_num_inner_steps)
   return report
 
 

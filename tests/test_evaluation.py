@@ -17,7 +17,7 @@ from maml_plugin import actions
 from maml_plugin import evaluation
 from maml_plugin import losses
 
-MAX_STEPS = 8
+NUM_INNER_STEPS = 8
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +35,7 @@ def curves():
   tasks = {'support': {'x': x_s, 'y': slope * x_s},
            'query': {'x': x_q, 'y': slope * x_q}}
   evaluator = evaluation.FewShotEvaluator(loss_fn, tasks, inner_lr=0.3,
-                                          max_steps=MAX_STEPS)
+                                          num_inner_steps=NUM_INNER_STEPS)
   return evaluator({'w': jnp.zeros((1, 1))})
 
 
@@ -49,13 +49,13 @@ def _by_hand(values):
 
 def test_the_diverging_task_is_counted_not_averaged(curves, caplog):
   first_bad = int(np.argmax(~np.isfinite(curves[0])))
-  assert 1 < first_bad < MAX_STEPS  # The fixture does what it says.
+  assert 1 < first_bad < NUM_INNER_STEPS  # The fixture does what it says.
   assert np.all(np.isfinite(curves[1:]))
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # No numpy RuntimeWarning either.
     with caplog.at_level(logging.WARNING):
       report = actions.evaluation_report('mse', curves, train_step=5)
-  for k in range(MAX_STEPS + 1):
+  for k in range(NUM_INNER_STEPS + 1):
     step = report['inner_steps'][str(k)]
     mean, ci95, median = _by_hand(curves[:, k])
     assert step['mean'] == pytest.approx(mean, rel=1e-9)
@@ -69,7 +69,7 @@ def test_the_diverging_task_is_counted_not_averaged(curves, caplog):
            if 'NaN or Inf' in r.getMessage()]
   assert lines == [
       f'few-shot evaluation: mse is NaN or Inf for 1 of 8 held-out tasks '
-      f'after {first_bad} to {MAX_STEPS} inner steps; mean, ci95 and median '
+      f'after {first_bad} to {NUM_INNER_STEPS} inner steps; mean, ci95 and median '
       'are over the finite tasks']
 
   table = actions.format_table(report)
@@ -77,13 +77,13 @@ def test_the_diverging_task_is_counted_not_averaged(curves, caplog):
                                                 'diverged']
   # The row of the last inner step (lines after the table, if any, say
   # which means a few tasks dominate).
-  last = table.splitlines()[2 + MAX_STEPS].split()  # Rows: steps 0, 1, ...
-  assert last[0] == str(MAX_STEPS) and last[-2:] == ['1', '0']
+  last = table.splitlines()[2 + NUM_INNER_STEPS].split()  # Rows: steps 0, 1, ...
+  assert last[0] == str(NUM_INNER_STEPS) and last[-2:] == ['1', '0']
   scalars = actions.evaluation_scalars('mse', curves)
-  assert scalars[f'eval/mse_step{MAX_STEPS}_nonfinite'] == 1
+  assert scalars[f'eval/mse_step{NUM_INNER_STEPS}_nonfinite'] == 1
   assert scalars['eval/mse_step1_diverged'] == 1
-  assert scalars[f'eval/mse_step{MAX_STEPS}_median'] == pytest.approx(
-      _by_hand(curves[:, MAX_STEPS])[2])
+  assert scalars[f'eval/mse_step{NUM_INNER_STEPS}_median'] == pytest.approx(
+      _by_hand(curves[:, NUM_INNER_STEPS])[2])
 
 
 def _strict_json(path):
@@ -140,7 +140,7 @@ def test_accuracy_of_a_task_whose_loss_diverged_is_counted_non_finite():
   tasks = {'support': {'x': x, 'y': np.zeros((3, 4), np.int32)},
            'query': {'x': x, 'y': np.zeros((3, 4), np.int32)}}
   curves = np.asarray(ev.adaptation_curves(
-      loss_fn, {'w': jnp.ones((2,))}, tasks, inner_lr=0.1, max_steps=1,
+      loss_fn, {'w': jnp.ones((2,))}, tasks, inner_lr=0.1, num_inner_steps=1,
       metric_fn=accuracy))
   assert np.isnan(curves[1]).all()
   assert np.isfinite(curves[[0, 2]]).all()
@@ -233,9 +233,28 @@ def test_evaluation_refuses_targets_of_another_shape(family):
   tasks = {'support': {'x': x, 'y': y}, 'query': {'x': x, 'y': y}}
   for loss_fn, metric_fn in ((loss, metric), (metric, metric)):
     evaluator = evaluation.FewShotEvaluator(
-        model.eval_loss(loss_fn), tasks, inner_lr=0.1, max_steps=1,
+        model.eval_loss(loss_fn), tasks, inner_lr=0.1, num_inner_steps=1,
         metric='mse' if family == 'sinusoid' else 'accuracy',
         metric_fn=model.eval_loss(metric_fn))
     with pytest.raises(ValueError) as err:
       evaluator(model.params)
     assert expected in str(err.value) and '\n' not in str(err.value)
+
+
+def test_max_steps_is_the_deprecated_name_of_num_inner_steps():
+  """One name for the inner-step count (`num_inner_steps`, as in configs);
+  the former `max_steps` still works, with a DeprecationWarning, and gives
+  the same curves."""
+  loss_fn = lambda p, batch: jnp.mean((batch['x'] @ p['w'] - batch['y'])**2)
+  x = jnp.ones((3, 4, 2))
+  tasks = {'support': {'x': x, 'y': jnp.zeros((3, 4))},
+           'query': {'x': x, 'y': jnp.ones((3, 4))}}
+  params = {'w': jnp.ones((2,))}
+  new = evaluation.adaptation_curves(loss_fn, params, tasks, inner_lr=0.1,
+                                     num_inner_steps=2)
+  with pytest.warns(DeprecationWarning, match='max_steps is now '
+                    'num_inner_steps'):
+    old = evaluation.FewShotEvaluator(loss_fn, tasks, inner_lr=0.1,
+                                      max_steps=2)
+  assert old.num_inner_steps == 2
+  np.testing.assert_array_equal(np.asarray(old(params)), np.asarray(new))

@@ -171,3 +171,18 @@ def test_layout_table_matches_the_tree():
           assert f'`{module}`' in row[0], (
               f'maml_plugin/{name}/{module} is not named in its '
               'docs/layout.md row')
+
+
+def test_layout_numbers_are_the_trees():
+  """docs/layout.md's "now" rows (the longest module and function, the
+  names of the inner-step count) are what benchmarks/layout_numbers.py
+  measures on this tree; after a change, ``python3
+  benchmarks/layout_numbers.py --write`` rewrites them."""
+  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  try:
+    import layout_numbers  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  assert layout_numbers.written_rows() == layout_numbers.table_rows(
+      layout_numbers.numbers()), (
+          'docs/layout.md: run python3 benchmarks/layout_numbers.py --write')

@@ -193,5 +193,5 @@ def test_evaluator_runs_the_executable_the_check_compiled(quick):
   _, components, _ = quick
   evaluator = components.evaluator
   curves = evaluator(components.state.params, components.state.model_state)
-  assert curves.shape == (evaluator.num_tasks, evaluator.max_steps + 1)
+  assert curves.shape == (evaluator.num_tasks, evaluator.num_inner_steps + 1)
   assert evaluator._curves._cache_size() == 0  # pylint: disable=protected-access

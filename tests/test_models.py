@@ -8,6 +8,8 @@ import pytest
 from flax import nnx
 
 from maml_plugin import core
+from maml_plugin import models
+from maml_plugin import tasks
 from maml_plugin.models import Conv4
 from maml_plugin.models import conv3x3_as_matmul
 
@@ -117,3 +119,22 @@ def test_support_as_its_own_context_is_the_transductive_support_pass():
   support = jax.random.uniform(jax.random.key(3), (5, 28, 28, 1))
   np.testing.assert_allclose(model(support, context=support), model(support),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_registry_look_ups_are_make_names_the_old_build_names_warn():
+  """One verb for a look-up by name, as `make_algorithm`: `make_model` and
+  `make_task_problem`; the former `build_*` names still work and say the
+  new one."""
+  from configs import maml_sine  # pylint: disable=g-import-not-at-top
+  config = maml_sine.get_config('quick')
+  with pytest.warns(DeprecationWarning,
+                    match='models.build_model is now models.make_model'):
+    old = models.build_model('mlp', config, input_shape=(1,),
+                             num_outputs=1, rngs=nnx.Rngs(0))
+  new = models.make_model('mlp', config, input_shape=(1,), num_outputs=1,
+                          rngs=nnx.Rngs(0))
+  assert type(old) is type(new)
+  with pytest.warns(DeprecationWarning, match='tasks.build_task_problem is '
+                    'now tasks.make_task_problem'):
+    assert tasks.build_task_problem('sinusoid', config).metric == 'mse'
+  assert tasks.make_task_problem('sinusoid', config).metric == 'mse'

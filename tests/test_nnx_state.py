@@ -193,7 +193,7 @@ def test_evaluation_reads_the_chosen_statistics_and_changes_nothing(bn_model):
   def curves(batch_stats):
     evaluator = evaluation.FewShotEvaluator(
         bn_model.eval_loss(mse, batch_stats=batch_stats), batch,
-        max_steps=1, inner_loop_for=algorithm.eval_inner_loop)
+        num_inner_steps=1, inner_loop_for=algorithm.eval_inner_loop)
     return evaluator(bn_model.params, stored)
 
   before = curves(True)[:, 0]
@@ -390,7 +390,7 @@ def test_mamlpp_per_step_statistics_in_evaluation(bn_model):
   stored['bn']['var'].value = jnp.asarray(variances)
   params = algorithm.init_params(bn_model.params)
   evaluator = evaluation.FewShotEvaluator(
-      bn_model.eval_loss(mse, batch_stats=False), batch, max_steps=2,
+      bn_model.eval_loss(mse, batch_stats=False), batch, num_inner_steps=2,
       inner_loop_for=algorithm.eval_inner_loop)
   curves = evaluator(params, stored)
 

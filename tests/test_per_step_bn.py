@@ -196,7 +196,7 @@ def test_evaluation_past_training_steps_reuses_the_last_copies():
   algorithm, meta, bn, problem = _algorithm_with_distinct_copies(20)
   loss_fn, params, batch = problem
   curves = evaluation.adaptation_curves(
-      loss_fn, meta, batch, max_steps=STEPS + 2,
+      loss_fn, meta, batch, num_inner_steps=STEPS + 2,
       inner_loop=algorithm.inner_loop)
   task = jax.tree.map(lambda a: a[1], batch)
   stacked = bn.stacked(meta['per_step_bn'])

@@ -19,7 +19,7 @@ from maml_plugin import evaluation
 from maml_plugin import losses
 from maml_plugin.tasks import sinusoid
 
-NUM_TASKS, MAX_STEPS, INNER_LR = 6, 3, 0.1
+NUM_TASKS, NUM_INNER_STEPS, INNER_LR = 6, 3, 0.1
 
 
 def _loss(p, batch):
@@ -39,16 +39,16 @@ PARAMS = {'w': np.array([[0.4]]), 'b': np.array([-0.1])}
 
 
 def _curves_by_hand(tasks, scale=1.0):
-  """Query loss after 0..MAX_STEPS SGD steps on the support loss, per task,
+  """Query loss after 0..NUM_INNER_STEPS SGD steps on the support loss, per task,
   for the loss `scale` * MSE: d/dw mean((xw + b - y)^2) =
   2 mean(x (xw + b - y)), d/db = 2 mean(.)."""
-  out = np.zeros((NUM_TASKS, MAX_STEPS + 1))
+  out = np.zeros((NUM_TASKS, NUM_INNER_STEPS + 1))
   lr = INNER_LR * scale
   for t in range(NUM_TASKS):
     w, b = PARAMS['w'][0, 0], PARAMS['b'][0]
     xs, ys = tasks['support']['x'][t, :, 0], tasks['support']['y'][t, :, 0]
     xq, yq = tasks['query']['x'][t, :, 0], tasks['query']['y'][t, :, 0]
-    for k in range(MAX_STEPS + 1):
+    for k in range(NUM_INNER_STEPS + 1):
       out[t, k] = scale * np.mean((xq * w + b - yq) ** 2)
       r = xs * w + b - ys
       w, b = w - lr * 2 * np.mean(xs * r), b - lr * 2 * np.mean(r)
@@ -63,10 +63,10 @@ def test_adaptation_curves_equal_sgd_by_hand(x64, task_batch_size):
   del x64
   tasks = _tasks()
   evaluator = evaluation.FewShotEvaluator(
-      _loss, tasks, inner_lr=INNER_LR, max_steps=MAX_STEPS,
+      _loss, tasks, inner_lr=INNER_LR, num_inner_steps=NUM_INNER_STEPS,
       task_batch_size=task_batch_size)
   curves = evaluator(jax.tree.map(jnp.asarray, PARAMS))
-  assert curves.shape == (NUM_TASKS, MAX_STEPS + 1)
+  assert curves.shape == (NUM_TASKS, NUM_INNER_STEPS + 1)
   np.testing.assert_allclose(curves, _curves_by_hand(tasks), rtol=1e-10)
 
 
@@ -83,7 +83,8 @@ def test_the_evaluator_adapts_with_its_own_loss_not_the_training_loss(x64):
       'maml', loss_fn=_loss, tx=optax.sgd(0.1), inner_lr=INNER_LR,
       num_inner_steps=1)
   evaluator = evaluation.FewShotEvaluator(
-      lambda p, batch: 2.0 * _loss(p, batch), tasks, max_steps=MAX_STEPS,
+      lambda p, batch: 2.0 * _loss(p, batch), tasks,
+      num_inner_steps=NUM_INNER_STEPS,
       inner_loop_for=algorithm.eval_inner_loop)
   np.testing.assert_allclose(evaluator(jax.tree.map(jnp.asarray, PARAMS)),
                              _curves_by_hand(tasks, scale=2.0), rtol=1e-10)
@@ -127,10 +128,11 @@ def test_the_loss_after_k_steps_is_the_inner_loops_loss_at_k(x64):
   loop = core.sgd_inner_loop(_loss, INNER_LR)._replace(
       loss_at=lambda fn, k: lambda p, batch: fn(p, batch) + 1000.0 * k)
   curves = evaluation.adaptation_curves(
-      _loss, jax.tree.map(jnp.asarray, PARAMS), tasks, max_steps=MAX_STEPS,
+      _loss, jax.tree.map(jnp.asarray, PARAMS), tasks,
+      num_inner_steps=NUM_INNER_STEPS,
       inner_loop=loop)
   np.testing.assert_allclose(
-      curves, _curves_by_hand(tasks) + 1000.0 * np.arange(MAX_STEPS + 1),
+      curves, _curves_by_hand(tasks) + 1000.0 * np.arange(NUM_INNER_STEPS + 1),
       rtol=1e-10)
 
 

@@ -165,7 +165,7 @@ def main(argv=None):
   for mode, batch_stats in BN_MODES.items():
     evaluator = FewShotEvaluator(
         model.eval_loss(cross_entropy, batch_stats=batch_stats), held_out,
-        max_steps=args.eval_steps, metric='accuracy',
+        num_inner_steps=args.eval_steps, metric='accuracy',
         metric_fn=model.eval_loss(accuracy, batch_stats=batch_stats),
         inner_loop_for=alg.eval_inner_loop,
         task_batch_size=args.eval_task_batch_size)

@@ -15,6 +15,7 @@ from maml_plugin.models import conv4
 from maml_plugin.models import mlp
 from maml_plugin.models.base import MODELS
 from maml_plugin.models.base import build_model
+from maml_plugin.models.base import make_model
 from maml_plugin.models.conv4 import Conv4
 from maml_plugin.models.conv4 import ConvBlock
 from maml_plugin.models.conv4 import batch_norm_transductive

@@ -17,6 +17,8 @@ splits it with `maml_plugin.nnx_bridge.NNXModel`.
 
 from __future__ import annotations
 
+import warnings
+
 from flax import nnx
 
 from maml_plugin.registry import Registry
@@ -24,9 +26,17 @@ from maml_plugin.registry import Registry
 MODELS = Registry('model')
 
 
-def build_model(name: str, config, *, input_shape: tuple[int, ...],
-                num_outputs: int, rngs: nnx.Rngs) -> nnx.Module:
+def make_model(name: str, config, *, input_shape: tuple[int, ...],
+               num_outputs: int, rngs: nnx.Rngs) -> nnx.Module:
   """The registered model `name`, its fields read from `config`."""
   return MODELS.lookup(name)(MODELS.fields(name).from_config(config),
                              input_shape=tuple(input_shape),
                              num_outputs=num_outputs, rngs=rngs)
+
+
+def build_model(name: str, config, **kwargs) -> nnx.Module:
+  """Deprecated: the former name of `make_model` (registry look-ups are
+  ``make_*``: `algorithms.make_algorithm`, `tasks.make_task_problem`)."""
+  warnings.warn('models.build_model is now models.make_model',
+                DeprecationWarning, stacklevel=2)
+  return make_model(name, config, **kwargs)

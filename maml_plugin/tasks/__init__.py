@@ -26,6 +26,7 @@ from maml_plugin.tasks.base import TASKS
 from maml_plugin.tasks.base import TaskProblem
 from maml_plugin.tasks.base import TaskSource
 from maml_plugin.tasks.base import build_task_problem
+from maml_plugin.tasks.base import make_task_problem
 from maml_plugin.tasks.episodic import EpisodicTasks
 from maml_plugin.tasks.sinusoid import SinusoidTasks
 

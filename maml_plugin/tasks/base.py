@@ -26,6 +26,7 @@ that only the data can reveal (more ways than classes) is a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Protocol
 
 import jax
@@ -54,12 +55,12 @@ class Picture(Protocol):
 
   `predict_fn(params, x)` is the model in evaluation mode, `inner_loop` the
   algorithm's own (`core.InnerLoop`; `evaluation.adapted_params_at`
-  adapts with it), `tasks` the held-out tasks, `max_steps` the most inner
+  adapts with it), `tasks` the held-out tasks, `num_inner_steps` the most inner
   steps evaluation runs. Writes the PNG `path`.
   """
 
   def __call__(self, path: str, *, predict_fn, params, tasks, inner_loop,
-               max_steps: int) -> None:
+               num_inner_steps: int) -> None:
     ...
 
 
@@ -90,6 +91,14 @@ class TaskProblem:
   picture: Picture | None = None
 
 
-def build_task_problem(name: str, config) -> TaskProblem:
+def make_task_problem(name: str, config) -> TaskProblem:
   """The registered task family `name`, its fields read from `config`."""
   return TASKS.lookup(name)(TASKS.fields(name).from_config(config))
+
+
+def build_task_problem(name: str, config) -> TaskProblem:
+  """Deprecated: the former name of `make_task_problem` (registry look-ups
+  are ``make_*``: `algorithms.make_algorithm`, `models.make_model`)."""
+  warnings.warn('tasks.build_task_problem is now tasks.make_task_problem',
+                DeprecationWarning, stacklevel=2)
+  return make_task_problem(name, config)

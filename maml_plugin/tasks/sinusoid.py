@@ -149,14 +149,14 @@ def sinusoid_fits(predict_fn, loss_fn, params, tasks, *,
 
 
 def adaptation_picture(path: str, *, predict_fn, params, tasks, inner_loop,
-                       max_steps: int, num_tasks: int) -> None:
+                       num_inner_steps: int, num_tasks: int) -> None:
   """The MAML paper's figure (a `base.Picture`): for the first `num_tasks`
   held-out tasks, the true curve, the support points and the prediction
-  before adapting and after 1 and `max_steps` inner steps."""
+  before adapting and after 1 and `num_inner_steps` inner steps."""
   # Matplotlib sits above the task sources: imported only when a report is
   # drawn.
   from maml_plugin import plots  # pylint: disable=g-import-not-at-top
-  steps = tuple(sorted({0, min(1, max_steps), max_steps}))
+  steps = tuple(sorted({0, min(1, num_inner_steps), num_inner_steps}))
   panels = sinusoid_fits(
       predict_fn, None, params, tasks, inner_loop=inner_loop,
       inner_steps=steps, num_tasks=min(num_tasks, len(tasks['amplitude'])))
