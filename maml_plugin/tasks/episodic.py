@@ -254,6 +254,21 @@ def classification_problem(tasks: EpisodicTasks, eval_tasks: EpisodicTasks,
       metric_fn=accuracy)
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 images ``[n, H, W, C]`` (C = 1 or 3) resized to ``[n, size,
+  size, C]`` with LANCZOS (PIL); images of that size already are returned
+  as they are. Non-square images are stretched to the square."""
+  images = np.asarray(images)
+  if images.shape[1:3] == (size, size):
+    return images
+  out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+  for i, image in enumerate(images):
+    pil = PIL.Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    out[i] = np.asarray(pil.resize((size, size), PIL.Image.LANCZOS),
+                        np.uint8).reshape(size, size, -1)
+  return out
+
+
 def _split_names(split: str) -> list[str]:
   """The split names in a TFDS split string: 'train[:80%]+test' ->
   ['train', 'test']."""
