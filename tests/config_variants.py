@@ -7,6 +7,7 @@ a copy of the package without docs/ (benchmarks/mutation.py) imports it.
 
 import importlib.util
 
+from configs import maml_miniimagenet
 from configs import maml_omniglot
 from configs import maml_sine
 
@@ -17,6 +18,9 @@ VARIANTS = {
                       'imaml,quick') + maml_omniglot.PROTOCOLS,
     'jaxline_sine': (None, 'quick', 'paper') + maml_sine.ALGORITHMS,
     'maml_tfds': (None, 'quick'),
+    'maml_miniimagenet': (None, 'quick', 'fomaml', 'mamlpp', '5w5s,fomaml',
+                          'mamlpp,quick') + maml_miniimagenet.PROTOCOLS,
+    'maml_image_folder': (None, 'quick', 'fomaml', 'mamlpp', '5w5s'),
 }
 # Configs that need an optional dependency: config -> module.
 NEEDS = {'jaxline_sine': 'jaxline'}

@@ -30,7 +30,8 @@ REGISTERED_BY = {
                     'conv4': 'maml_plugin.models.conv4'},
     tasks.TASKS: {'sinusoid': 'maml_plugin.tasks.sinusoid',
                   'omniglot': 'maml_plugin.tasks.omniglot',
-                  'tfds_episodic': 'maml_plugin.tasks.tfds_episodic'},
+                  'tfds_episodic': 'maml_plugin.tasks.tfds_episodic',
+                  'image_folder': 'maml_plugin.tasks.image_folder'},
 }
 
 

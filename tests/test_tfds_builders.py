@@ -13,6 +13,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 import maml_plugin.tasks  # pylint: disable=g-bad-import-order,unused-import
 from maml_plugin.tasks import SinusoidTasks
+from maml_plugin.tasks import miniimagenet_tfds
 from maml_plugin.tasks import omniglot
 from maml_plugin.tasks import omniglot_tfds
 from maml_plugin.tasks import sinusoid_tfds
@@ -47,7 +48,8 @@ def _tfds_build(*args: str) -> subprocess.CompletedProcess:
 
 def test_builders_are_registered_on_import():
   names = tfds.list_builders(with_community_datasets=False)
-  assert 'sinusoid_tasks' in names and 'omniglot_tasks' in names
+  assert {'sinusoid_tasks', 'omniglot_tasks', 'mini_imagenet_tasks'} <= set(
+      names)
 
 
 def test_sinusoid_tasks_load_and_match_the_in_process_sampler(tmp_path,
@@ -96,8 +98,9 @@ def test_array_record_gives_random_access_with_data_source(tmp_path,
   assert 0.1 <= float(example['amplitude']) <= 5.0
 
 
-@pytest.mark.parametrize('module,name', [(sinusoid_tfds, 'sinusoid_tasks'),
-                                         (omniglot_tfds, 'omniglot_tasks')])
+@pytest.mark.parametrize('module,name', [
+    (sinusoid_tfds, 'sinusoid_tasks'), (omniglot_tfds, 'omniglot_tasks'),
+    (miniimagenet_tfds, 'mini_imagenet_tasks')])
 def test_each_builder_module_holds_exactly_one_builder(module, name):
   builder_cls = tfds.core.community.builder_cls_from_module(module.__name__)
   assert builder_cls.name == name
