@@ -15,7 +15,8 @@ from configs import maml_sine
 VARIANTS = {
     'maml_sine': (None, 'quick', 'paper', 'metasgd,paper') + maml_sine.ALGORITHMS,
     'maml_omniglot': (None, 'quick', 'mamlpp', 'imaml', '20w1s,imaml',
-                      'imaml,quick') + maml_omniglot.PROTOCOLS,
+                      'imaml,quick', 'reference', '20w5s,reference',
+                      'reference,imaml') + maml_omniglot.PROTOCOLS,
     'jaxline_sine': (None, 'quick', 'paper') + maml_sine.ALGORITHMS,
     'maml_tfds': (None, 'quick'),
     'maml_miniimagenet': (None, 'quick', 'fomaml', 'mamlpp', '5w5s,fomaml',
