@@ -10,10 +10,13 @@ its 423-character test split)::
 The default is the paper's 5-way 1-shot protocol: meta-batch 32, 1 inner
 step at alpha=0.4, Adam 1e-3, 60,000 meta-steps, 10 inner steps at test.
 Arguments, comma-separated: at most one of `5w1s` (the default), `5w5s`,
-`20w1s` (meta-batch 16, 5 inner steps at alpha=0.1), `20w5s`; `mamlpp` (the
+`20w1s` (meta-batch 16, 5 inner steps at alpha=0.1), `20w5s`; `reference`
+(the split and augmentation of the MAML paper's code, see `set_reference`;
+without it the Vinyals split); `mamlpp` (the
 MAML++ train step on that protocol, see `set_mamlpp`) or `imaml` (implicit
 MAML with its paper's settings, see `set_imaml`); `quick` (a seconds-long
-run for tests). E.g. `--config=configs/maml_omniglot.py:mamlpp,quick`.
+run for tests). E.g. `--config=configs/maml_omniglot.py:mamlpp,quick` or
+`--config=configs/maml_omniglot.py:20w5s,reference`.
 Any field can be overridden, e.g. `--config.first_order=True`.
 """
 
@@ -21,7 +24,22 @@ import ml_collections
 from ml_collections import config_dict
 
 PROTOCOLS = ('5w1s', '5w5s', '20w1s', '20w5s')
-_WORDS = PROTOCOLS + ('mamlpp', 'imaml', 'quick')
+_WORDS = PROTOCOLS + ('reference', 'mamlpp', 'imaml', 'quick')
+
+
+def set_reference(config) -> None:
+  """Switches `config` to the split and augmentation of the MAML paper's
+  code (github.com/cbfinn/maml): 1,100 / 100 / 423 characters of both zips
+  at random whatever their alphabet (`omniglot.reference_characters`), each
+  class of a task rotated by its own random multiple of 90 degrees, in
+  training and in evaluation, and, as that code tests, as many query
+  images per class as support images (it draws 2K images per class). The
+  protocol (meta-batch, inner steps and rate, Conv-4, transductive batch
+  norm, 10 steps on 600 tasks at test) stays the config's."""
+  config.train_split = 'reference_train'
+  config.eval_split = 'reference_test'
+  config.rotate_classes = True
+  config.eval_num_query = config.num_support
 
 
 def set_mamlpp(config) -> None:
@@ -75,8 +93,10 @@ def set_imaml(config) -> None:
   on the gradient's scale). The exact system I + H/2 is indefinite here:
   the support Hessian at phi* has eigenvalues down to about -6 already at
   initialization, and CG's residual stays near or above 1 (docs/imaml.md).
-  The release's inner loop (16 plain steps, then one step on the proximal
-  term alone) and its Adam epsilon (1e-3) are not copied.
+  The inner loop is the paper's (gradient descent on the proximal
+  objective); `--config.inner_solver=release` runs the release's instead
+  (16 plain steps on the support loss, then one step on the proximal term
+  alone). The release's Adam epsilon (1e-3) is not copied.
   """
   config.train_step = 'imaml'
   del config.first_order  # The implicit gradient is exact at the optimum.
@@ -91,6 +111,7 @@ def set_imaml(config) -> None:
   config.cg_lambda = config_dict.placeholder(float)
   config.cg_lambda = 24.0
   config.eval_num_inner_steps = config.num_inner_steps
+  config.inner_solver = 'proximal'  # or 'release' (the authors' code)
 
 
 def get_config(arg=None):
@@ -119,6 +140,10 @@ def get_config(arg=None):
   # transductive setting); False: query examples are normalised with their
   # task's support statistics and never see each other.
   config.transductive = True
+  # Rotate each class of a task by a random multiple of 90 degrees (the
+  # reference code's augmentation, `reference`); the Vinyals split has the
+  # rotations as classes of their own instead.
+  config.rotate_classes = False
   # Meta-learning algorithm (a registered train step) and its inner loop.
   config.train_step = 'maml'
   config.inner_lr = 0.4
@@ -176,6 +201,8 @@ def get_config(arg=None):
     config.num_eval_tasks = 20
     config.eval_num_query = 5
     config.eval_num_inner_steps = 3
+  if 'reference' in words:
+    set_reference(config)
   if 'mamlpp' in words:
     set_mamlpp(config)
   if 'imaml' in words:

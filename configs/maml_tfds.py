@@ -11,7 +11,8 @@ Name the dataset; it must be prepared under `data_dir` (nothing downloads)::
 Any dataset with an image and an int label feature works (`mnist`,
 `emnist`, `cifar100`, your own): override `train_split` and `eval_split`
 (TFDS split strings, `train[:80%]`), `image_key` and `label_key` (the
-feature names) as the dataset needs, and the task sizes `ways`,
+feature names) as the dataset needs, `image_size` (0 keeps the stored
+size; N resizes the images to N x N), and the task sizes `ways`,
 `num_support` (K shots) and `num_query`. A missing dataset, split or
 feature stops the run in one line naming what the dataset has.
 
@@ -39,6 +40,7 @@ def get_config(arg=None):
   config.eval_split = 'test'
   config.image_key = 'image'
   config.label_key = 'label'
+  config.image_size = 0  # 0: as stored; N: images resized to N x N
   config.ways = 5
   config.num_support = 1  # images per class in the support set (K)
   config.num_query = 1  # query images per class in training

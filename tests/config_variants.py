@@ -7,6 +7,7 @@ a copy of the package without docs/ (benchmarks/mutation.py) imports it.
 
 import importlib.util
 
+from configs import maml_miniimagenet
 from configs import maml_omniglot
 from configs import maml_sine
 
@@ -14,9 +15,13 @@ from configs import maml_sine
 VARIANTS = {
     'maml_sine': (None, 'quick', 'paper', 'metasgd,paper') + maml_sine.ALGORITHMS,
     'maml_omniglot': (None, 'quick', 'mamlpp', 'imaml', '20w1s,imaml',
-                      'imaml,quick') + maml_omniglot.PROTOCOLS,
+                      'imaml,quick', 'reference', '20w5s,reference',
+                      'reference,imaml') + maml_omniglot.PROTOCOLS,
     'jaxline_sine': (None, 'quick', 'paper') + maml_sine.ALGORITHMS,
     'maml_tfds': (None, 'quick'),
+    'maml_miniimagenet': (None, 'quick', 'fomaml', 'mamlpp', '5w5s,fomaml',
+                          'mamlpp,quick') + maml_miniimagenet.PROTOCOLS,
+    'maml_image_folder': (None, 'quick', 'fomaml', 'mamlpp', '5w5s'),
 }
 # Configs that need an optional dependency: config -> module.
 NEEDS = {'jaxline_sine': 'jaxline'}

@@ -170,3 +170,65 @@ def test_tfds_dataset_without_the_feature_lists_its_features(tmp_path):
       data_dir=data_dir)
   assert images.shape == (4, 2, 2, 1)
   assert sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
+def _turns(task_x, source):
+  """Per image of a task ``[n, H, W, 1]``: the k in 0..3 with
+  ``np.rot90(source image, k) == image`` (the source image found by its
+  marker value), computed with NumPy."""
+  out = []
+  for image in np.asarray(task_x)[..., 0]:
+    image = np.round(image * 255).astype(np.uint8)  # the sampler's x / 255
+    original = source[image.max()]
+    ks = [k for k in range(4) if np.array_equal(np.rot90(original, k), image)]
+    assert len(ks) == 1
+    out.append(ks[0])
+  return np.array(out)
+
+
+def test_rotate_classes_turns_each_class_of_a_task_by_one_multiple_of_90():
+  """The reference code's augmentation: every image of a class in a task
+  (support and query) is the source image rotated by the same k * 90
+  degrees, k drawn per class and task from all four; without the option
+  nothing is rotated. Caught when broken on purpose: one k per task
+  instead of per class, and the rotation applied to support images only."""
+  num_classes, per_class, size = 8, 6, 5
+  # uint8 images: one bright pixel (its image index) off every symmetry
+  # axis, so each rotation puts it somewhere else.
+  source = np.zeros((num_classes * per_class, size, size), np.uint8)
+  source[:, 0, 1] = np.arange(1, num_classes * per_class + 1)
+  images = source
+  lookup = np.zeros((num_classes * per_class + 1, size, size), np.uint8)
+  lookup[1:] = source
+  labels = np.repeat(np.arange(num_classes), per_class)
+  kwargs = dict(ways=4, num_support=2, num_query=3)
+  tasks = EpisodicTasks.from_arrays(images[..., None], labels,
+                                    rotate_classes=True, **kwargs)
+  batch = jax.device_get(tasks.train_batch(jax.random.key(3), 60))
+  seen, mixed = set(), 0
+  for t in range(60):
+    sup = _turns(batch['support']['x'][t], lookup)
+    qry = _turns(batch['query']['x'][t], lookup)
+    per_class = {}
+    for part, ks in (('support', sup), ('query', qry)):
+      for y, k in zip(batch[part]['y'][t], ks):
+        per_class.setdefault(int(y), set()).add(int(k))
+    assert all(len(ks) == 1 for ks in per_class.values())
+    ks = [next(iter(v)) for v in per_class.values()]
+    seen.update(ks)
+    mixed += len(set(ks)) > 1
+  assert seen == {0, 1, 2, 3}
+  assert mixed > 40  # classes of one task turn independently
+  plain = EpisodicTasks.from_arrays(images[..., None], labels, **kwargs)
+  batch = jax.device_get(plain.train_batch(jax.random.key(3), 10))
+  assert not _turns(batch['support']['x'].reshape(-1, size, size, 1),
+                    lookup).any()
+
+
+def test_rotate_classes_of_non_square_images_is_one_line():
+  with pytest.raises(EpisodeError) as err:
+    EpisodicTasks.from_arrays(np.zeros((20, 4, 6, 1)), np.repeat(np.arange(4),
+                              5), ways=2, num_support=1, num_query=1,
+                              rotate_classes=True)
+  assert str(err.value) == ('rotate_classes=True: images are 4x6; rotating '
+                            'by 90 degrees needs square images')

@@ -4,6 +4,7 @@ import os
 import shutil
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,7 +19,12 @@ EXPECTED = {
     'vinyals_test': (1692, 1692 * 20),
     'lake_background': (964, 964 * 20),
     'lake_evaluation': (659, 659 * 20),
+    'reference_train': (1100, 1100 * 20),
+    'reference_val': (100, 100 * 20),
+    'reference_test': (423, 423 * 20),
 }
+REFERENCE_SPLIT_FILE = os.path.join(os.path.dirname(__file__), '..', 'docs',
+                                    'omniglot_reference_split.txt')
 
 
 def characters(split):
@@ -167,3 +173,76 @@ def test_unknown_split_lists_the_known_ones(omniglot_env):
   with pytest.raises(OmniglotError, match="split='vinyals': must be one of "
                      "'vinyals_train'"):
     omniglot.load_split('vinyals')
+
+
+def test_reference_split_is_disjoint_covers_all_and_ignores_alphabets(
+    omniglot_splits):
+  """The MAML code's split: 1,100 / 100 / 423 unrotated characters, disjoint,
+  all 1,623 together; unlike Vinyals' it is drawn whatever the alphabet,
+  so the test characters' alphabets are nearly all in training too (on
+  the Vinyals split 4 of 423 test characters are, one alphabet cut in
+  two)."""
+  train, val, test = (characters(omniglot_splits[f'reference_{s}'])
+                      for s in ('train', 'val', 'test'))
+  assert (len(train), len(val), len(test)) == (1100, 100, 423)
+  assert not (train & val or train & test or val & test)
+  assert len(train | val | test) == 1623
+  assert all(n.endswith('/rot000')
+             for n in omniglot_splits['reference_test'].class_names)
+  train_alphabets = {c.split('/')[0] for c in train}
+  assert sum(c.split('/')[0] in train_alphabets for c in test) >= 400
+  vinyals_train = alphabets(omniglot_splits['vinyals_trainval'])
+  assert sum(c.split('/')[0] in vinyals_train for c in characters(
+      omniglot_splits['vinyals_test'])) < 10
+
+
+def test_reference_split_is_the_written_down_one(omniglot_splits):
+  """docs/omniglot_reference_split.txt lists every character's part in
+  shuffled order; the loaded splits must be exactly those characters."""
+  with open(REFERENCE_SPLIT_FILE) as f:
+    rows = [line.split() for line in f if not line.startswith('#')]
+  for part in ('train', 'val', 'test'):
+    written = {name for p, name in rows if p == part}
+    assert characters(omniglot_splits[f'reference_{part}']) == written
+
+
+def test_reference_split_depends_only_on_the_names_and_its_seed():
+  """Not on the order the names come in; another seed is another split;
+  the wrong number of characters is one line."""
+  names = [f'A{a:02d}/character{c:02d}' for a in range(41) for c in range(1, 41)
+           ][:1623]
+  first = omniglot.reference_characters(names)
+  assert omniglot.reference_characters(names[::-1]) == first
+  assert omniglot.reference_characters(names, seed=2) != first
+  assert {k: len(v) for k, v in first.items()} == {
+      'train': 1100, 'val': 100, 'test': 423}
+  with pytest.raises(OmniglotError) as err:
+    omniglot.reference_characters(names[:1000])
+  assert str(err.value) == ('the reference split needs 1623 characters '
+                            '(both zips), got 1000')
+
+
+def test_reference_config_draws_rotated_tasks_of_the_reference_split(
+    omniglot_splits):
+  """`configs/maml_omniglot.py:reference` as the trainer builds it: the
+  held-out tasks are characters of reference_test, each class turned by a
+  multiple of 90 degrees (k found with np.rot90 against the unrotated
+  split), not always 0, with as many query images as support images."""
+  from configs import maml_omniglot  # pylint: disable=g-import-not-at-top
+  from maml_plugin.tasks import base  # pylint: disable=g-import-not-at-top
+  config = maml_omniglot.get_config('reference')
+  problem = base.build_task_problem('omniglot', config)
+  tasks = jax.device_get(problem.eval_tasks.held_out(seed=0, num_tasks=20,
+                                                     num_query=1))
+  test = omniglot_splits['reference_test']
+  turns = []
+  for t in range(20):
+    for x, cid in zip(tasks['query']['x'][t], tasks['query']['class_id'][t]):
+      image = np.round(x[..., 0] * 255).astype(np.uint8)
+      sources = test.images[test.labels == cid][..., 0]
+      ks = {k for k in range(4) for s in sources
+            if np.array_equal(np.rot90(s, k), image)}
+      assert ks, 'a query image is no rotation of its class'
+      turns.append(min(ks))
+  assert set(turns) == {0, 1, 2, 3}
+  assert config.eval_num_query == config.num_support == 1

@@ -104,8 +104,8 @@ def test_a_users_algorithm_gets_its_own_field_from_the_config():
      'config.inner_lr_scale=-1.0: must be a finite number > 0'),
     ('width', 0, 'config.width=0: must be an int > 0'),
     ('max_slope', 'steep', "config.max_slope='steep': must be a finite"),
-    ('task', 'lines', "config.task='lines': must be one of 'line_tasks', "
-     "'omniglot', 'sinusoid', 'tfds_episodic'"),
+    ('task', 'lines', "config.task='lines': must be one of 'image_folder', "
+     "'line_tasks', 'omniglot', 'sinusoid', 'tfds_episodic'"),
     ('model', 'mlpp', "config.model='mlpp': must be one of 'conv4', 'mlp', "
      "'norm_mlp'"),
     ('train_step', 'scaled', "config.train_step='scaled': must be one of "

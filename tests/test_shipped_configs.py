@@ -33,7 +33,8 @@ CONFIG_DIR = os.path.join(REPO, 'configs')
 
 # The configs of `maml_plugin.main`, those README's prose overrides are for
 # (jaxline_sine's own fields are at the top level, ours one level down).
-FOR_MAIN = ('maml_sine', 'maml_omniglot', 'maml_tfds')
+FOR_MAIN = ('maml_sine', 'maml_omniglot', 'maml_tfds', 'maml_miniimagenet',
+            'maml_image_folder')
 
 
 def _config_files():

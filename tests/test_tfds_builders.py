@@ -13,6 +13,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 import maml_plugin.tasks  # pylint: disable=g-bad-import-order,unused-import
 from maml_plugin.tasks import SinusoidTasks
+from maml_plugin.tasks import miniimagenet_tfds
 from maml_plugin.tasks import omniglot
 from maml_plugin.tasks import omniglot_tfds
 from maml_plugin.tasks import sinusoid_tfds
@@ -47,7 +48,8 @@ def _tfds_build(*args: str) -> subprocess.CompletedProcess:
 
 def test_builders_are_registered_on_import():
   names = tfds.list_builders(with_community_datasets=False)
-  assert 'sinusoid_tasks' in names and 'omniglot_tasks' in names
+  assert {'sinusoid_tasks', 'omniglot_tasks', 'mini_imagenet_tasks'} <= set(
+      names)
 
 
 def test_sinusoid_tasks_load_and_match_the_in_process_sampler(tmp_path,
@@ -96,8 +98,9 @@ def test_array_record_gives_random_access_with_data_source(tmp_path,
   assert 0.1 <= float(example['amplitude']) <= 5.0
 
 
-@pytest.mark.parametrize('module,name', [(sinusoid_tfds, 'sinusoid_tasks'),
-                                         (omniglot_tfds, 'omniglot_tasks')])
+@pytest.mark.parametrize('module,name', [
+    (sinusoid_tfds, 'sinusoid_tasks'), (omniglot_tfds, 'omniglot_tasks'),
+    (miniimagenet_tfds, 'mini_imagenet_tasks')])
 def test_each_builder_module_holds_exactly_one_builder(module, name):
   builder_cls = tfds.core.community.builder_cls_from_module(module.__name__)
   assert builder_cls.name == name
@@ -134,3 +137,36 @@ def test_tfds_build_of_the_omniglot_module_path(omniglot_env, tmp_path):
   images = tfds.as_numpy(builder.as_dataset(split='evaluation',
                                             batch_size=-1))['image']
   assert images.shape == (10, 28, 28, 1)
+
+
+def test_omniglot_tasks_reference_config_builds_the_reference_splits(
+    tmp_path, monkeypatch):
+  """``omniglot_tasks/reference``: its train / val / test are the
+  reference_* splits of `omniglot.load_split` (replaced here by tiny
+  stand-ins, so no 32,460 PNGs are encoded), labels in one space."""
+  loaded = []
+
+  def fake_split(split, data_dir=None):
+    loaded.append(split)
+    n = {'reference_train': 3, 'reference_val': 1, 'reference_test': 2}[split]
+    return omniglot.ImageSet(
+        images=np.full((n * 2, 28, 28, 1), 7 * n, np.uint8),
+        labels=np.repeat(np.arange(n, dtype=np.int32), 2),
+        class_names=tuple(f'{split}/character{i:02d}/rot000'
+                          for i in range(n)))
+
+  monkeypatch.setattr(omniglot, 'load_split', fake_split)
+  monkeypatch.setattr(omniglot, 'resolve_data_dir', lambda d: d)
+  data_dir = str(tmp_path / 'tfds')
+  builder = tfds.builder('omniglot_tasks/reference', data_dir=data_dir)
+  builder.download_and_prepare(
+      file_format='array_record',
+      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
+  assert sorted(loaded) == ['reference_test', 'reference_train',
+                            'reference_val']
+  splits = builder.info.splits
+  assert {k: splits[k].num_examples for k in splits} == {
+      'train': 6, 'val': 2, 'test': 4}
+  test = tfds.data_source('omniglot_tasks/reference', split='test',
+                          data_dir=data_dir)
+  assert sorted(int(test[i]['label']) for i in range(4)) == [4, 4, 5, 5]

@@ -35,8 +35,18 @@ gradient, ``lambda`` the system's: `cg_lambda` or `prox_lambda`),
 recomputed from the returned ``g``; it is at most `cg_tol` when CG
 converged within `num_cg_steps`.
 
+``inner_solver='release'`` is the inner loop of the authors' released
+code (github.com/aravindr93/imaml_dev, examples/omniglot_implicit_maml.py)
+instead: `num_inner_steps` plain gradient steps on ``L_support`` alone,
+then one gradient step at `inner_lr` on the proximal term alone, which
+pulls the result back towards ``theta``: ``phi = theta + (1 - inner_lr *
+prox_lambda) (phi - theta)``. The meta-gradient is computed at that
+``phi`` in the same way.
+
 Evaluation adapts with the same inner loop (gradient descent on the
-proximal objective, anchored at the meta-parameters), for 0..N steps.
+proximal objective, anchored at the meta-parameters), for 0..N steps;
+with ``inner_solver='release'``, plain gradient steps on the support loss
+(as the release evaluates, without the pull-back).
 
 Models with state (`core.StatefulLoss`): inner step k's support forward
 pass gets the state step k-1 left and the key ``core.support_key(rng, k)``;
@@ -58,6 +68,9 @@ import optax
 from maml_plugin import core
 from maml_plugin import fields
 from maml_plugin.algorithms import base
+
+
+INNER_SOLVERS = ('proximal', 'release')
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,6 +97,9 @@ class IMAMLHParams(base.HParams):
       the proximal objective from rising, so every inner solve stays
       bounded, at the cost of ``inner_backtracks + 1`` more forward passes
       per step.
+    inner_solver: 'proximal' (the paper: gradient descent on the proximal
+      objective) or 'release' (the authors' code: plain steps on the
+      support loss, then one step on the proximal term; module docstring).
   """
 
   prox_lambda: float = fields.positive(1.0)
@@ -94,6 +110,7 @@ class IMAMLHParams(base.HParams):
       allowed='a finite number > 0, or None (prox_lambda: the exact '
       'implicit gradient)')
   inner_backtracks: int = fields.integer(0, at_least=0)
+  inner_solver: str = fields.choice(*INNER_SOLVERS, default='proximal')
 
   @property
   def system_lambda(self) -> float:
@@ -159,10 +176,13 @@ def proximal_step(loss_fn: core.LossFn, params, anchor, batch, *,
 
 def proximal_adapt(loss_fn: core.LossFn, params, support, *, inner_lr: float,
                    prox_lambda: float, num_steps: int, model_state=None,
-                   rng=None, backtracks: int = 0):
+                   rng=None, backtracks: int = 0, solver: str = 'proximal'):
   """ONE task's inner solve: `num_steps` `proximal_step`s from `params`,
   anchored at `params`, under `jax.lax.scan`; step k's key is
-  ``core.support_key(rng, k)``.
+  ``core.support_key(rng, k)``. ``solver='release'``: the steps are plain
+  gradient steps on the support loss (``prox_lambda`` 0), then one step at
+  `inner_lr` on the proximal term alone pulls the result towards `params`
+  (`IMAMLHParams.inner_solver`).
 
   The result is a constant for differentiation (`jax.lax.stop_gradient`):
   iMAML's meta-gradient does not go through the inner loop. Returns
@@ -170,16 +190,21 @@ def proximal_adapt(loss_fn: core.LossFn, params, support, *, inner_lr: float,
   """
   fn = core.StatefulLoss(core.as_stateful(loss_fn))
   anchor = jax.lax.stop_gradient(params)
+  step_lambda = 0.0 if solver == 'release' else prox_lambda
 
   def body(carry, k):
     p, state = carry
     return proximal_step(fn, p, anchor, support, inner_lr=inner_lr,
-                         prox_lambda=prox_lambda, model_state=state,
+                         prox_lambda=step_lambda, model_state=state,
                          rng=core.support_key(rng, k),
                          backtracks=backtracks), None
 
   (adapted, model_state), _ = jax.lax.scan(
       body, (anchor, model_state), jnp.arange(num_steps, dtype=jnp.int32))
+  if solver == 'release':
+    shrink = 1.0 - inner_lr * prox_lambda
+    adapted = jax.tree.map(lambda p, a: a + (shrink * (p - a)).astype(p.dtype),
+                           adapted, anchor)
   return jax.lax.stop_gradient((adapted, model_state))
 
 
@@ -236,7 +261,7 @@ def imaml_gradient(loss_fn: core.LossFn, params, meta_batch, *,
         core.StatefulLoss(fn), params, task['support'], inner_lr=hparams.inner_lr,
         prox_lambda=hparams.prox_lambda, num_steps=hparams.num_inner_steps,
         model_state=model_state, rng=key,
-        backtracks=hparams.inner_backtracks)
+        backtracks=hparams.inner_backtracks, solver=hparams.inner_solver)
     qkey = core.query_key(key)
     (after, query_state), query_grad = jax.value_and_grad(
         fn, has_aux=True)(adapted, state, task['query'], qkey)
@@ -291,7 +316,8 @@ def make_imaml(hparams: IMAMLHParams, *, loss_fn: core.LossFn,
         init=lambda theta: theta,
         step=lambda theta, phi, support, k: proximal_step(
             loss, phi, theta, support, inner_lr=hparams.inner_lr,
-            prox_lambda=hparams.prox_lambda,
+            prox_lambda=(0.0 if hparams.inner_solver == 'release'
+                         else hparams.prox_lambda),
             backtracks=hparams.inner_backtracks),
         params=lambda phi: phi)
 

@@ -173,6 +173,11 @@ def make_conv4(model_fields: Conv4Fields, *, input_shape: tuple[int, ...],
                num_outputs: int, rngs: nnx.Rngs) -> Conv4:
   """Conv-4 for square images ``input_shape = (size, size, channels)``."""
   size, _, channels = input_shape
+  if model_fields.conv_downsample == 'maxpool' and size < 16:
+    raise fields.FieldError(
+        f"conv_downsample='maxpool': needs images of at least 16x16 (four "
+        f"2x2 poolings), the task's are {size}x{size}; use 'stride' or "
+        'larger images')
   return Conv4(num_outputs, in_features=channels,
                num_filters=model_fields.num_filters, image_size=size,
                downsample=model_fields.conv_downsample, rngs=rngs)

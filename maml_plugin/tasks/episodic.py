@@ -19,7 +19,10 @@ Each task draws `ways` distinct classes; their order is random, so the
 labels 0..ways-1 are a fresh permutation of the chosen classes in every
 task. Per class, `num_support + num_query` distinct images are drawn, the
 first for the support set and the rest for the query set, so the two never
-share an image. Sampling is pure `jax.random` over arrays kept on device,
+share an image. With ``rotate_classes=True`` (the MAML reference code on
+Omniglot) each class of a task is rotated by its own random multiple of 90
+degrees (counter-clockwise, `jnp.rot90`), all its support and query images
+alike, so a character is a new class in each orientation. Sampling is pure `jax.random` over arrays kept on device,
 so it runs inside a jitted train step (`train.make_train_chunk`); the same
 key gives the same tasks. Classes may hold different numbers of images.
 
@@ -69,6 +72,8 @@ class EpisodicTasks:
     num_support: support images per class (K).
     num_query: query images per class for training tasks.
     max_count: the largest class's number of images.
+    rotate_classes: rotate each class of a task by a random multiple of 90
+      degrees (square images only).
   """
 
   images: jax.Array
@@ -78,10 +83,12 @@ class EpisodicTasks:
   num_support: int
   num_query: int
   max_count: int
+  rotate_classes: bool = False
 
   @classmethod
   def from_arrays(cls, images, labels, *, ways: int, num_support: int,
-                  num_query: int) -> 'EpisodicTasks':
+                  num_query: int, rotate_classes: bool = False
+                  ) -> 'EpisodicTasks':
     """From images ``[n, H, W(, C)]`` and int labels ``[n]`` (any classes)."""
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -91,6 +98,10 @@ class EpisodicTasks:
       raise EpisodeError(
           f'images shape {images.shape} and labels shape {labels.shape}: '
           'need [n, H, W(, C)] and [n]')
+    if rotate_classes and images.shape[1] != images.shape[2]:
+      raise EpisodeError(
+          f'rotate_classes=True: images are {images.shape[1]}x'
+          f'{images.shape[2]}; rotating by 90 degrees needs square images')
     order = np.argsort(labels, kind='stable')
     classes, start, count = np.unique(labels[order], return_index=True,
                                       return_counts=True)
@@ -106,7 +117,7 @@ class EpisodicTasks:
                class_start=jnp.asarray(start, jnp.int32),
                class_count=jnp.asarray(count, jnp.int32),
                ways=ways, num_support=num_support, num_query=num_query,
-               max_count=int(count.max()))
+               max_count=int(count.max()), rotate_classes=rotate_classes)
 
   @property
   def num_classes(self) -> int:
@@ -127,6 +138,13 @@ class EpisodicTasks:
     picks = jnp.argsort(keys, axis=1)[:, :need]  # [ways, need]
     index = self.class_start[classes][:, None] + picks
     x = self.images[index]  # [ways, need, H, W, C]
+    if self.rotate_classes:
+      # Its own key (not a third split of `rng`): tasks without rotation
+      # stay the ones they were.
+      turns = jax.random.randint(jax.random.fold_in(rng, 1), (self.ways,),
+                                 0, 4)
+      rotated = jnp.stack([jnp.rot90(x, k, axes=(2, 3)) for k in range(4)])
+      x = rotated[turns, jnp.arange(self.ways)]
     if jnp.issubdtype(x.dtype, jnp.integer):
       x = x.astype(jnp.float32) / 255.0
     else:
@@ -217,7 +235,8 @@ class SupportContextTasks:
 
 
 def episodes_for_fields(images, labels, task_fields, *, query_field: str,
-                        source: str) -> EpisodicTasks:
+                        source: str, rotate_classes: bool = False
+                        ) -> EpisodicTasks:
   """`EpisodicTasks` sized by a task family's fields (``ways``,
   ``num_support`` and the query count `query_field`); a size the data
   cannot supply is a `fields.FieldError` naming the field and `source`."""
@@ -234,7 +253,8 @@ def episodes_for_fields(images, labels, task_fields, *, query_field: str,
         f'{per_class.min()}, the images per class of {source}')
   return EpisodicTasks.from_arrays(images, labels, ways=ways,
                                    num_support=task_fields.num_support,
-                                   num_query=num_query)
+                                   num_query=num_query,
+                                   rotate_classes=rotate_classes)
 
 
 def classification_problem(tasks: EpisodicTasks, eval_tasks: EpisodicTasks,
@@ -252,6 +272,21 @@ def classification_problem(tasks: EpisodicTasks, eval_tasks: EpisodicTasks,
       tasks=tasks, eval_tasks=eval_tasks, input_shape=input_shape,
       num_outputs=eval_ways, loss=cross_entropy, metric='accuracy',
       metric_fn=accuracy)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 images ``[n, H, W, C]`` (C = 1 or 3) resized to ``[n, size,
+  size, C]`` with LANCZOS (PIL); images of that size already are returned
+  as they are. Non-square images are stretched to the square."""
+  images = np.asarray(images)
+  if images.shape[1:3] == (size, size):
+    return images
+  out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+  for i, image in enumerate(images):
+    pil = PIL.Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    out[i] = np.asarray(pil.resize((size, size), PIL.Image.LANCZOS),
+                        np.uint8).reshape(size, size, -1)
+  return out
 
 
 def _split_names(split: str) -> list[str]:

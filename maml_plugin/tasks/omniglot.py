@@ -23,6 +23,17 @@ Splits (`SPLITS`):
     rotations (4,112 / 688 / 4,800 / 1,692 classes), 20 images per class.
   * ``lake_background`` / ``lake_evaluation``: the 30 / 20 alphabets of the
     two zips (964 / 659 characters, unrotated).
+  * ``reference_train`` / ``reference_val`` / ``reference_test``: the split
+    of the MAML paper's code (github.com/cbfinn/maml, `data_generator.py`):
+    all 1,623 characters of both zips, shuffled by Python's
+    ``random.Random(1).shuffle`` regardless of alphabet, the first 1,100
+    train, the next 100 validate, the last 423 test (unrotated: that code
+    rotates each class of a task by a random multiple of 90 degrees instead,
+    ``EpisodicTasks(rotate_classes=True)``). The shuffled list is the
+    characters in sorted order (`reference_characters`); the reference code
+    shuffled them in its file system's listing order, which is not known,
+    so the split is one draw of the same procedure, not the same draw
+    (docs/omniglot.md).
 
 Decoding the 32,460 PNGs takes seconds, so the decoded characters are cached
 as one ``.npz`` under `cache_dir` (default ``$MAML_PLUGIN_CACHE_DIR`` or
@@ -40,6 +51,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import random
 import zipfile
 
 import numpy as np
@@ -54,8 +66,13 @@ IMAGE_SIZE = 28
 IMAGES_PER_CHARACTER = 20
 ZIPS = ('images_background.zip', 'images_evaluation.zip')
 VINYALS_SPLITS = ('train', 'val', 'trainval', 'test')
+# The MAML reference code's split: its shuffle's seed and the sizes of its
+# train / val / test parts (1,200 - 100 train, 100 val, the rest test).
+REFERENCE_SEED = 1
+REFERENCE_SIZES = {'train': 1100, 'val': 100, 'test': 423}
 SPLITS = tuple(f'vinyals_{s}' for s in VINYALS_SPLITS) + (
-    'lake_background', 'lake_evaluation')
+    'lake_background', 'lake_evaluation') + tuple(
+        f'reference_{s}' for s in REFERENCE_SIZES)
 ROTATIONS = (0, 90, 180, 270)
 _CACHE_VERSION = 1
 
@@ -214,6 +231,29 @@ def _read_split_file(path: str) -> list[tuple[str, int]]:
   return out
 
 
+def reference_characters(names, seed: int = REFERENCE_SEED
+                         ) -> dict[str, list[str]]:
+  """The MAML reference code's split of `names` ('Alphabet/characterNN').
+
+  The names sorted by (alphabet, character), shuffled in place by
+  ``random.Random(seed).shuffle`` (Python 3's algorithm: Python 2's
+  `random.shuffle` drew other positions from the same seed), then cut into
+  `REFERENCE_SIZES` parts in order: ``{'train': [...], 'val': [...],
+  'test': [...]}``. The same names and seed give the same split.
+  """
+  order = sorted(names, key=lambda n: tuple(n.split('/')))
+  if len(order) != sum(REFERENCE_SIZES.values()):
+    raise OmniglotError(
+        f'the reference split needs {sum(REFERENCE_SIZES.values())} '
+        f'characters (both zips), got {len(order)}')
+  random.Random(seed).shuffle(order)
+  parts, start = {}, 0
+  for part, size in REFERENCE_SIZES.items():
+    parts[part] = order[start:start + size]
+    start += size
+  return parts
+
+
 def load_split(split: str, data_dir: str | None = None,
                cache_dir: str | None = None) -> ImageSet:
   """The images and labels of one of `SPLITS` (see module docstring)."""
@@ -226,6 +266,9 @@ def load_split(split: str, data_dir: str | None = None,
   if split.startswith('lake_'):
     zip_name = f'images_{split[len("lake_"):]}.zip'
     classes = [(c, 0) for c in sorted(chars) if chars[c][0] == zip_name]
+  elif split.startswith('reference_'):
+    part = reference_characters(chars)[split[len('reference_'):]]
+    classes = [(c, 0) for c in sorted(part)]
   else:
     path = os.path.join(data_dir, 'omniglot', 'splits', 'vinyals',
                         f'{split[len("vinyals_"):]}.txt')
@@ -260,6 +303,9 @@ class OmniglotFields(fields.Fields):
     transductive: batch norm normalises with the statistics of the batch it
       sees (the reference code); False: query examples with their task's
       support statistics (`episodic.SupportContextTasks`).
+    rotate_classes: rotate each class of every task (training and
+      evaluation) by its own random multiple of 90 degrees, as the
+      reference code does on its split (`EpisodicTasks`).
   """
 
   data_dir: str = fields.field(
@@ -274,6 +320,7 @@ class OmniglotFields(fields.Fields):
   num_query: int = fields.integer()
   eval_num_query: int = fields.integer(changes_training=False)
   transductive: bool = fields.flag(True)
+  rotate_classes: bool = fields.flag(False)
 
 
 def _episodes(task_fields: OmniglotFields, split_field: str,
@@ -283,7 +330,8 @@ def _episodes(task_fields: OmniglotFields, split_field: str,
   data = load_split(split, data_dir=task_fields.data_dir)
   return episodic.episodes_for_fields(
       data.images, data.labels, task_fields, query_field=query_field,
-      source=f'{split_field}={split!r}')
+      source=f'{split_field}={split!r}',
+      rotate_classes=task_fields.rotate_classes)
 
 
 @base.TASKS.register('omniglot', fields=OmniglotFields)

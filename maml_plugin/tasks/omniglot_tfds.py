@@ -20,7 +20,10 @@ read with `tfds.data_source` (``tfds.load``/``as_dataset`` need it).
 
 Nothing is downloaded: it reads the two zips and the Vinyals split files
 with `omniglot.load_split`. Configs and splits: ``vinyals``: ``train``,
-``val``, ``test``; ``lake``: ``background``, ``evaluation``. An example is
+``val``, ``test``; ``lake``: ``background``, ``evaluation``;
+``reference`` (the MAML paper's code, `omniglot.reference_characters`):
+``train``, ``val``, ``test``, unrotated (rotate classes per task:
+``EpisodicTasks(rotate_classes=True)``). An example is
 one image with its class label (``Alphabet/characterNN/rotDDD``), alphabet
 and character; feed the images to `EpisodicTasks` for N-way K-shot
 episodes.
@@ -41,6 +44,8 @@ _OMNIGLOT_SPLITS = {
                 'test': 'vinyals_test'},
     'lake': {'background': 'lake_background',
              'evaluation': 'lake_evaluation'},
+    'reference': {'train': 'reference_train', 'val': 'reference_val',
+                  'test': 'reference_test'},
 }
 
 
@@ -66,6 +71,10 @@ class OmniglotTasksBuilder(tf_optional.ArrayRecordUnlessTensorFlow,
       tfds.core.BuilderConfig(
           name='lake', description='30 background / 20 evaluation '
           'alphabets (964/659 characters, unrotated).'),
+      tfds.core.BuilderConfig(
+          name='reference', description='The MAML reference code\'s split: '
+          '1,100/100/423 characters of both zips at random, whatever their '
+          'alphabet (unrotated; rotate per task).'),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put omniglot/images_background.zip, omniglot/images_evaluation.zip '

@@ -11,11 +11,14 @@ From a config alone (`TFDSEpisodicFields`; `configs/maml_tfds.py`)::
   config.eval_split = 'test'
   config.image_key = 'image'        # the dataset's feature names
   config.label_key = 'label'
+  config.image_size = 0             # 0: as stored; N: resized to N x N
   config.ways, config.num_support, config.num_query = 5, 1, 15
 
 Each split is read whole into memory once (`episodic.arrays_from_tfds`,
-nothing downloads) and sampled on device (`episodic.EpisodicTasks`);
-images of any square size and channel count feed `conv4`. A dataset that
+nothing downloads), resized to ``image_size`` if it is set
+(`episodic.resize_images`), and sampled on device
+(`episodic.EpisodicTasks`); images of any square size and channel count
+feed `conv4`. A dataset that
 is not prepared under `data_dir`, a split it lacks, or a feature it lacks
 stops the run in one line naming the data_dir, its splits or its
 features. Classes of the training and evaluation splits are used as they
@@ -48,6 +51,8 @@ class TFDSEpisodicFields(fields.Fields):
     data_dir: where it is prepared ('': TFDS's default).
     train_split, eval_split: TFDS split strings.
     image_key, label_key: the image and the int label feature.
+    image_size: 0 keeps the stored size; N resizes the images to N x N
+      (LANCZOS) when they are read.
     ways: classes per task (N).
     num_support: images per class in the support set (K).
     num_query: query images per class in training.
@@ -71,6 +76,7 @@ class TFDSEpisodicFields(fields.Fields):
                                 allowed='a feature name')
   label_key: str = fields.field('label', check=_non_empty_string,
                                 allowed='a feature name')
+  image_size: int = fields.integer(0, at_least=0)
   ways: int = fields.integer(at_least=2)
   num_support: int = fields.integer()
   num_query: int = fields.integer()
@@ -84,6 +90,8 @@ def _episodes(task_fields: TFDSEpisodicFields, split_field: str,
   images, labels = episodic.arrays_from_tfds(
       task_fields.dataset, split, image_key=task_fields.image_key,
       label_key=task_fields.label_key, data_dir=task_fields.data_dir or None)
+  if task_fields.image_size:
+    images = episodic.resize_images(images, task_fields.image_size)
   return episodic.episodes_for_fields(
       images, labels, task_fields, query_field=query_field,
       source=f'{split_field}={split!r} of {task_fields.dataset!r}')

@@ -377,3 +377,53 @@ def test_sine_config_inner_solve_never_raises_the_proximal_objective():
   guarded = objectives(config.inner_backtracks)
   assert np.all(np.isfinite(guarded))
   assert np.all(np.diff(guarded, axis=1) <= 1e-5 * np.abs(guarded[:, :-1]))
+
+
+# ----------------------------------------------------------------------------
+# The authors' released inner loop (`inner_solver='release'`).
+
+
+def test_release_inner_solver_is_plain_steps_then_one_proximal_pull(x64):
+  """``inner_solver='release'`` (github.com/aravindr93/imaml_dev): N plain
+  gradient steps on the support quadratic from theta, in NumPy, then
+  phi = theta + (1 - lr lam)(phi - theta); with ``num_cg_steps=0`` the
+  meta-gradient is the query gradient there, B (phi - d). Evaluation's
+  steps are plain gradient steps (no proximal term). Caught when broken on
+  purpose: the pull-back written towards 0 instead of theta, and the
+  evaluation loop kept on the proximal objective."""
+  del x64
+  lam, lr, steps = 1.5, 0.3, 4
+  batch = jax.tree.map(lambda x: x[:1], _quadratic_tasks(1))
+  theta = jax.tree.map(jnp.array, QUAD_THETA)
+  algorithm = maml_plugin.make_algorithm(
+      'imaml', loss_fn=_quadratic_loss, tx=optax.sgd(1.0), inner_lr=lr,
+      num_inner_steps=steps, prox_lambda=lam, num_cg_steps=0,
+      inner_solver='release')
+  grads, _ = _meta_gradient(algorithm, theta, batch)
+  a, c = (np.asarray(batch['support']['x'][0]),
+          np.asarray(batch['support']['y'][0, :, 0]))
+  b, d = np.asarray(batch['query']['x'][0]), np.asarray(
+      batch['query']['y'][0, :, 0])
+  t = np.asarray(ravel_pytree(theta)[0])
+  phi, plain = t.copy(), []
+  for _ in range(steps):
+    phi = phi - lr * a @ (phi - c)
+    plain.append(phi)
+  pulled = t + (1 - lr * lam) * (phi - t)
+  np.testing.assert_allclose(ravel_pytree(grads)[0], b @ (pulled - d),
+                             rtol=0, atol=1e-10)
+
+  loop = algorithm.inner_loop
+  support = jax.tree.map(lambda x: x[0], batch['support'])
+  carry = loop.init(theta)
+  for k in range(steps):
+    carry = loop.step(theta, carry, support, jnp.int32(k))
+    np.testing.assert_allclose(ravel_pytree(loop.params(carry))[0], plain[k],
+                               rtol=0, atol=1e-10)
+
+
+def test_unknown_inner_solver_is_one_line():
+  with pytest.raises(fields.FieldError) as err:
+    imaml.IMAMLHParams(inner_lr=0.1, inner_solver='sqp')
+  assert 'inner_solver' in str(err.value) and "'release'" in str(err.value)
+  assert '\n' not in str(err.value)
