@@ -200,7 +200,8 @@ def positive_int_tuple(v) -> bool:
 
 
 def one_of(*choices) -> Check:
-  return lambda v: v in choices
+  # The same type too: 1.0 and True equal 1, and are not the choice 1.
+  return lambda v: any(type(v) is type(c) and v == c for c in choices)
 
 
 def or_none(check: Check) -> Check:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from configs import maml_image_folder
 from configs import maml_omniglot
 from configs import maml_sine
 from configs import maml_tfds
@@ -58,6 +59,8 @@ def _base_config(kind: str, entry: str):
     return maml_omniglot.get_config('quick')
   if kind == 'task' and entry == 'tfds_episodic':
     return maml_tfds.get_config('quick')
+  if kind == 'task' and entry == 'image_folder':
+    return maml_image_folder.get_config('quick')
   if kind == 'train_step':
     if entry in maml_sine.ALGORITHMS:
       return maml_sine.get_config(f'quick,{entry}')
@@ -101,8 +104,13 @@ def boundary_values(allowed: str, default=dataclasses.MISSING):
   elif allowed.startswith('one of') or re.fullmatch(r"'[^']*'( or '[^']*')+",
                                                     allowed):
     choices = _quoted(allowed)
-    refused += [choices[0].upper() + '_', choices[0] + ' ']
-    accepted += choices
+    if choices:
+      refused += [choices[0].upper() + '_', choices[0] + ' ']
+      accepted += choices
+    else:  # Numbers: 'one of 1, 3'.
+      numbers = [int(x) for x in re.findall(r'-?\d+', allowed)]
+      refused += [max(numbers) + 1, str(numbers[0]), float(numbers[0])]
+      accepted += numbers
   elif allowed == 'a non-empty tuple of ints > 0':
     refused += [(), (0,), (4, -1), (4.0,), 4]
     accepted += [(1,), (1, 2)]
