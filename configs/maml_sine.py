@@ -274,4 +274,5 @@ def get_config(arg=None):
     config.inner_backtracks = 8
     config.cg_lambda = 50.0
     config.max_meta_grad_norm = MAX_META_GRAD_NORM
+    config.inner_solver = 'proximal'  # or 'release' (the authors' code)
   return config
