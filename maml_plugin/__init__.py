@@ -85,6 +85,8 @@ MOVED_MODULES = {
     'maml_plugin.train_steps': 'maml_plugin.algorithms',
     'maml_plugin.tasks.tfds_builders': (
         'maml_plugin.tasks.sinusoid_tfds and maml_plugin.tasks.omniglot_tfds'),
+    'maml_plugin.plots': (
+        'maml_plugin.tasks.sinusoid (save_adaptation_figure)'),
 }
 
 

@@ -409,19 +409,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         raise
 
 
-def _train_and_evaluate(config, workdir: str, components: Components,
-                        training: CompiledTraining, signals: _StopSignals,
-                        manager, *, num_devices: int,
-                        allow_config_change: bool):
-  """`train_and_evaluate` in the locked workdir; closes `manager` when it
-  returns."""
-  problem, algorithm = components.problem, components.algorithm
+def _restore(config, workdir: str, state, manager, *, num_devices: int,
+             allow_config_change: bool):
+  """The newest readable checkpoint's state and key (else `state` and the
+  seed's key), checked against the config saved in `workdir`, which is
+  then rewritten with this run's. Returns ``(state, rng, saved)``, `saved`
+  the config read before (None for a new workdir)."""
   first_process = jax.process_index() == 0
-  # State.
-  state = components.state
   rng = jax.random.key(config.seed)
-
-  # Restore, under the config the checkpoints were trained with.
   latest = manager.latest_step()
   saved = workdir_lib.read_config(workdir)
   changes = []
@@ -445,19 +440,176 @@ def _train_and_evaluate(config, workdir: str, components: Components,
     workdir_lib.write_config(
         workdir, config, num_devices=num_devices,
         previous=saved if first_step else None, changes=changes)
+  return state, rng, saved
 
-  if first_step >= config.num_train_steps:
-    # Before the writer: a finished run gains no event file.
-    return _already_complete(config, problem, state, workdir,
-                             manager=manager)
 
-  # Writer: a resumed run writes only the steps not written before.
+def _create_writer(config, workdir: str, first_step: int):
+  """The run's CLU writer; a resumed run writes only the steps not
+  written before (`new_steps_writer.NewStepsOnlyWriter`)."""
   writer = tensorboard_writer.create_default_writer(
-      workdir, just_logging=not first_process)
+      workdir, just_logging=jax.process_index() > 0)
   if first_step:
     writer = new_steps_writer.NewStepsOnlyWriter(
         writer, new_steps_writer.logged_steps(workdir))
   writer.write_hparams(_hparams_for_writer(config))
+  return writer
+
+
+class _SpikeResponse:
+  """What a blow-up (`maml_plugin.spikes`) does under ``config.on_spike``:
+  calling it reports the spike (console and TensorBoard) and, for 'stop',
+  raises `spikes.SpikeError`, for 'rollback', `_RollBack`; `roll_back`
+  then gives the state to go on from.
+
+  Attributes:
+    monitor: the `spikes.SpikeMonitor` of the run.
+    rollbacks: the run's rollbacks (those of earlier runs on the workdir
+      first), as recorded in ``config.json`` and the report.
+  """
+
+  def __init__(self, config, workdir: str, writer, manager, *,
+               rollbacks, num_devices: int, mesh):
+    self.monitor = spikes.SpikeMonitor(
+        factor=config.get('spike_factor', spikes.SPIKE_FACTOR),
+        eval_factor=config.get('eval_spike_factor',
+                               spikes.EVAL_SPIKE_FACTOR),
+        window=config.get('spike_window', spikes.SPIKE_WINDOW))
+    self.rollbacks = list(rollbacks)
+    self._config, self._workdir = config, workdir
+    self._writer, self._manager = writer, manager
+    self._num_devices, self._mesh = num_devices, mesh
+    self._on_spike = config.get('on_spike', 'warn')
+    self._warned = 0  # Spike lines printed by this process ('warn').
+
+  def __call__(self, spike: spikes.Spike) -> None:
+    """Reports `spike`; raises `SpikeError` ('stop') or `_RollBack`."""
+    self._writer.write_scalars(spike.step, {f'spike/{spike.kind}_ratio':
+                                            spike.ratio})
+    self._writer.flush()
+    on_spike = self._on_spike
+    if on_spike == 'warn':
+      # A run that spikes all the time (an algorithm whose meta-loss is
+      # heavy-tailed) must not bury the console: the first lines, then
+      # TensorBoard only.
+      self._warned += 1
+      if self._warned <= spikes.MAX_WARNINGS:
+        last = ('' if self._warned < spikes.MAX_WARNINGS else
+                f'; this is the {spikes.MAX_WARNINGS}th spike line of this '
+                'run: later spikes are written to TensorBoard only '
+                '(spike/*_ratio)')
+        logging.warning("%s; on_spike='warn': training goes on%s",
+                        spike.describe(), last)
+      return
+    if on_spike == 'rollback' and len(self.rollbacks) < spikes.MAX_ROLLBACKS:
+      raise _RollBack(spike)
+    why = ('' if on_spike == 'stop' else
+           f' after {len(self.rollbacks)} rollbacks')
+    raise spikes.SpikeError(f'{spike.describe()}; on_spike={on_spike!r}: '
+                            f'stopped{why}, {_kept_checkpoint(self._manager)}')
+
+  def roll_back(self, spike: spikes.Spike, state, rng):
+    """The state and base key of the newest checkpoint before `spike`
+    (`state`, `rng`: the templates to restore into), with a fresh key for
+    the meta-batches from there (recorded). Returns ``(state, rng, step)``."""
+    manager, monitor = self._manager, self.monitor
+    first_process = jax.process_index() == 0
+    target = (spike.step - 1 if spike.kind == spikes.META_LOSS
+              else monitor.last_good_eval_step)
+    restored = None if target is None else checkpointing.restore_at_or_before(
+        manager, target, state, rng, set_aside_unreadable=first_process)
+    if restored is None:
+      raise spikes.SpikeError(
+          f"{spike.describe()}; on_spike='rollback': stopped, no checkpoint "
+          f'before it in {manager.directory} to roll back to')
+    restored_state, restored_rng = restored
+    restored_step = int(restored_state.step)
+    if first_process:  # A resume must not meet the steps after it.
+      checkpointing.set_aside_after(manager, restored_step)
+    record = {'spike_step': spike.step, 'what': spike.kind,
+              'value': spike.value, 'median': spike.median,
+              'restored_step': restored_step}
+    self.rollbacks.append(record)
+    if first_process:
+      workdir_lib.write_config(
+          self._workdir, self._config, num_devices=self._num_devices,
+          previous=workdir_lib.read_config(self._workdir),
+          rollbacks=[record])
+    monitor.rewind(restored_step)
+    logging.warning(
+        "%s; on_spike='rollback': restored step %s from %s (rollback %d of "
+        '%d); training goes on with fresh meta-batches', spike.describe(),
+        f'{restored_step:,}', manager.directory, len(self.rollbacks),
+        spikes.MAX_ROLLBACKS)
+    # Fresh meta-batches from there, kept in later checkpoints (resuming
+    # stays exact).
+    restored_rng = jax.random.fold_in(restored_rng, len(self.rollbacks))
+    if self._mesh is not None:
+      restored_state, restored_rng = distributed.replicate(
+          (restored_state, restored_rng), self._mesh)
+    return restored_state, restored_rng, restored_step
+
+
+@dataclasses.dataclass
+class _Hooks:
+  """The loop's periodic actions, in the order they run at a step, and the
+  two the loop reads apart."""
+  report_progress: periodic_actions.ReportProgress
+  few_shot_evaluation: Any
+  in_order: list
+
+
+def _create_hooks(config, components: Components, writer, workdir: str,
+                  manager, response: _SpikeResponse, *, state_fn, rng_fn,
+                  at_step: int) -> _Hooks:
+  """The loop's hooks, their clocks started at `at_step` (the start, or
+  the step a rollback restored)."""
+  # Only on log steps (chunk boundaries): the hooks see the steps of a
+  # chunk in one burst, so a time-triggered report mid-chunk would divide
+  # a burst of steps by microseconds and log a meaningless steps_per_sec.
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer,
+      every_steps=config.log_every_steps, every_secs=None)
+  few_shot_evaluation, checkpoint = components.periodic_actions(
+      writer, workdir, state_fn=state_fn, rng=rng_fn, manager=manager)
+  progress_line = console.ProgressLine(
+      num_train_steps=config.num_train_steps,
+      every_steps=config.eval_every_steps,
+      evaluation_action=few_shot_evaluation)
+  hooks = [
+      report_progress,
+      few_shot_evaluation,
+      # Before the checkpoint: a spike's step is never saved.
+      actions.HeldOutSpikeCheck(evaluation=few_shot_evaluation,
+                                monitor=response.monitor, on_spike=response,
+                                every_steps=config.eval_every_steps,
+                                on_steps=[config.num_train_steps]),
+      checkpoint,
+      # After the evaluation, whose result it shows.
+      progress_line,
+  ]
+  # The rates' clocks start now, before the first chunk: a first rate
+  # measured from the first step's hook call would divide by microseconds.
+  for hook in (report_progress, progress_line):
+    hook(at_step)
+  return _Hooks(report_progress, few_shot_evaluation, hooks)
+
+
+def _train_and_evaluate(config, workdir: str, components: Components,
+                        training: CompiledTraining, signals: _StopSignals,
+                        manager, *, num_devices: int,
+                        allow_config_change: bool):
+  """`train_and_evaluate` in the locked workdir; closes `manager` when it
+  returns."""
+  # Restore, under the config the checkpoints were trained with.
+  state, rng, saved = _restore(config, workdir, components.state, manager,
+                               num_devices=num_devices,
+                               allow_config_change=allow_config_change)
+  first_step = int(state.step)
+  if first_step >= config.num_train_steps:
+    # Before the writer: a finished run gains no event file.
+    return _already_complete(config, components.problem, state, workdir,
+                             manager=manager)
+  writer = _create_writer(config, workdir, first_step)
 
   # Devices: the task axis is split over all of them, the state replicated.
   mesh = training.mesh
@@ -474,119 +626,17 @@ def _train_and_evaluate(config, workdir: str, components: Components,
       # time out in a collective's rendezvous.
       return state, metrics, jax.device_get(report), losses
 
-  # Blow-ups (`maml_plugin.spikes`): what a spike does.
-  monitor = spikes.SpikeMonitor(
-      factor=config.get('spike_factor', spikes.SPIKE_FACTOR),
-      eval_factor=config.get('eval_spike_factor', spikes.EVAL_SPIKE_FACTOR),
-      window=config.get('spike_window', spikes.SPIKE_WINDOW))
-  on_spike = config.get('on_spike', 'warn')
-  rollbacks = list((saved or {}).get('rollbacks', [])) if first_step else []
+  # Blow-ups (`maml_plugin.spikes`) and the periodic actions.
+  response = _SpikeResponse(
+      config, workdir, writer, manager, num_devices=num_devices, mesh=mesh,
+      rollbacks=(saved or {}).get('rollbacks', []) if first_step else [])
 
-  warned = 0  # Spike lines printed by this process ('warn').
+  def create_hooks(at_step):
+    return _create_hooks(config, components, writer, workdir, manager,
+                         response, state_fn=lambda: state, rng_fn=lambda: rng,
+                         at_step=at_step)
 
-  def respond(spike: spikes.Spike):
-    """Reports `spike`; raises `SpikeError` ('stop') or `_RollBack`."""
-    nonlocal warned
-    writer.write_scalars(spike.step, {f'spike/{spike.kind}_ratio':
-                                      spike.ratio})
-    writer.flush()
-    if on_spike == 'warn':
-      # A run that spikes all the time (an algorithm whose meta-loss is
-      # heavy-tailed) must not bury the console: the first lines, then
-      # TensorBoard only.
-      warned += 1
-      if warned <= spikes.MAX_WARNINGS:
-        last = ('' if warned < spikes.MAX_WARNINGS else
-                f'; this is the {spikes.MAX_WARNINGS}th spike line of this '
-                'run: later spikes are written to TensorBoard only '
-                '(spike/*_ratio)')
-        logging.warning("%s; on_spike='warn': training goes on%s",
-                        spike.describe(), last)
-      return
-    if on_spike == 'rollback' and len(rollbacks) < spikes.MAX_ROLLBACKS:
-      raise _RollBack(spike)
-    why = ('' if on_spike == 'stop' else
-           f' after {len(rollbacks)} rollbacks')
-    raise spikes.SpikeError(f'{spike.describe()}; on_spike={on_spike!r}: '
-                            f'stopped{why}, {_kept_checkpoint(manager)}')
-
-  def roll_back(spike: spikes.Spike):
-    """The state and base key of the newest checkpoint before `spike`,
-    with a fresh key for the meta-batches from there (recorded)."""
-    target = (spike.step - 1 if spike.kind == spikes.META_LOSS
-              else monitor.last_good_eval_step)
-    restored = None if target is None else checkpointing.restore_at_or_before(
-        manager, target, state, rng, set_aside_unreadable=first_process)
-    if restored is None:
-      raise spikes.SpikeError(
-          f"{spike.describe()}; on_spike='rollback': stopped, no checkpoint "
-          f'before it in {manager.directory} to roll back to')
-    restored_state, restored_rng = restored
-    restored_step = int(restored_state.step)
-    if first_process:  # A resume must not meet the steps after it.
-      checkpointing.set_aside_after(manager, restored_step)
-    record = {'spike_step': spike.step, 'what': spike.kind,
-              'value': spike.value, 'median': spike.median,
-              'restored_step': restored_step}
-    rollbacks.append(record)
-    if first_process:
-      workdir_lib.write_config(workdir, config, num_devices=num_devices,
-                               previous=workdir_lib.read_config(workdir),
-                               rollbacks=[record])
-    monitor.rewind(restored_step)
-    logging.warning(
-        "%s; on_spike='rollback': restored step %s from %s (rollback %d of "
-        '%d); training goes on with fresh meta-batches', spike.describe(),
-        f'{restored_step:,}', manager.directory, len(rollbacks),
-        spikes.MAX_ROLLBACKS)
-    # Fresh meta-batches from there, kept in later checkpoints (resuming
-    # stays exact).
-    restored_rng = jax.random.fold_in(restored_rng, len(rollbacks))
-    if mesh is not None:
-      restored_state, restored_rng = distributed.replicate(
-          (restored_state, restored_rng), mesh)
-    return restored_state, restored_rng, restored_step
-
-  # Periodic actions.
-  def state_fn():
-    return state
-
-  evaluator = components.evaluator
-
-  def make_hooks(at_step: int):
-    """The loop's hooks, their clocks started at `at_step` (the start, or
-    the step a rollback restored), with the two the loop reads apart."""
-    # Only on log steps (chunk boundaries): the hooks see the steps of a
-    # chunk in one burst, so a time-triggered report mid-chunk would divide
-    # a burst of steps by microseconds and log a meaningless steps_per_sec.
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=config.num_train_steps, writer=writer,
-        every_steps=config.log_every_steps, every_secs=None)
-    few_shot_evaluation, checkpoint = components.periodic_actions(
-        writer, workdir, state_fn=state_fn, rng=lambda: rng, manager=manager)
-    progress_line = console.ProgressLine(
-        num_train_steps=config.num_train_steps,
-        every_steps=config.eval_every_steps,
-        evaluation_action=few_shot_evaluation)
-    hooks = [
-        report_progress,
-        few_shot_evaluation,
-        # Before the checkpoint: a spike's step is never saved.
-        actions.HeldOutSpikeCheck(evaluation=few_shot_evaluation,
-                                  monitor=monitor, on_spike=respond,
-                                  every_steps=config.eval_every_steps,
-                                  on_steps=[config.num_train_steps]),
-        checkpoint,
-        # After the evaluation, whose result it shows.
-        progress_line,
-    ]
-    # The rates' clocks start now, before the first chunk: a first rate
-    # measured from the first step's hook call would divide by microseconds.
-    for hook in (report_progress, progress_line):
-      hook(at_step)
-    return report_progress, few_shot_evaluation, hooks
-
-  report_progress, few_shot_evaluation, hooks = make_hooks(first_step)
+  hooks = create_hooks(first_step)
   every_secs = config.get('checkpoint_every_secs')
 
   # Loop.
@@ -604,8 +654,9 @@ def _train_and_evaluate(config, workdir: str, components: Components,
       raise guards.NonFiniteError(f'{guards.describe(report)}; stopped, '
                                   f'{_kept_checkpoint(manager)}')
     try:
-      for spike in monitor.meta_losses(step + 1, jax.device_get(losses)):
-        respond(spike)
+      for spike in response.monitor.meta_losses(step + 1,
+                                                jax.device_get(losses)):
+        response(spike)
       skipped += report.skipped
       train_metrics = (chunk_metrics if train_metrics is None
                        else train_metrics.merge(chunk_metrics))
@@ -619,11 +670,11 @@ def _train_and_evaluate(config, workdir: str, components: Components,
         train_metrics, skipped = None, 0
       with out_of_memory(memory.EVALUATION, config, manager):
         for s in range(previous + 1, step + 1):
-          for hook in hooks:
+          for hook in hooks.in_order:
             hook(s)
     except _RollBack as e:
-      state, rng, step = roll_back(e.spike)
-      report_progress, few_shot_evaluation, hooks = make_hooks(step)
+      state, rng, step = response.roll_back(e.spike, state, rng)
+      hooks = create_hooks(step)
       train_metrics, skipped = None, 0
       signals.step = step
       saved_at = time.monotonic()
@@ -647,14 +698,15 @@ def _train_and_evaluate(config, workdir: str, components: Components,
     raise Interrupted(signals.received, step, 'final evaluation')
   # The periodic evaluation of the last step (in TensorBoard) is the final
   # one: same evaluator, same params.
-  done = few_shot_evaluation.last_step == step
-  with report_progress.timed('final_eval'), out_of_memory(
+  evaluation = hooks.few_shot_evaluation
+  done = evaluation.last_step == step
+  with hooks.report_progress.timed('final_eval'), out_of_memory(
       memory.EVALUATION, config, manager):
     report = evaluate_and_report(
-        config, problem, state.params, int(state.step), workdir,
-        evaluator=evaluator, model_state=state.model_state,
-        rollbacks=rollbacks,
-        curves=few_shot_evaluation.last_curves if done else None)
+        config, components.problem, state.params, int(state.step), workdir,
+        evaluator=components.evaluator, model_state=state.model_state,
+        rollbacks=response.rollbacks,
+        curves=evaluation.last_curves if done else None)
   logging.info('Evaluation:\n%s', actions.format_table(report))
   manager.close()
   return state

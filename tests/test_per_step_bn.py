@@ -20,10 +20,11 @@ from maml_plugin import algorithms
 from maml_plugin.algorithms import mamlpp
 from maml_plugin.models import Conv4
 from maml_plugin.models import MLP
+from tests.helpers import TOL
+from tests.helpers import close
 
 pytestmark = pytest.mark.usefixtures('x64')
 
-TOL = dict(rtol=1e-10, atol=1e-12)
 WAYS, SHOTS, QUERY, SIZE, STEPS = 3, 2, 2, 8, 3
 
 
@@ -59,11 +60,6 @@ def _loss(loss_fn, meta, batch, *, bn, msl=0, step=0, first_order=False):
       loss_fn, meta, batch, step=step, num_inner_steps=STEPS,
       msl_anneal_steps=msl, learn_inner_lr=True, first_order=first_order,
       bn=bn)[0]
-
-
-def _close(a, b, **tol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **(tol or TOL))
 
 
 def _perturbed(meta, bn, k, scale=0.3, seed=7):
@@ -122,14 +118,14 @@ def test_equal_copies_are_mamlpp_with_batch_norm_frozen_in_the_inner_loop(
   np.testing.assert_allclose(value_bn, value, **TOL)
   g_bn, g_rest = algorithms.base.split_leaves(grads['model'], mask)
   gp_bn, gp_rest = algorithms.base.split_leaves(grads_bn['model'], mask)
-  _close(gp_rest, g_rest)
+  close(gp_rest, g_rest)
   for g in gp_bn:  # The model's own batch norm is never used.
     np.testing.assert_array_equal(g, 0.0)
   copies = bn.stacked(grads_bn['per_step_bn'])
-  _close([jnp.sum(c, axis=0) for c in copies], g_bn)
+  close([jnp.sum(c, axis=0) for c in copies], g_bn)
   assert all(float(jnp.max(jnp.abs(c[1]))) > 0 for c in copies)
   # Rates of the adapted leaves: the same gradient.
-  _close(algorithms.base.split_leaves(grads_bn['inner_lr'], mask)[1],
+  close(algorithms.base.split_leaves(grads_bn['inner_lr'], mask)[1],
          algorithms.base.split_leaves(grads['inner_lr'], mask)[1])
 
 
@@ -161,14 +157,14 @@ def test_inner_loop_never_changes_the_copies_and_uses_copy_k_at_step_k():
   loop = algorithm.inner_loop
   carry = loop.init(meta)
   stacked = bn.stacked(meta['per_step_bn'])
-  _close(algorithms.base.split_leaves(loop.params(carry), list(bn.mask))[0],
+  close(algorithms.base.split_leaves(loop.params(carry), list(bn.mask))[0],
          [c[0] for c in stacked])
   for k in range(STEPS + 2):  # Past training: the last copy.
     before = carry
     carry = loop.step(meta, carry, support, jnp.int32(k))
     used, adapted = algorithms.base.split_leaves(loop.params(carry),
                                              list(bn.mask))
-    _close(used, [c[min(k, STEPS - 1)] for c in stacked])
+    close(used, [c[min(k, STEPS - 1)] for c in stacked])
     old = algorithms.base.split_leaves(loop.params(before), list(bn.mask))[1]
     assert all(not np.array_equal(a, b) for a, b in zip(adapted, old))
 
@@ -231,7 +227,7 @@ def test_train_step_meta_trains_the_copies_and_checkpoints_them(tmp_path):
   restored, _ = checkpointing.restore_latest(manager, empty,
                                              jax.random.key(0))
   manager.close()
-  _close(restored, new, rtol=0, atol=0)
+  close(restored, new, rtol=0, atol=0)
 
 
 def test_a_model_without_batch_norm_is_refused_in_one_line():

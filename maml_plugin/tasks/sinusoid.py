@@ -123,7 +123,8 @@ def sinusoid_fits(predict_fn, loss_fn, params, tasks, *,
                   inner_loop=None) -> list[dict]:
   """Predictions on a grid for the first `num_tasks` sinusoid tasks.
 
-  `predict_fn(params, x) -> y`. Returns the panels `plots` draws.
+  `predict_fn(params, x) -> y`. Returns the panels `save_adaptation_figure`
+  draws.
   """
   # Evaluation sits above the task sources: imported when a report is drawn.
   from maml_plugin import evaluation  # pylint: disable=g-import-not-at-top
@@ -153,14 +154,48 @@ def adaptation_picture(path: str, *, predict_fn, params, tasks, inner_loop,
   """The MAML paper's figure (a `base.Picture`): for the first `num_tasks`
   held-out tasks, the true curve, the support points and the prediction
   before adapting and after 1 and `num_inner_steps` inner steps."""
-  # Matplotlib sits above the task sources: imported only when a report is
-  # drawn.
-  from maml_plugin import plots  # pylint: disable=g-import-not-at-top
   steps = tuple(sorted({0, min(1, num_inner_steps), num_inner_steps}))
   panels = sinusoid_fits(
       predict_fn, None, params, tasks, inner_loop=inner_loop,
       inner_steps=steps, num_tasks=min(num_tasks, len(tasks['amplitude'])))
-  plots.save_sinusoid_adaptation(path, panels, inner_steps=steps)
+  save_adaptation_figure(path, panels, inner_steps=steps)
+
+
+def save_adaptation_figure(path: str, panels: list[dict], *,
+                           inner_steps: tuple[int, ...]) -> None:
+  """Writes the figure of `panels` (`sinusoid_fits`) to the PNG `path`,
+  atomically: one panel per task, the true curve, the support points and
+  the predictions after each of `inner_steps` (the counts of
+  ``panels[i]['predictions']``)."""
+  # Matplotlib loads only when a figure is drawn, not with the task source.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from maml_plugin import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  n = len(panels)
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+  styles = ['--', '-', '-', '-']
+  colors = ['tab:gray', 'tab:orange', 'tab:green', 'tab:purple']
+  for ax, panel in zip(axes[0], panels):
+    ax.plot(panel['x'], panel['y_true'], color='tab:red', lw=2,
+            label='ground truth')
+    for i, (k, pred) in enumerate(zip(inner_steps, panel['predictions'])):
+      label = 'pre-update' if k == 0 else f'after {k} step{"s" * (k > 1)}'
+      ax.plot(panel['x'], pred, styles[i % 4], color=colors[i % 4], lw=1.5,
+              label=label)
+    ax.scatter(panel['support_x'], panel['support_y'], marker='^', s=40,
+               color='black', zorder=5, label='support (K points)')
+    ax.set_title(panel['title'], fontsize=9)
+    ax.set_xlim(float(np.min(panel['x'])), float(np.max(panel['x'])))
+    ax.set_xlabel('x')
+  axes[0][0].set_ylabel('y')
+  axes[0][-1].legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  try:  # Whole or not at all; the temporary file goes on failure.
+    workdir_lib.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110,
+                                                           format='png'))
+  finally:
+    plt.close(fig)
 
 
 @base.TASKS.register('sinusoid', fields=SinusoidFields)

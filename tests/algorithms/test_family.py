@@ -1,28 +1,17 @@
 """What the MAML family's train steps share, against independent
-computations, float64: remat's gradient, and the same update one task
-batch at a time for every train step."""
-
-import re
+computations, float64: remat's gradient, and the core's task batches (the
+same update one task batch at a time for every registered train step is
+tests/test_algorithms.py:test_task_batch_size_gives_the_same_update)."""
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 from maml_plugin import core
-from maml_plugin import evaluation
 from maml_plugin import algorithms
-from maml_plugin.algorithms import mamlpp
-from maml_plugin.algorithms import reptile
-from maml_plugin.models import MLP
-from maml_plugin.tasks import SinusoidTasks
-from tests.helpers import TOL
 from tests.helpers import close as _close
 from tests.helpers import problem as _problem
-from tests.helpers import task as _task
 
 pytestmark = pytest.mark.usefixtures('x64')
 
@@ -84,31 +73,3 @@ def test_over_task_batches_equals_the_whole_meta_batch():
   with pytest.raises(ValueError, match='task_batch_size=4: must divide the '
                      'meta-batch size 6'):
     core.over_task_batches(fn, 4)(params, batch)
-
-
-@pytest.mark.parametrize('name,hparams', [
-    ('maml', dict(num_inner_steps=2)),
-    ('fomaml', dict(num_inner_steps=2)),
-    ('metasgd', dict()),
-    ('anil', dict()),
-    ('reptile', dict(num_inner_steps=2, inner_optimizer='adam')),
-    ('mamlpp', dict(num_inner_steps=2, msl_anneal_steps=10)),
-])
-def test_every_train_step_gives_the_same_update_one_task_at_a_time(
-    name, hparams):
-  loss_fn, params, batch = _problem(num_tasks=4)
-  tx = optax.adam(1e-2)
-  states = []
-  for size in (None, 1, 2):
-    algorithm = algorithms.make_algorithm(
-        name, loss_fn=loss_fn, tx=tx, inner_lr=0.05, task_batch_size=size,
-        **hparams)
-    state = algorithms.MetaTrainState.create(
-        algorithm.init_params(params), tx)
-    step = jax.jit(algorithm.train_step)
-    for i in range(2):
-      state, metrics = step(state, batch, jax.random.key(i))
-    states.append((state.params, metrics.compute()))
-  # Adam's update divides by sqrt(v): agreement to 1e-9 relative.
-  _close(states[1], states[0], rtol=1e-9, atol=1e-12)
-  _close(states[2], states[0], rtol=1e-9, atol=1e-12)
