@@ -16,10 +16,13 @@ Measured:
                   and N2 = 70,000 (the whole protocol).
 Printed as a table with ratios to bare_core from the same run.
 
-`--before_after` also times what the blow-up guard costs, in the same
-process: bare_fused and the trainer on the default config without it
-(``max_meta_grad_norm=None``, and the trainer's spike monitor fed nothing)
-against the default, and prints the ratio after / before.
+`--before_after` (or `--before_after=guard`) also times what the blow-up
+guard costs, in the same process: bare_fused and the trainer on the
+default config without it (``max_meta_grad_norm=None``, and the trainer's
+spike monitor fed nothing) against the default, and prints the ratio
+after / before. `--before_after=lslr` times the default's learned inner
+rates the same way: the default with ``learn_inner_lr=False`` (fixed
+rates, the default before them) against the default.
 """
 
 import argparse
@@ -87,19 +90,25 @@ def trainer_rate(config, monitor=True):
                       - trainer_run(config, n1, monitor))
 
 
-def before_after(config, seconds, num_steps):
-  """Rows of the guard's cost: without it, with it, interleaved twice; the
+def before_after(config, seconds, num_steps, what='guard'):
+  """Rows of what `what` costs ('guard': the blow-up guard; 'lslr': the
+  learned inner rates): without it, with it, interleaved twice; the
   trainer's runs `num_steps` long."""
   config = config.copy_and_resolve_references()
   config.num_train_steps = num_steps
   before = config.copy_and_resolve_references()
-  before.max_meta_grad_norm = None
+  if what == 'guard':
+    before.max_meta_grad_norm = None
+  else:
+    before.learn_inner_lr = False
+    del before.rate_meta_lr
   rates = {'bare_fused': ([], []), 'trainer': ([], [])}
   for _ in range(2):
     for i, c in enumerate((before, config)):
       rates['bare_fused'][i].append(bare(c, 100, seconds))
-      rates['trainer'][i].append(trainer_rate(c, monitor=bool(i)))
-  print(f'{"guard off / on (median of 2 each)":<40}{"before":>10}'
+      rates['trainer'][i].append(
+          trainer_rate(c, monitor=bool(i) or what != 'guard'))
+  print(f'{what + " off / on (median of 2 each)":<40}{"before":>10}'
         f'{"after":>10}{"after/before":>14}')
   for name, (off, on) in rates.items():
     b, a = statistics.median(off), statistics.median(on)
@@ -109,13 +118,15 @@ def before_after(config, seconds, num_steps):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--seconds', type=float, default=5.0)
-  parser.add_argument('--before_after', action='store_true')
+  parser.add_argument('--before_after', nargs='?', const='guard',
+                      choices=('guard', 'lslr'))
   parser.add_argument('--before_after_steps', type=int, default=30_000)
   args = parser.parse_args()
   config = maml_sine.get_config()
   config.num_plot_tasks = 0
   if args.before_after:
-    return before_after(config, args.seconds, args.before_after_steps)
+    return before_after(config, args.seconds, args.before_after_steps,
+                        args.before_after)
 
   rows = [('bare_core (1 step/call)', bare(config, 1, args.seconds)),
           ('bare_fused (100 steps/call)', bare(config, 100, args.seconds))]

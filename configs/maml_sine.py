@@ -8,12 +8,12 @@ Run it (meta-train, then evaluate on 600 held-out tasks)::
 `--config=configs/maml_sine.py:quick` is a seconds-long variant for tests;
 any field can be overridden, e.g. `--config.meta_batch_size=10`.
 
-The default differs from the paper in its meta-objective and its Adam
-step size, not in the task, the model or the inner loop: MAML with the
-paper's alpha = 0.01, meta-trained on the mean of the query losses after
-one, two and three inner steps (the multi-step loss of MAML++, held
-uniform; `set_multi_step_loss`) instead of after one step only, with Adam
-at 2e-3 instead of 1e-3. Trained on one step, the initialization sharpens until
+The default differs from the paper in its meta-objective, its Adam step
+size and its inner rates, not in the task or the model: MAML meta-trained
+on the mean of the query losses after one, two and three inner steps (the
+multi-step loss of MAML++, held uniform; `set_multi_step_loss`) instead of
+after one step only, with Adam at 2e-3 instead of 1e-3, and inner rates
+learned per layer and step from the paper's alpha = 0.01 (MAML++'s LSLR). Trained on one step, the initialization sharpens until
 ten inner steps diverge on some held-out tasks (docs/sinusoid.md). `paper`
 restores the paper's settings exactly, alone or with the other words, as
 does naming the algorithm::
@@ -44,6 +44,12 @@ PAPER_INNER_LR = 0.01
 # and its Adam step size (the paper's: 1e-3).
 MSL_INNER_STEPS = 3
 MSL_META_LR = 2e-3
+# The Adam step size of the default's learned inner rates (LSLR): slow
+# enough that a rate (0.01 at the start) moves by at most 0.07 over 70,000
+# meta-steps. At the weights' 2e-3 the rates ran away within a few thousand
+# steps and ten inner steps diverged; at 3e-7 they barely moved and one
+# step fitted no faster than fixed rates (docs/sinusoid.md).
+MSL_RATE_META_LR = 1e-6
 # The default's bound on the meta-gradient's global norm before Adam: 2x
 # the largest per-step norm of a healthy run after 50,000 meta-steps (5.1;
 # median 0.9). A meta-batch whose inner steps overshoot can have a norm of
@@ -66,15 +72,20 @@ def set_multi_step_loss(config) -> None:
   instead of annealed) puts overshooting later steps into the objective
   while keeping the one-step loss in it. Adam at 2e-3 (the paper: 1e-3)
   brings the first periodic evaluation (10,000 meta-steps) within 0.12
-  on every seed measured. It runs as the 'mamlpp' train step with the
-  other parts of MAML++ off: fixed inner rates (no LSLR), exact second
+  on every seed measured. The inner rates are learned per layer and step
+  (MAML++'s LSLR), from alpha, by their own slow Adam step
+  (`MSL_RATE_META_LR`): with fixed rates one step fitted too slowly (1-step
+  MSE above 0.40 at 20,000-30,000 meta-steps on 4 of 15 runs). It runs as
+  the 'mamlpp' train step with MAML++'s other parts off: exact second
   order from the first step, a constant meta learning rate. Measured over
-  five seeds: docs/sinusoid.md. `config.train_step` is set by the caller.
+  five seeds and three settings: docs/sinusoid.md. `config.train_step` is
+  set by the caller.
   """
   del config.first_order  # Second order throughout (first_order_steps=0).
   config.num_inner_steps = MSL_INNER_STEPS
   config.msl_anneal_steps = config_dict.placeholder(int)  # None: uniform.
-  config.learn_inner_lr = False
+  config.learn_inner_lr = True
+  config.rate_meta_lr = MSL_RATE_META_LR
   config.first_order_steps = 0
   config.meta_lr = MSL_META_LR
   config.max_meta_grad_norm = MAX_META_GRAD_NORM
@@ -93,7 +104,7 @@ def _registered(words) -> tuple[str, ...]:
 def train_step_of(words) -> str:
   """The registered train step the argument's `words` run: the algorithm
   named, else 'maml' with `paper`, else 'mamlpp' (MAML on the multi-step
-  loss, `set_multi_step_loss`)."""
+  loss with learned inner rates, `set_multi_step_loss`)."""
   named = [w for w in words if w not in WORDS]
   if named:
     return named[0]
@@ -128,7 +139,8 @@ def get_config(arg=None):
   config.hidden_sizes = (40, 40)
   # Meta-learning algorithm (a registered train step) and its inner loop.
   # What runs: by default 'mamlpp', the train step of MAML trained on the
-  # multi-step loss with MAML++'s other parts off (`set_multi_step_loss`);
+  # multi-step loss with learned inner rates and MAML++'s other parts off
+  # (`set_multi_step_loss`);
   # `paper` runs 'maml', the paper's MAML; a named algorithm runs itself.
   config.train_step = train_step_of(words)
   config.inner_lr = PAPER_INNER_LR

@@ -220,11 +220,12 @@ def _expected_schedule(config):
   lr, total = config.meta_lr, config.num_train_steps
   if config.train_step == 'reptile':  # Nichol et al.: linear to 0.
     return 'sgd', lambda t: lr * (1 - t / total)
-  if config.train_step == 'mamlpp' and config.learn_inner_lr:
-    # Antoniou et al. (MAML++, learned rates on): cosine to 0.
+  if config.train_step == 'mamlpp' and config.msl_anneal_steps is not None:
+    # Antoniou et al. (MAML++, its multi-step loss annealed): cosine to 0.
     return 'adam', lambda t: lr * 0.5 * (1 + math.cos(math.pi * t / total))
-  # Finn et al.: Adam, constant; also the sinusoid default, MAML with only
-  # MAML++'s multi-step loss (learned rates off).
+  # Finn et al.: Adam, constant; also the sinusoid default, MAML with
+  # MAML++'s multi-step loss held uniform (msl_anneal_steps None) and its
+  # learned rates.
   return 'adam', lambda t: lr
 
 

@@ -323,7 +323,7 @@ def test_train_step_override_trains_that_algorithm_on_every_config(
     name, train_step):
   """``--config.train_step=NAME`` on a shipped config, the way
   ml_collections users switch: the file's fields of its own algorithm that
-  NAME does not use (the flagship's ``learn_inner_lr=False``, which the
+  NAME does not use (the flagship's ``learn_inner_lr=True``, which the
   user never set and cannot remove from a command line) are left out, and
   the config validates for NAME; every registered algorithm, read from the
   registry."""
@@ -354,8 +354,9 @@ def test_a_field_the_command_line_sets_for_another_algorithm_is_refused():
   assert config_files.follow_train_step(config, argv) == (
       "--config.train_step=maml: configs/maml_sine.py is written for "
       "'mamlpp'; left out its fields that 'maml' does not use: "
-      'msl_anneal_steps, first_order_steps (--config=configs/maml_sine.py:maml'
-      " is 'maml' as that file sets it up)")
+      'msl_anneal_steps, first_order_steps, rate_meta_lr '
+      "(--config=configs/maml_sine.py:maml is 'maml' as that file sets it "
+      'up)')
   with pytest.raises(config_validation.ConfigError) as err:
     config_validation.validate(config)
   assert str(err.value) == (
@@ -377,7 +378,7 @@ def test_main_trains_the_train_step_named_on_the_command_line(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert ("--config.train_step=maml: configs/maml_sine.py:quick is written "
           "for 'mamlpp'; left out its fields that 'maml' does not use: "
-          'msl_anneal_steps, learn_inner_lr, first_order_steps '
+          'msl_anneal_steps, learn_inner_lr, first_order_steps, rate_meta_lr '
           "(--config=configs/maml_sine.py:quick,maml is 'maml' as that file "
           'sets it up).') in proc.stdout, proc.stdout[-3000:]
   with open(workdir / 'config.json') as f:
