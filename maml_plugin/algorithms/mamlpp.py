@@ -218,6 +218,12 @@ def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
                          bn_copies=bn_copies)[1]
 
 
+# Whether `_adapt_per_step` unrolls its inner steps (True) or runs them in a
+# rolled loop (the program before the unrolling; `benchmarks/sine_speed.py
+# --before_after=lslr` times the two). Read when a step is traced.
+UNROLL_INNER_STEPS = True
+
+
 def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
                     bn, bn_copies, model_state=None, rng=None,
                     per_step_stats: bool = False):
@@ -248,16 +254,21 @@ def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
     return (p, state), (loss, None)
 
   # Leaves of rates and copies are [num_steps]: scan hands step k its own.
+  # The few inner steps are unrolled: a rolled loop stacks every step's
+  # residuals into buffers and slices them back out in the backward pass,
+  # which cost the flagship ~20% of its meta-steps/s, with fixed rates and
+  # learned ones alike (benchmarks/sine_speed.py).
+  unroll = UNROLL_INNER_STEPS
   stacked = None if bn is None else bn.stacked(bn_copies)
   steps = jnp.arange(num_steps, dtype=jnp.int32)
   if per_step_stats:
     params, (losses, states) = jax.lax.scan(
         core.maybe_remat(body, remat), params,
-        (inner_lr, stacked, steps, model_state))
+        (inner_lr, stacked, steps, model_state), unroll=unroll)
     return params, losses, states
   (params, state), (losses, _) = jax.lax.scan(
       core.maybe_remat(body, remat), (params, model_state),
-      (inner_lr, stacked, steps, None))
+      (inner_lr, stacked, steps, None), unroll=unroll)
   return params, losses, state
 
 
