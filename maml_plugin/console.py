@@ -143,6 +143,20 @@ def _excepthook(previous):
   return hook
 
 
+def _unraisablehook(previous):
+  # tensorstore may hand the same callback's error to PyErr_WriteUnraisable
+  # ("Exception ignored in: ...") instead of PyErr_Print: the same filter.
+  def hook(unraisable):
+    if _is_abandoned_write_callback(unraisable.exc_type, unraisable.exc_value,
+                                    unraisable.exc_traceback):
+      logging.debug('Ignored the callback of an abandoned write: %s',
+                    unraisable.exc_value)
+      return
+    previous(unraisable)
+  hook.maml_plugin = True
+  return hook
+
+
 def setup() -> None:
   """Our log lines only, without absl's prefix, on stdout, and warnings and
   errors on stderr, unless ``--verbosity`` was given. Idempotent; call it
@@ -150,11 +164,14 @@ def setup() -> None:
 
   Always (``--verbosity`` or not): the tracebacks that tensorstore's
   threads print when a write of a failed save completes after the save
-  gave up (`_is_abandoned_write_callback`) are dropped, so a full disk
+  gave up (`_is_abandoned_write_callback`; as an uncaught or as an
+  unraisable exception) are dropped, so a full disk
   ends in the one line naming the checkpoint.
   """
   if not getattr(sys.excepthook, 'maml_plugin', False):
     sys.excepthook = _excepthook(sys.excepthook)
+  if not getattr(sys.unraisablehook, 'maml_plugin', False):
+    sys.unraisablehook = _unraisablehook(sys.unraisablehook)
   if verbose():
     return
   handler = logging.get_absl_handler()

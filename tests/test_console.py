@@ -216,7 +216,7 @@ def test_evaluate_prints_its_table_on_stdout(tiny_run):
 
 
 _PRINT_AS_TENSORSTORE_DOES = r"""
-import asyncio, sys, threading
+import asyncio, sys, threading, types
 from maml_plugin import console
 console.setup()
 
@@ -229,8 +229,18 @@ def from_c(function, *args):
   except BaseException as e:
     sys.excepthook(type(e), e, e.__traceback__.tb_next)
 
-def in_a_thread(function, *args):
-  thread = threading.Thread(target=from_c, args=(function, *args))
+def from_c_unraisable(function, *args):
+  # The other way C code reports it: PyErr_WriteUnraisable, which calls
+  # sys.unraisablehook ("Exception ignored in: ...").
+  try:
+    function(*args)
+  except BaseException as e:
+    sys.unraisablehook(types.SimpleNamespace(
+        exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__.tb_next,
+        err_msg=None, object=function))
+
+def in_a_thread(function, *args, report=from_c):
+  thread = threading.Thread(target=report, args=(function, *args))
   thread.start()
   thread.join()
 
@@ -238,6 +248,8 @@ loop = asyncio.new_event_loop()
 loop.close()
 in_a_thread(loop.call_soon_threadsafe, print)
 from_c(loop.call_soon_threadsafe, print)  # Completed in the main thread.
+in_a_thread(loop.call_soon_threadsafe, print, report=from_c_unraisable)
+from_c_unraisable(loop.call_soon_threadsafe, print)
 print('after the callbacks', flush=True)
 def other():
   raise RuntimeError('Event loop is closed')
