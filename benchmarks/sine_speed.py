@@ -21,8 +21,10 @@ guard costs, in the same process: bare_fused and the trainer on the
 default config without it (``max_meta_grad_norm=None``, and the trainer's
 spike monitor fed nothing) against the default, and prints the ratio
 after / before. `--before_after=lslr` times the default's learned inner
-rates the same way: the default with ``learn_inner_lr=False`` (fixed
-rates, the default before them) against the default.
+rates the same way: before is the default as it was before them
+(``learn_inner_lr=False``: fixed rates, and ``unroll_inner_steps=False``:
+the inner steps in a loop), after the default; a third column, fixed
+rates with the steps unrolled, shows what the rates themselves cost.
 """
 
 import argparse
@@ -92,27 +94,45 @@ def trainer_rate(config, monitor=True):
 
 def before_after(config, seconds, num_steps, what='guard'):
   """Rows of what `what` costs ('guard': the blow-up guard; 'lslr': the
-  learned inner rates): without it, with it, interleaved twice; the
-  trainer's runs `num_steps` long."""
+  learned inner rates, with the unrolled inner steps): without it, with it
+  (and for 'lslr' fixed rates unrolled), interleaved twice; the trainer's
+  runs `num_steps` long."""
   config = config.copy_and_resolve_references()
   config.num_train_steps = num_steps
   before = config.copy_and_resolve_references()
   if what == 'guard':
     before.max_meta_grad_norm = None
+    columns = [before, config]
   else:
     before.learn_inner_lr = False
     del before.rate_meta_lr
-  rates = {'bare_fused': ([], []), 'trainer': ([], [])}
+    fixed_unrolled = before.copy_and_resolve_references()
+    before.unroll_inner_steps = False
+    columns = [before, config, fixed_unrolled]
+  rates = {'bare_fused': [[] for _ in columns],
+           'trainer': [[] for _ in columns]}
   for _ in range(2):
-    for i, c in enumerate((before, config)):
+    for i, c in enumerate(columns):
       rates['bare_fused'][i].append(bare(c, 100, seconds))
       rates['trainer'][i].append(
           trainer_rate(c, monitor=bool(i) or what != 'guard'))
-  print(f'{what + " off / on (median of 2 each)":<40}{"before":>10}'
-        f'{"after":>10}{"after/before":>14}')
-  for name, (off, on) in rates.items():
-    b, a = statistics.median(off), statistics.median(on)
-    print(f'{name:<40}{b:10.0f}{a:10.0f}{a / b:14.3f}')
+  if what == 'lslr':
+    print('before: fixed rates, inner steps in a loop; after: the default; '
+          'fixed unrolled: fixed rates, inner steps unrolled')
+  head = f'{what + " off / on (median of 2 each)":<40}{"before":>10}{"after":>10}'
+  if what == 'lslr':
+    head += f'{"fixed unrolled":>16}'
+  print(head + f'{"after/before":>14}' +
+        (f'{"after/fixed unrolled":>22}' if what == 'lslr' else ''))
+  for name, runs in rates.items():
+    med = [statistics.median(r) for r in runs]
+    row = f'{name:<40}{med[0]:10.0f}{med[1]:10.0f}'
+    if what == 'lslr':
+      row += f'{med[2]:16.0f}'
+    row += f'{med[1] / med[0]:14.3f}'
+    if what == 'lslr':
+      row += f'{med[1] / med[2]:22.3f}'
+    print(row)
 
 
 def main():

@@ -354,7 +354,8 @@ def test_a_field_the_command_line_sets_for_another_algorithm_is_refused():
   assert config_files.follow_train_step(config, argv) == (
       "--config.train_step=maml: configs/maml_sine.py is written for "
       "'mamlpp'; left out its fields that 'maml' does not use: "
-      'msl_anneal_steps, first_order_steps, rate_meta_lr '
+      'msl_anneal_steps, first_order_steps, unroll_inner_steps, '
+      'rate_meta_lr '
       "(--config=configs/maml_sine.py:maml is 'maml' as that file sets it "
       'up)')
   with pytest.raises(config_validation.ConfigError) as err:
@@ -378,7 +379,8 @@ def test_main_trains_the_train_step_named_on_the_command_line(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert ("--config.train_step=maml: configs/maml_sine.py:quick is written "
           "for 'mamlpp'; left out its fields that 'maml' does not use: "
-          'msl_anneal_steps, learn_inner_lr, first_order_steps, rate_meta_lr '
+          'msl_anneal_steps, learn_inner_lr, first_order_steps, '
+          'unroll_inner_steps, rate_meta_lr '
           "(--config=configs/maml_sine.py:quick,maml is 'maml' as that file "
           'sets it up).') in proc.stdout, proc.stdout[-3000:]
   with open(workdir / 'config.json') as f:

@@ -218,15 +218,9 @@ def per_step_query_losses(loss_fn: core.LossFn, params, task, *, inner_lr,
                          bn_copies=bn_copies)[1]
 
 
-# Whether `_adapt_per_step` unrolls its inner steps (True) or runs them in a
-# rolled loop (the program before the unrolling; `benchmarks/sine_speed.py
-# --before_after=lslr` times the two). Read when a step is traced.
-UNROLL_INNER_STEPS = True
-
-
 def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
                     bn, bn_copies, model_state=None, rng=None,
-                    per_step_stats: bool = False):
+                    per_step_stats: bool = False, unroll: bool = False):
   """``(params after the last step, query losses [N], model state)``.
 
   The model state (a `core.StatefulLoss`; None otherwise) is threaded
@@ -254,11 +248,9 @@ def _adapt_per_step(loss_fn, params, task, *, inner_lr, first_order, remat,
     return (p, state), (loss, None)
 
   # Leaves of rates and copies are [num_steps]: scan hands step k its own.
-  # The few inner steps are unrolled: a rolled loop stacks every step's
-  # residuals into buffers and slices them back out in the backward pass,
-  # which cost the flagship ~20% of its meta-steps/s, with fixed rates and
-  # learned ones alike (benchmarks/sine_speed.py).
-  unroll = UNROLL_INNER_STEPS
+  # With `unroll` the steps are one straight program: the rolled loop stacks
+  # every step's residuals into buffers and slices them back out in the
+  # backward pass (`unroll_inner_steps`).
   stacked = None if bn is None else bn.stacked(bn_copies)
   steps = jnp.arange(num_steps, dtype=jnp.int32)
   if per_step_stats:
@@ -279,7 +271,7 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
                         bn: PerStepBatchNorm | None = None,
                         metric_fn: core.LossFn | None = None,
                         model_state=None, rng=None,
-                        per_step_stats: bool = False):
+                        per_step_stats: bool = False, unroll: bool = False):
   """The MAML++ meta-loss (MSL-weighted) and `core.MetaOutput` for metrics.
 
   With `metric_fn` (e.g. accuracy) the output also holds its query mean
@@ -308,7 +300,7 @@ def mamlpp_loss_and_aux(loss_fn: core.LossFn, params, meta_batch, *, step,
     adapted, after, state = _adapt_per_step(
         loss_fn, model, task, inner_lr=rates, first_order=first_order,
         remat=remat, bn=bn, bn_copies=copies, model_state=model_state,
-        rng=key, per_step_stats=per_step_stats)
+        rng=key, per_step_stats=per_step_stats, unroll=unroll)
     qkey = core.query_key(key, num_inner_steps)
     out = (fn(unadapted, state_before, task['query'], qkey)[0], after)
     if metric is not None:
@@ -350,6 +342,10 @@ class MAMLPPHParams(base.HParams):
     per_step_bn_stats: one copy per inner step of the model's batch-norm
       statistics (BNRS; a model with state, `core.StatefulLoss`).
     remat_inner_steps: rematerialize each inner step (same gradient).
+    unroll_inner_steps: compile the inner steps as one unrolled program
+      instead of a loop (same gradient, other rounding): faster steps for a
+      small model (the sine MLP: ~1.2x meta-steps/s), longer compilation
+      for a large one (Conv-4 on Omniglot: ~1.5x the compile time).
     rate_meta_lr: the outer step size of the rates (`base.rate_meta_lr_field`).
   """
 
@@ -366,6 +362,7 @@ class MAMLPPHParams(base.HParams):
       'like blocks/0/scale/value')
   per_step_bn_stats: bool = fields.flag(False)
   remat_inner_steps: bool = fields.flag(False, changes_training=False)
+  unroll_inner_steps: bool = fields.flag(False, changes_training=False)
   rate_meta_lr: float | None = base.rate_meta_lr_field()
 
 
@@ -408,7 +405,8 @@ def make_mamlpp(hparams: MAMLPPHParams, *, loss_fn: core.LossFn,
           remat=hparams.remat_inner_steps,
           bn=batch_norm(params['model']), metric_fn=metric_fn,
           model_state=model_state, rng=keys,
-          per_step_stats=per_step_bn_stats)
+          per_step_stats=per_step_bn_stats,
+          unroll=hparams.unroll_inner_steps)
     return core.over_task_batches(
         jax.value_and_grad(objective, has_aux=True), hparams.task_batch_size)
 

@@ -154,3 +154,29 @@ def test_mamlpp_evaluation_past_training_steps_reuses_the_last_rate():
     p = core.sgd_step(loss_fn, p, task['support'], inner_lr=rate)
     expected.append(loss_fn(p, task['query']))
   np.testing.assert_allclose(curves[1, 1:], expected, **TOL)
+
+
+def test_unrolled_inner_steps_give_the_looped_update():
+  """`unroll_inner_steps` compiles the inner steps without a loop: the same
+  two meta-steps (learned rates, uniform MSL, float64) as the loop, and the
+  flag reaches the scan (its jaxpr says unroll=N, N the steps)."""
+  loss_fn, params, batch = _problem()
+  updates, jaxprs = [], []
+  tx = optax.adam(1e-2)
+  for unroll in (False, True):
+    algorithm = algorithms.make_algorithm(
+        'mamlpp', loss_fn=loss_fn, tx=tx, inner_lr=0.05,
+        num_inner_steps=3, msl_anneal_steps=None, unroll_inner_steps=unroll)
+    state = algorithms.MetaTrainState.create(algorithm.init_params(params),
+                                             tx)
+    step = jax.jit(algorithm.train_step)
+    for i in range(2):
+      state, _ = step(state, batch, jax.random.key(i))
+    updates.append(state.params)
+    jaxprs.append(str(jax.make_jaxpr(algorithm.train_step)(
+        state, batch, jax.random.key(0))))
+  _close(updates[1], updates[0])
+  assert not any(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(updates[0]['model']), jax.tree.leaves(params)))
+  assert re.search(r'unroll=3\b', jaxprs[1]) and not re.search(
+      r'unroll=3\b', jaxprs[0])
