@@ -345,7 +345,8 @@ class MAMLPPHParams(base.HParams):
     unroll_inner_steps: compile the inner steps as one unrolled program
       instead of a loop (same gradient, other rounding): faster steps for a
       small model (the sine MLP: ~1.2x meta-steps/s), longer compilation
-      for a large one (Conv-4 on Omniglot: ~1.5x the compile time).
+      for a large one (Conv-4 on Omniglot: ~1.5x the compile time, its
+      step time not measured).
     rate_meta_lr: the outer step size of the rates (`base.rate_meta_lr_field`).
   """
 
