@@ -102,37 +102,31 @@ def before_after(config, seconds, num_steps, what='guard'):
   before = config.copy_and_resolve_references()
   if what == 'guard':
     before.max_meta_grad_norm = None
-    columns = [before, config]
+    columns = {'before': before, 'after': config}
   else:
     before.learn_inner_lr = False
     del before.rate_meta_lr
     fixed_unrolled = before.copy_and_resolve_references()
     before.unroll_inner_steps = False
-    columns = [before, config, fixed_unrolled]
-  rates = {'bare_fused': [[] for _ in columns],
-           'trainer': [[] for _ in columns]}
-  for _ in range(2):
-    for i, c in enumerate(columns):
-      rates['bare_fused'][i].append(bare(c, 100, seconds))
-      rates['trainer'][i].append(
-          trainer_rate(c, monitor=bool(i) or what != 'guard'))
-  if what == 'lslr':
+    columns = {'before': before, 'after': config,
+               'fixed unrolled': fixed_unrolled}
     print('before: fixed rates, inner steps in a loop; after: the default; '
           'fixed unrolled: fixed rates, inner steps unrolled')
-  head = f'{what + " off / on (median of 2 each)":<40}{"before":>10}{"after":>10}'
-  if what == 'lslr':
-    head += f'{"fixed unrolled":>16}'
-  print(head + f'{"after/before":>14}' +
-        (f'{"after/fixed unrolled":>22}' if what == 'lslr' else ''))
+  rates = {'bare_fused': {n: [] for n in columns},
+           'trainer': {n: [] for n in columns}}
+  for _ in range(2):
+    for n, c in columns.items():
+      rates['bare_fused'][n].append(bare(c, 100, seconds))
+      rates['trainer'][n].append(
+          trainer_rate(c, monitor=n != 'before' or what != 'guard'))
+  others = [n for n in columns if n != 'after']  # after / each of them
+  print(f'{what + " off / on (median of 2 each)":<40}' +
+        ''.join(f'{n:>16}' for n in columns) +
+        ''.join(f'{"after/" + n:>22}' for n in others))
   for name, runs in rates.items():
-    med = [statistics.median(r) for r in runs]
-    row = f'{name:<40}{med[0]:10.0f}{med[1]:10.0f}'
-    if what == 'lslr':
-      row += f'{med[2]:16.0f}'
-    row += f'{med[1] / med[0]:14.3f}'
-    if what == 'lslr':
-      row += f'{med[1] / med[2]:22.3f}'
-    print(row)
+    med = {n: statistics.median(r) for n, r in runs.items()}
+    print(f'{name:<40}' + ''.join(f'{m:16.0f}' for m in med.values()) +
+          ''.join(f'{med["after"] / med[n]:22.3f}' for n in others))
 
 
 def main():
