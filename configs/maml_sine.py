@@ -44,12 +44,13 @@ PAPER_INNER_LR = 0.01
 # and its Adam step size (the paper's: 1e-3).
 MSL_INNER_STEPS = 3
 MSL_META_LR = 2e-3
-# The Adam step size of the default's learned inner rates (LSLR): slow
-# enough that a rate (0.01 at the start) moves by at most 0.07 over 70,000
-# meta-steps. At the weights' 2e-3 the rates ran away within a few thousand
-# steps and ten inner steps diverged; at 3e-7 they barely moved and one
-# step fitted no faster than fixed rates (docs/sinusoid.md).
-MSL_RATE_META_LR = 1e-6
+# The Adam step size of the default's learned inner rates (LSLR): a rate
+# (0.01 at the start) moves by at most 0.04 per 10,000 meta-steps. At the
+# weights' 2e-3 the rates ran away within a few thousand steps and ten
+# inner steps diverged; at 3e-7 they barely moved and one step fitted no
+# faster than fixed rates; at 1e-6 one step was still above 0.40 at the
+# first evaluation (10,000 meta-steps) on one run of 16 (docs/sinusoid.md).
+MSL_RATE_META_LR = 4e-6
 # The default's bound on the meta-gradient's global norm before Adam: 2x
 # the largest per-step norm of a healthy run after 50,000 meta-steps (5.1;
 # median 0.9). A meta-batch whose inner steps overshoot can have a norm of
@@ -182,7 +183,7 @@ def get_config(arg=None):
   # above eval_spike_factor times the previous 3 evaluations' median:
   # 'warn' (one line), 'stop', or 'rollback' to the checkpoint before it.
   config.on_spike = 'warn'
-  config.spike_factor = 10.0
+  config.spike_factor = 100.0
   config.eval_spike_factor = 2.0
   config.spike_window = 1_000
   # Held-out evaluation: fixed seeded tasks, 100 query points, 0..10 steps.

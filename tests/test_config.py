@@ -227,13 +227,13 @@ def test_task_batch_size_must_divide_the_meta_batch_and_the_devices():
 # (docs/sinusoid.md): {field: (default, paper)}.
 SINE_DEFAULT_VS_PAPER = {
     # The default (no algorithm named): MAML's objective averaged over three
-    # inner steps, as the 'mamlpp' step with learned inner rates (Adam 1e-6)
+    # inner steps, as the 'mamlpp' step with learned inner rates (Adam 4e-6)
     # and its other parts off, at twice the paper's Adam step size, the
     # meta-gradient's norm clipped to 10; its three inner steps compiled
     # unrolled (the same math).
     None: {'train_step': ('mamlpp', 'maml'), 'num_inner_steps': (3, 1),
            'meta_lr': (2e-3, 1e-3), 'max_meta_grad_norm': (10.0, None),
-           'learn_inner_lr': (True, None), 'rate_meta_lr': (1e-6, None),
+           'learn_inner_lr': (True, None), 'rate_meta_lr': (4e-6, None),
            'first_order_steps': (0, None), 'first_order': (None, False),
            'unroll_inner_steps': (True, None)},
     'maml': {},
