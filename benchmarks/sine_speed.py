@@ -25,6 +25,10 @@ rates the same way: before is the default as it was before them
 (``learn_inner_lr=False``: fixed rates, and ``unroll_inner_steps=False``:
 the inner steps in a loop), after the default; a third column, fixed
 rates with the steps unrolled, shows what the rates themselves cost.
+Before/after, the fused step is timed per call of 100 meta-steps, the
+configs called in turn `--before_after_calls` times (median per config):
+on a shared machine, timing each config alone for a few seconds gave
+ratios that moved by 20% from one run to the next.
 """
 
 import argparse
@@ -54,7 +58,8 @@ def _rate(fn, state, steps_per_call, seconds):
   return calls * steps_per_call / (time.perf_counter() - t0)
 
 
-def bare(config, steps_per_call, seconds):
+def _fused(config, steps_per_call):
+  """(call, state): `call(state, i)` runs `steps_per_call` fused meta-steps."""
   problem = train.create_problem(config)
   tx = train.create_optimizer(config)
   algorithm = train.create_algorithm(config, problem, tx)
@@ -63,11 +68,34 @@ def bare(config, steps_per_call, seconds):
       steps_per_call=steps_per_call), donate_argnums=0)
   key = jax.random.key(0)
 
-  def fn(state, i):
+  def call(state, i):
     return chunk(state, jax.random.fold_in(key, i))[0]
 
-  state = train.create_train_state(problem, algorithm, tx)
-  return _rate(fn, state, steps_per_call, seconds)
+  return call, train.create_train_state(problem, algorithm, tx)
+
+
+def bare_interleaved(configs: dict, steps_per_call: int, calls: int) -> dict:
+  """Fused meta-steps/s of each config from the median time of `calls`
+  calls, the configs called in turn (one call of each per round), so that
+  whatever else the machine does slows every column alike."""
+  runs = {}
+  for name, config in configs.items():
+    call, state = _fused(config, steps_per_call)
+    state = call(state, 0)  # compile
+    runs[name] = [call, jax.block_until_ready(state)]
+  times = {name: [] for name in configs}
+  for i in range(1, calls + 1):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run[1] = jax.block_until_ready(run[0](run[1], i))
+      times[name].append(time.perf_counter() - t0)
+  return {name: steps_per_call / statistics.median(t)
+          for name, t in times.items()}
+
+
+def bare(config, steps_per_call, seconds):
+  call, state = _fused(config, steps_per_call)
+  return _rate(call, state, steps_per_call, seconds)
 
 
 def trainer_run(config, num_steps, monitor=True):
@@ -92,11 +120,12 @@ def trainer_rate(config, monitor=True):
                       - trainer_run(config, n1, monitor))
 
 
-def before_after(config, seconds, num_steps, what='guard'):
+def before_after(config, calls, num_steps, what='guard'):
   """Rows of what `what` costs ('guard': the blow-up guard; 'lslr': the
   learned inner rates, with the unrolled inner steps): without it, with it
-  (and for 'lslr' fixed rates unrolled), interleaved twice; the trainer's
-  runs `num_steps` long."""
+  (and for 'lslr' fixed rates unrolled). The fused step: `calls` calls of
+  100 meta-steps of each, in turn (`bare_interleaved`); the trainer: runs
+  `num_steps` long, interleaved twice."""
   config = config.copy_and_resolve_references()
   config.num_train_steps = num_steps
   before = config.copy_and_resolve_references()
@@ -112,19 +141,20 @@ def before_after(config, seconds, num_steps, what='guard'):
                'fixed unrolled': fixed_unrolled}
     print('before: fixed rates, inner steps in a loop; after: the default; '
           'fixed unrolled: fixed rates, inner steps unrolled')
-  rates = {'bare_fused': {n: [] for n in columns},
-           'trainer': {n: [] for n in columns}}
+  trainer = {n: [] for n in columns}
   for _ in range(2):
     for n, c in columns.items():
-      rates['bare_fused'][n].append(bare(c, 100, seconds))
-      rates['trainer'][n].append(
+      trainer[n].append(
           trainer_rate(c, monitor=n != 'before' or what != 'guard'))
+  rows = {f'bare_fused (median of {calls} calls, in turn)':
+              bare_interleaved(columns, 100, calls),
+          'trainer (median of 2 runs)':
+              {n: statistics.median(r) for n, r in trainer.items()}}
   others = [n for n in columns if n != 'after']  # after / each of them
-  print(f'{what + " off / on (median of 2 each)":<40}' +
+  print(f'{what + " off / on":<40}' +
         ''.join(f'{n:>16}' for n in columns) +
         ''.join(f'{"after/" + n:>22}' for n in others))
-  for name, runs in rates.items():
-    med = {n: statistics.median(r) for n, r in runs.items()}
+  for name, med in rows.items():
     print(f'{name:<40}' + ''.join(f'{m:16.0f}' for m in med.values()) +
           ''.join(f'{med["after"] / med[n]:22.3f}' for n in others))
 
@@ -135,12 +165,13 @@ def main():
   parser.add_argument('--before_after', nargs='?', const='guard',
                       choices=('guard', 'lslr'))
   parser.add_argument('--before_after_steps', type=int, default=30_000)
+  parser.add_argument('--before_after_calls', type=int, default=60)
   args = parser.parse_args()
   config = maml_sine.get_config()
   config.num_plot_tasks = 0
   if args.before_after:
-    return before_after(config, args.seconds, args.before_after_steps,
-                        args.before_after)
+    return before_after(config, args.before_after_calls,
+                        args.before_after_steps, args.before_after)
 
   rows = [('bare_core (1 step/call)', bare(config, 1, args.seconds)),
           ('bare_fused (100 steps/call)', bare(config, 100, args.seconds))]
