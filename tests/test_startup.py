@@ -38,11 +38,20 @@ def _wait_for_jaxlib(proc, timeout=300):
   raise AssertionError('jaxlib was never mapped')
 
 
+def _sigint_as_a_terminal_gives_it():
+  """In the child before Python starts: SIGINT at its default, as a shell
+  in a terminal starts a command. A suite started in the background
+  (`nohup ... &`) passes SIGINT down ignored, and Python then leaves it
+  ignored: neither the trainer's line nor KeyboardInterrupt would come."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(module, workdir, delay):
   proc = subprocess.Popen(
       [sys.executable, '-m', module, '--config=configs/maml_sine.py:quick',
        f'--workdir={workdir}'], cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+      stderr=subprocess.PIPE, text=True,
+      preexec_fn=_sigint_as_a_terminal_gives_it)
   try:
     _wait_for_jaxlib(proc)
     time.sleep(delay)
@@ -79,6 +88,7 @@ def test_importing_the_package_changes_no_signal_handler():
           'signal.default_int_handler, '
           'maml_plugin.startup.running_command())')
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600,
+                        preexec_fn=_sigint_as_a_terminal_gives_it)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ['True', 'None'], proc.stdout
