@@ -38,20 +38,23 @@ def _wait_for_jaxlib(proc, timeout=300):
   raise AssertionError('jaxlib was never mapped')
 
 
-def _sigint_as_a_terminal_gives_it():
-  """In the child before Python starts: SIGINT at its default, as a shell
-  in a terminal starts a command. A suite started in the background
-  (`nohup ... &`) passes SIGINT down ignored, and Python then leaves it
-  ignored: neither the trainer's line nor KeyboardInterrupt would come."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs the rest of its argv as a new Python, SIGINT at its default first,
+# as a shell in a terminal starts a command. A suite started in the
+# background (`nohup ... &`) passes SIGINT down ignored, and Python then
+# leaves it ignored: neither the trainer's line nor KeyboardInterrupt would
+# come. (An exec, not `preexec_fn`: no Python between fork and exec.)
+SIGINT_AS_FROM_A_TERMINAL = [
+    sys.executable, '-c',
+    'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+    'os.execv(sys.executable, [sys.executable] + sys.argv[1:])']
 
 
 def _interrupt(module, workdir, delay):
   proc = subprocess.Popen(
-      [sys.executable, '-m', module, '--config=configs/maml_sine.py:quick',
-       f'--workdir={workdir}'], cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True,
-      preexec_fn=_sigint_as_a_terminal_gives_it)
+      SIGINT_AS_FROM_A_TERMINAL + [
+          '-m', module, '--config=configs/maml_sine.py:quick',
+          f'--workdir={workdir}'], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
   try:
     _wait_for_jaxlib(proc)
     time.sleep(delay)
@@ -87,8 +90,7 @@ def test_importing_the_package_changes_no_signal_handler():
           'print(signal.getsignal(signal.SIGINT) is '
           'signal.default_int_handler, '
           'maml_plugin.startup.running_command())')
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO,
-                        capture_output=True, text=True, timeout=600,
-                        preexec_fn=_sigint_as_a_terminal_gives_it)
+  proc = subprocess.run(SIGINT_AS_FROM_A_TERMINAL + ['-c', code], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ['True', 'None'], proc.stdout
